@@ -1,0 +1,3 @@
+from zolightning.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""The `zolightning` command: LightningCLI with ZO-aware defaults.
+
+    zolightning fit --config configs/sst2/mezo.yaml --data.data_dir ../shared/data
+    zolightning validate --config configs/sst2/mezo.yaml        # zero-shot accuracy, no training
+    zolightning fit --config ... --trainer.devices 2 --trainer.strategy ddp
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from zolightning.data import TaskDataModule
+from zolightning.modules import ZOFineTuneModule
+from zolightning.strategies import ZO_STRATEGY_FOR
+
+log = logging.getLogger("zolightning")
+
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "logs", "name": "zolightning"},
+    },
+    "check_val_every_n_epoch": None,
+}
+
+
+class ZOLightningCLI(LightningCLI):
+    """LightningCLI for ZO fine-tuning: links the tokenizer to the model, swaps in ZO data parallelism."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc", "checkpoint.mode": "max", "checkpoint.save_last": True,
+            "checkpoint.filename": "step{step:06d}-acc{val/acc:.4f}", "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.link_arguments("model.model", "data.tokenizer")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        strategy = config.trainer.strategy
+        if isinstance(strategy, str) and strategy in ZO_STRATEGY_FOR:
+            # DDP's wrapper would allocate gradient buckets (a model-sized copy) that ZO never uses.
+            config.trainer.strategy = ZO_STRATEGY_FOR[strategy]
+            log.info("strategy %r -> %r (data parallel without gradient buckets)", strategy,
+                     config.trainer.strategy)
+
+
+def _quiet_known_warnings() -> None:
+    # The LM is kept in eval mode on purpose (dropout off for both ZO forwards).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
+def main(args: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_known_warnings()
+    ZOLightningCLI(
+        ZOFineTuneModule, TaskDataModule, trainer_defaults=TRAINER_DEFAULTS, args=args,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""One LightningDataModule for every registered task: sample, render, tokenize, collate."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from zolightning.data.encoding import EncodedExample, as_lm_example, collate, encode_example
+from zolightning.data.sampling import StepIndexedStream, sample_splits
+from zolightning.data.sources import load_split
+from zolightning.data.tasks import get_task
+from zolightning.models import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _unbatched(batch):
+    return batch
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Data for one task under the MeZO protocol: 1000 train / 500 dev (from train) / up to 1000 eval.
+
+    Args:
+        task: task name (`sst2`, ...).
+        tokenizer: model name whose tokenizer to use; the CLI links it to `model.model`.
+        data_dir: folder holding `<task>/{train,validation}.jsonl`; when None, the hub is used.
+        batch_size: training examples per step on each device.
+        eval_batch_size: examples per validation/test batch.
+        num_train: training examples sampled from the train split.
+        num_dev: dev examples sampled from the train split (None: the task's default, 500 or 100).
+        num_eval: at most this many eval examples sampled from the validation split.
+        max_length: longest sequence in tokens; longer prompts are cut on the left.
+        seed: seed of the split sampling and of the training order.
+        eval_during_fit: also score the eval split at every validation (logged as `eval/*`).
+        num_workers: DataLoader workers for validation and test batches.
+    """
+
+    def __init__(self, task: str = "sst2", tokenizer: str = "smollm2-135m-instruct", data_dir: str | None = None,
+                 batch_size: int = 16, eval_batch_size: int = 32, num_train: int = 1000,
+                 num_dev: int | None = None, num_eval: int = 1000, max_length: int = 2048, seed: int = 0,
+                 eval_during_fit: bool = True, num_workers: int = 0):
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError("batch_size and eval_batch_size must be positive")
+        self.task = get_task(task)
+        self.tokenizer_name, self.data_dir = tokenizer, data_dir
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_train, self.num_eval, self.max_length = num_train, num_eval, max_length
+        self.num_dev = self.task.num_dev if num_dev is None else num_dev
+        self.seed, self.eval_during_fit, self.num_workers = seed, eval_during_fit, num_workers
+        self.splits: dict[str, list[EncodedExample]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        tokenizer = load_tokenizer(self.tokenizer_name)
+        self.pad_id = tokenizer.pad_token_id
+        train_rows = load_split(self.task, "train", self.data_dir)
+        val_rows = load_split(self.task, "validation", self.data_dir)
+        picked = sample_splits(len(train_rows), len(val_rows), self.num_train, self.num_dev, self.num_eval,
+                               self.seed)
+        for name, rows, indices in (("train", train_rows, picked.train), ("dev", train_rows, picked.dev),
+                                    ("eval", val_rows, picked.eval)):
+            self.splits[name] = [
+                encode_example(tokenizer, self.task.render(rows[i]), self.max_length, index=i) for i in indices
+            ]
+            cut = sum(e.truncated for e in self.splits[name])
+            log.info("%s %s: %d examples, %d truncated to %d tokens", self.task.name, name,
+                     len(indices), cut, self.max_length)
+        self.truncated = {name: sum(e.truncated for e in split) for name, split in self.splits.items()}
+
+    def train_dataloader(self) -> DataLoader:
+        examples = self.splits["train"]
+        if self.task.train_mode == "lm":
+            examples = [as_lm_example(e) for e in examples]
+        trainer = self.trainer
+        stream = StepIndexedStream(
+            examples, partial(collate, pad_id=self.pad_id, kind=self.task.train_mode), self.batch_size,
+            self.seed, start_step=trainer.global_step if trainer else 0,
+            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+        )
+        return DataLoader(stream, batch_size=None, collate_fn=_unbatched)
+
+    def _scoring_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.eval_batch_size, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=partial(collate, pad_id=self.pad_id))
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._scoring_loader(s) for s in self.val_split_names()]
+
+    def test_dataloader(self) -> DataLoader:
+        return self._scoring_loader("eval")
+
+    def val_split_names(self) -> list[str]:
+        """What each validation dataloader holds, in order; the module logs under these names."""
+        return ["dev", "eval"] if self.eval_during_fit else ["dev"]

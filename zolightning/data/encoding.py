@@ -1,0 +1,112 @@
+"""Tokenize rendered examples and collate them into scoring batches.
+
+A batch names, for every answer token to score, the row and column of the logit that predicts it
+(`pred_rows`, `pred_cols`), the token (`pred_tokens`) and the score slot it adds to (`pred_slots`:
+example * max_candidates + candidate). One forward of `input_ids` then scores all candidates, and
+only the logits at those positions are ever computed.
+
+When every candidate is one token after the same prefix (SST-2's " terrible"/" great"), the example
+needs one sequence, not one per candidate: the prediction positions just coincide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from zolightning.data.tasks import RenderedExample
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """Token ids of each candidate's full sequence (prompt + answer) and its answer length."""
+
+    sequences: tuple[tuple[int, ...], ...]
+    answer_lengths: tuple[int, ...]
+    gold: int
+    truncated: bool
+
+    @property
+    def shares_prefix(self) -> bool:
+        """True when all candidates are a single token after an identical prompt."""
+        if any(n != 1 for n in self.answer_lengths):
+            return False
+        prefix = self.sequences[0][:-1]
+        return all(s[:-1] == prefix for s in self.sequences)
+
+
+def _left_truncate(ids: list[int], max_length: int, keep_first: bool) -> list[int]:
+    if len(ids) <= max_length:
+        return ids
+    if keep_first:
+        return ids[:1] + ids[len(ids) - max_length + 1 :]
+    return ids[len(ids) - max_length :]
+
+
+def encode_example(tokenizer, example: RenderedExample, max_length: int, index: int = 0) -> EncodedExample:
+    """Answer tokens are those of (prompt + answer) beyond the prompt's own; prompts are cut on the left."""
+    prompt_length = len(tokenizer(example.prompt).input_ids)
+    keep_first = tokenizer.bos_token_id is not None
+    sequences, answer_lengths, truncated = [], [], False
+    for candidate in example.candidates:
+        ids = tokenizer(example.prompt + candidate).input_ids
+        answer_length = len(ids) - prompt_length
+        if answer_length < 1:
+            raise ValueError(f"example {index}: candidate {candidate!r} adds no token to the prompt")
+        if answer_length > max_length - 1:
+            raise ValueError(
+                f"example {index}: candidate {candidate!r} has {answer_length} tokens, which cannot fit "
+                f"with any prompt in max_length={max_length}"
+            )
+        keep = keep_first and ids[0] == tokenizer.bos_token_id
+        cut = _left_truncate(ids, max_length, keep)
+        truncated |= len(cut) < len(ids)
+        sequences.append(tuple(cut))
+        answer_lengths.append(answer_length)
+    return EncodedExample(tuple(sequences), tuple(answer_lengths), example.gold, truncated)
+
+
+def as_lm_example(example: EncodedExample) -> EncodedExample:
+    """The gold candidate alone: LM-style training scores only the gold answer's tokens."""
+    g = example.gold
+    return EncodedExample((example.sequences[g],), (example.answer_lengths[g],), 0, example.truncated)
+
+
+def collate(examples: list[EncodedExample], pad_id: int, kind: str = "classification") -> dict:
+    """Right-padded scoring batch (see the module docstring for the layout)."""
+    max_candidates = max(len(e.sequences) for e in examples)
+    fold = all(e.shares_prefix for e in examples)
+    rows: list[tuple[int, ...]] = []
+    pred_rows, pred_cols, pred_tokens, pred_slots = [], [], [], []
+    for b, example in enumerate(examples):
+        if fold:
+            rows.append(example.sequences[0][:-1])
+        for c, (ids, answer_length) in enumerate(zip(example.sequences, example.answer_lengths)):
+            if not fold:
+                rows.append(ids)
+            for position in range(len(ids) - answer_length, len(ids)):
+                pred_rows.append(len(rows) - 1)
+                pred_cols.append(position - 1)
+                pred_tokens.append(ids[position])
+                pred_slots.append(b * max_candidates + c)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+    candidate_mask = torch.zeros((len(examples), max_candidates), dtype=torch.bool)
+    for b, example in enumerate(examples):
+        candidate_mask[b, : len(example.sequences)] = True
+    return {
+        "kind": kind,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pred_rows": torch.tensor(pred_rows),
+        "pred_cols": torch.tensor(pred_cols),
+        "pred_tokens": torch.tensor(pred_tokens),
+        "pred_slots": torch.tensor(pred_slots),
+        "candidate_mask": candidate_mask,
+        "gold": torch.tensor([e.gold for e in examples]),
+    }

@@ -1,0 +1,77 @@
+"""Seeded split sampling and the step-indexed training stream.
+
+The training stream is a pure function of (seed, global step, rank, world size): batch t on rank r holds
+positions [(t * W + r) * B, (t * W + r + 1) * B) of an endless sequence of seeded permutations. So a
+resumed run continues at exactly the batch it stopped at, and W ranks with batch B see, together, the
+batch that one process with batch W * B sees.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from torch.utils.data import IterableDataset
+
+
+@dataclass(frozen=True)
+class SplitIndices:
+    train: list[int]
+    dev: list[int]
+    eval: list[int]
+
+
+def sample_splits(num_rows_train: int, num_rows_val: int, num_train: int, num_dev: int, num_eval: int,
+                  seed: int) -> SplitIndices:
+    """Dev first, then train, from one seeded shuffle of the train split; eval from the validation split."""
+    if num_rows_train <= num_dev:
+        raise ValueError(f"the train split has {num_rows_train} rows: not enough for {num_dev} dev examples")
+    order = list(range(num_rows_train))
+    random.Random(seed).shuffle(order)
+    dev = order[:num_dev]
+    train = order[num_dev : num_dev + num_train]
+    if num_rows_val <= num_eval:
+        evaluation = list(range(num_rows_val))
+    else:
+        evaluation = sorted(random.Random(seed + 1).sample(range(num_rows_val), num_eval))
+    return SplitIndices(train, dev, evaluation)
+
+
+def permutation(size: int, seed: int, cycle: int) -> list[int]:
+    order = list(range(size))
+    random.Random(f"{seed}:{cycle}").shuffle(order)
+    return order
+
+
+class StepIndexedStream(IterableDataset):
+    """Endless collated training batches for one rank, starting at a given global step."""
+
+    def __init__(self, examples: Sequence, collate: Callable[[list], dict], batch_size: int, seed: int,
+                 start_step: int = 0, rank: int = 0, world_size: int = 1):
+        if not examples:
+            raise ValueError("the training split is empty")
+        self.examples, self.collate = examples, collate
+        self.batch_size, self.seed = batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+
+    def positions(self, step: int) -> range:
+        first = (step * self.world_size + self.rank) * self.batch_size
+        return range(first, first + self.batch_size)
+
+    def indices(self, step: int) -> list[int]:
+        n = len(self.examples)
+        cache: dict[int, list[int]] = {}
+        out = []
+        for p in self.positions(step):
+            cycle = p // n
+            if cycle not in cache:
+                cache[cycle] = permutation(n, self.seed, cycle)
+            out.append(cache[cycle][p % n])
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        step = self.start_step
+        while True:
+            yield self.collate([self.examples[i] for i in self.indices(step)])
+            step += 1

