@@ -41,9 +41,10 @@ def candidate_scores(token_logprobs: Tensor, batch: dict) -> Tensor:
     """Mean answer-token log-probability per candidate, [batch, max_candidates]; -inf where absent."""
     mask = batch["candidate_mask"]
     slots = batch["pred_slots"]
-    total = torch.zeros(mask.numel(), device=token_logprobs.device).index_add_(0, slots, token_logprobs)
-    count = torch.zeros(mask.numel(), device=token_logprobs.device).index_add_(
-        0, slots, torch.ones_like(token_logprobs))
+    # dtype given explicitly: under bf16-true the default dtype is bfloat16.
+    zeros = torch.zeros(mask.numel(), device=token_logprobs.device, dtype=token_logprobs.dtype)
+    total = zeros.index_add(0, slots, token_logprobs)
+    count = zeros.index_add(0, slots, torch.ones_like(token_logprobs))
     scores = (total / count.clamp(min=1)).view_as(mask)
     return scores.masked_fill(~mask, float("-inf"))
 

@@ -1,0 +1,45 @@
+"""Print the scalar curves of one or more TensorBoard runs as a table (for docs/results.md).
+
+    python benchmarks/read_curves.py logs/sst2-mezo/version_0 [more run dirs] [--tags eval/acc val/acc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--tags", nargs="+", default=["val/acc", "eval/acc"])
+    args = parser.parse_args()
+    for run in args.runs:
+        curves = scalars(run)
+        print(f"## {run}")
+        steps = sorted({s for tag in args.tags for s in curves.get(tag, {})})
+        print("| step | " + " | ".join(args.tags) + " |")
+        print("|---" * (len(args.tags) + 1) + "|")
+        for step in steps:
+            cells = [f"{curves.get(t, {}).get(step, float('nan')):.4f}" for t in args.tags]
+            print(f"| {step + 1} | " + " | ".join(cells) + " |")
+        timing = list(curves.get("perf/step_seconds", {}).values())
+        if timing:
+            print(f"median seconds/step: {statistics.median(timing):.4f} over {len(timing)} logged steps")
+        memory = list(curves.get("perf/peak_mem_gib", {}).values())
+        if memory:
+            print(f"peak GPU memory (allocated): {max(memory):.3f} GiB")
+        print()
+
+
+if __name__ == "__main__":
+    main()
