@@ -1,6 +1,6 @@
 """Print the scalar curves of one or more TensorBoard runs as a table (for docs/results.md).
 
-    python benchmarks/read_curves.py logs/sst2-mezo/version_0 [more run dirs] [--tags eval/acc val/acc]
+python benchmarks/read_curves.py logs/sst2-mezo/version_0 [more run dirs] [--tags eval/acc val/acc]
 """
 
 from __future__ import annotations

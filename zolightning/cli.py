@@ -1,8 +1,8 @@
 """The `zolightning` command: LightningCLI with ZO-aware defaults.
 
-    zolightning fit --config configs/sst2/mezo.yaml --data.data_dir ../shared/data
-    zolightning validate --config configs/sst2/mezo.yaml        # zero-shot accuracy, no training
-    zolightning fit --config ... --trainer.devices 2 --trainer.strategy ddp
+zolightning fit --config configs/sst2/mezo.yaml --data.data_dir ../shared/data
+zolightning validate --config configs/sst2/mezo.yaml        # zero-shot accuracy, no training
+zolightning fit --config ... --trainer.devices 2 --trainer.strategy ddp
 """
 
 from __future__ import annotations
@@ -33,10 +33,15 @@ class ZOLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.monitor": "val/acc", "checkpoint.mode": "max", "checkpoint.save_last": True,
-            "checkpoint.filename": "step{step:06d}-acc{val/acc:.4f}", "checkpoint.auto_insert_metric_name": False,
-        })
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "step{step:06d}-acc{val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
         parser.link_arguments("model.model", "data.tokenizer")
 
     def before_instantiate_classes(self) -> None:
@@ -45,8 +50,7 @@ class ZOLightningCLI(LightningCLI):
         if isinstance(strategy, str) and strategy in ZO_STRATEGY_FOR:
             # DDP's wrapper would allocate gradient buckets (a model-sized copy) that ZO never uses.
             config.trainer.strategy = ZO_STRATEGY_FOR[strategy]
-            log.info("strategy %r -> %r (data parallel without gradient buckets)", strategy,
-                     config.trainer.strategy)
+            log.info("strategy %r -> %r (data parallel without gradient buckets)", strategy, config.trainer.strategy)
 
 
 def _quiet_known_warnings() -> None:
@@ -60,8 +64,12 @@ def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _quiet_known_warnings()
     ZOLightningCLI(
-        ZOFineTuneModule, TaskDataModule, trainer_defaults=TRAINER_DEFAULTS, args=args,
+        ZOFineTuneModule,
+        TaskDataModule,
+        trainer_defaults=TRAINER_DEFAULTS,
+        args=args,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
     )
 
 

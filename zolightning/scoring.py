@@ -24,7 +24,7 @@ def _hidden_then_head(model: nn.Module):
 
 
 def answer_logprobs(model: nn.Module, batch: dict) -> Tensor:
-    """log p(token) for every answer token in the batch, in float32, shape [num_pred]."""
+    """log p(token) for every answer token in the batch, in float32 or wider, shape [num_pred]."""
     rows, cols = batch["pred_rows"], batch["pred_cols"]
     split = _hidden_then_head(model)
     if split is None:
@@ -33,7 +33,7 @@ def answer_logprobs(model: nn.Module, batch: dict) -> Tensor:
         trunk, head = split
         hidden = trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         logits = head(hidden[rows, cols])
-    logprobs = F.log_softmax(logits.float(), dim=-1)
+    logprobs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     return logprobs.gather(1, batch["pred_tokens"].unsqueeze(1)).squeeze(1)
 
 

@@ -25,8 +25,7 @@ class ZODDPStrategy(DDPStrategy):
     @classmethod
     def register_strategies(cls, strategy_registry: StrategyRegistry) -> None:
         strategy_registry.register(cls.strategy_name, cls, description="DDP for forward-only ZO training")
-        strategy_registry.register("zo_ddp_spawn", cls, description="ZO DDP started by spawning",
-                                   start_method="spawn")
+        strategy_registry.register("zo_ddp_spawn", cls, description="ZO DDP started by spawning", start_method="spawn")
 
 
 if ZODDPStrategy.strategy_name not in StrategyRegistry:

@@ -39,10 +39,21 @@ class TaskDataModule(L.LightningDataModule):
         num_workers: DataLoader workers for validation and test batches.
     """
 
-    def __init__(self, task: str = "sst2", tokenizer: str = "smollm2-135m-instruct", data_dir: str | None = None,
-                 batch_size: int = 16, eval_batch_size: int = 32, num_train: int = 1000,
-                 num_dev: int | None = None, num_eval: int = 1000, max_length: int = 2048, seed: int = 0,
-                 eval_during_fit: bool = True, num_workers: int = 0):
+    def __init__(
+        self,
+        task: str = "sst2",
+        tokenizer: str = "smollm2-135m-instruct",
+        data_dir: str | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int = 32,
+        num_train: int = 1000,
+        num_dev: int | None = None,
+        num_eval: int = 1000,
+        max_length: int = 2048,
+        seed: int = 0,
+        eval_during_fit: bool = True,
+        num_workers: int = 0,
+    ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError("batch_size and eval_batch_size must be positive")
@@ -61,16 +72,24 @@ class TaskDataModule(L.LightningDataModule):
         self.pad_id = tokenizer.pad_token_id
         train_rows = load_split(self.task, "train", self.data_dir)
         val_rows = load_split(self.task, "validation", self.data_dir)
-        picked = sample_splits(len(train_rows), len(val_rows), self.num_train, self.num_dev, self.num_eval,
-                               self.seed)
-        for name, rows, indices in (("train", train_rows, picked.train), ("dev", train_rows, picked.dev),
-                                    ("eval", val_rows, picked.eval)):
+        picked = sample_splits(len(train_rows), len(val_rows), self.num_train, self.num_dev, self.num_eval, self.seed)
+        for name, rows, indices in (
+            ("train", train_rows, picked.train),
+            ("dev", train_rows, picked.dev),
+            ("eval", val_rows, picked.eval),
+        ):
             self.splits[name] = [
                 encode_example(tokenizer, self.task.render(rows[i]), self.max_length, index=i) for i in indices
             ]
             cut = sum(e.truncated for e in self.splits[name])
-            log.info("%s %s: %d examples, %d truncated to %d tokens", self.task.name, name,
-                     len(indices), cut, self.max_length)
+            log.info(
+                "%s %s: %d examples, %d truncated to %d tokens",
+                self.task.name,
+                name,
+                len(indices),
+                cut,
+                self.max_length,
+            )
         self.truncated = {name: sum(e.truncated for e in split) for name, split in self.splits.items()}
 
     def train_dataloader(self) -> DataLoader:
@@ -79,15 +98,24 @@ class TaskDataModule(L.LightningDataModule):
             examples = [as_lm_example(e) for e in examples]
         trainer = self.trainer
         stream = StepIndexedStream(
-            examples, partial(collate, pad_id=self.pad_id, kind=self.task.train_mode), self.batch_size,
-            self.seed, start_step=trainer.global_step if trainer else 0,
-            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+            examples,
+            partial(collate, pad_id=self.pad_id, kind=self.task.train_mode),
+            self.batch_size,
+            self.seed,
+            start_step=trainer.global_step if trainer else 0,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
         )
         return DataLoader(stream, batch_size=None, collate_fn=_unbatched)
 
     def _scoring_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.eval_batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=partial(collate, pad_id=self.pad_id))
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_id=self.pad_id),
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._scoring_loader(s) for s in self.val_split_names()]

@@ -22,8 +22,9 @@ class SplitIndices:
     eval: list[int]
 
 
-def sample_splits(num_rows_train: int, num_rows_val: int, num_train: int, num_dev: int, num_eval: int,
-                  seed: int) -> SplitIndices:
+def sample_splits(
+    num_rows_train: int, num_rows_val: int, num_train: int, num_dev: int, num_eval: int, seed: int
+) -> SplitIndices:
     """Dev first, then train, from one seeded shuffle of the train split; eval from the validation split."""
     if num_rows_train <= num_dev:
         raise ValueError(f"the train split has {num_rows_train} rows: not enough for {num_dev} dev examples")
@@ -47,8 +48,16 @@ def permutation(size: int, seed: int, cycle: int) -> list[int]:
 class StepIndexedStream(IterableDataset):
     """Endless collated training batches for one rank, starting at a given global step."""
 
-    def __init__(self, examples: Sequence, collate: Callable[[list], dict], batch_size: int, seed: int,
-                 start_step: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        examples: Sequence,
+        collate: Callable[[list], dict],
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if not examples:
             raise ValueError("the training split is empty")
         self.examples, self.collate = examples, collate

@@ -60,9 +60,7 @@ def find_packaged_gguf(name: str) -> Path:
     folders = [Path(p) for p in found.submodule_search_locations]
     files = sorted(f for folder in folders for f in folder.glob(spec.pattern))
     if not files:
-        raise ModelNotFoundError(
-            f"model {name!r}: no file matching {spec.pattern!r} in {', '.join(map(str, folders))}"
-        )
+        raise ModelNotFoundError(f"model {name!r}: no file matching {spec.pattern!r} in {', '.join(map(str, folders))}")
     return files[0]
 
 

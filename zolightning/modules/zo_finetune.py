@@ -41,9 +41,17 @@ class ZOFineTuneModule(L.LightningModule):
         init_seed: weight seed of tiny random-init models (ignored for pretrained weights).
     """
 
-    def __init__(self, model: str = "smollm2-135m-instruct", dtype: str = "float32", lr: float = 3e-5,
-                 eps: float = 1e-3, weight_decay: float = 0.0, zo_seed: int = 0,
-                 lr_schedule: Literal["constant", "linear"] = "constant", init_seed: int = 0):
+    def __init__(
+        self,
+        model: str = "smollm2-135m-instruct",
+        dtype: str = "float32",
+        lr: float = 3e-5,
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        zo_seed: int = 0,
+        lr_schedule: Literal["constant", "linear"] = "constant",
+        init_seed: int = 0,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -59,7 +67,9 @@ class ZOFineTuneModule(L.LightningModule):
                 (decay if p.ndim >= 2 else no_decay).append(p)
         optimizer = ZOSGD(
             [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr, eps=self.hparams.eps, weight_decay=self.hparams.weight_decay,
+            lr=self.hparams.lr,
+            eps=self.hparams.eps,
+            weight_decay=self.hparams.weight_decay,
             seed=self.hparams.zo_seed,
         )
         if self.hparams.lr_schedule == "constant":
@@ -73,9 +83,11 @@ class ZOFineTuneModule(L.LightningModule):
     def on_train_start(self) -> None:
         dtypes = {p.dtype for p in self.model.parameters()}
         if dtypes & {torch.bfloat16, torch.float16}:
-            log.warning("ZO training with %s weights: +eps/-2eps/+eps does not restore half-precision weights "
-                        "exactly, and small updates round away; float32 weights are the tested default.",
-                        sorted(map(str, dtypes)))
+            log.warning(
+                "ZO training with %s weights: +eps/-2eps/+eps does not restore half-precision weights "
+                "exactly, and small updates round away; float32 weights are the tested default.",
+                sorted(map(str, dtypes)),
+            )
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         optimizer = self.optimizers()
@@ -92,12 +104,17 @@ class ZOFineTuneModule(L.LightningModule):
         if scheduler is not None:
             scheduler.step()
         examples = batch["gold"].numel() * self.trainer.world_size
-        self.log_dict({
-            "train/loss": out.loss, "zo/projected_grad": out.projected_grad,
-            "zo/skipped_steps": float(optimizer.optimizer.num_skipped),
-            "lr": optimizer.param_groups[0]["lr"],
-            "perf/step_seconds": seconds, "perf/examples_per_sec": examples / seconds,
-        }, prog_bar=False)
+        self.log_dict(
+            {
+                "train/loss": out.loss,
+                "zo/projected_grad": out.projected_grad,
+                "zo/skipped_steps": float(optimizer.optimizer.num_skipped),
+                "lr": optimizer.param_groups[0]["lr"],
+                "perf/step_seconds": seconds,
+                "perf/examples_per_sec": examples / seconds,
+            },
+            prog_bar=False,
+        )
         self.log("train/loss_step", out.loss, prog_bar=True, logger=False)
         if self.device.type == "cuda":
             self.log("perf/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30)
@@ -114,8 +131,13 @@ class ZOFineTuneModule(L.LightningModule):
         metrics["loss"].update(loss, weight=correct.numel())
         metrics["acc"].update(correct)
         self.log(f"{prefix}/loss", metrics["loss"], add_dataloader_idx=False, batch_size=correct.numel())
-        self.log(f"{prefix}/acc", metrics["acc"], add_dataloader_idx=False, prog_bar=prefix == "val",
-                 batch_size=correct.numel())
+        self.log(
+            f"{prefix}/acc",
+            metrics["acc"],
+            add_dataloader_idx=False,
+            prog_bar=prefix == "val",
+            batch_size=correct.numel(),
+        )
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         split = self._val_split(dataloader_idx)

@@ -30,8 +30,8 @@ class ZOStepOutput(NamedTuple):
 
 
 def _axpy(p: Tensor, z: Tensor, alpha: float) -> None:
-    """p += alpha * z with the arithmetic in float32 and one rounding, whatever p's dtype."""
-    if p.dtype == torch.float32:
+    """p += alpha * z with the arithmetic in float32 (or p's wider dtype) and one rounding."""
+    if p.dtype in (torch.float32, torch.float64):
         p.add_(z, alpha=alpha)
     else:
         p.copy_(torch.add(p.float(), z, alpha=alpha))
@@ -53,8 +53,15 @@ class ZOSGD(Optimizer):
         block_scales: optional per-tensor multipliers of z (learned block variance); None means 1.
     """
 
-    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
-                 block_scales: BlockScales | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        block_scales: BlockScales | None = None,
+    ):
         if lr < 0 or eps <= 0 or weight_decay < 0:
             raise ValueError(f"need lr >= 0, eps > 0, weight_decay >= 0; got {lr}, {eps}, {weight_decay}")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
@@ -107,8 +114,7 @@ class ZOSGD(Optimizer):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["zo"] = {"num_steps": self.num_steps, "num_skipped": self.num_skipped, "seed": self.seed,
-                       "eps": self.eps}
+        state["zo"] = {"num_steps": self.num_steps, "num_skipped": self.num_skipped, "seed": self.seed, "eps": self.eps}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:

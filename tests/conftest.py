@@ -1,0 +1,41 @@
+"""Shared fixtures: the shared data folder and tiny-model builders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "sst2" / "train.jsonl").is_file():
+        pytest.fail(f"the shared task data is expected at {DATA_DIR} (see README: Data)")
+    return DATA_DIR
+
+
+@pytest.fixture()
+def tiny_data(data_dir):
+    """A set-up SST-2 DataModule on the byte tokenizer of the tiny models (64 train / 16 dev / 16 eval)."""
+    from zolightning.data import TaskDataModule
+
+    def make(**overrides):
+        kwargs = dict(
+            task="sst2",
+            tokenizer="tiny-llama",
+            data_dir=str(data_dir),
+            num_train=64,
+            num_dev=16,
+            num_eval=16,
+            batch_size=4,
+            eval_batch_size=8,
+        )
+        kwargs.update(overrides)
+        module = TaskDataModule(**kwargs)
+        module.setup()
+        return module
+
+    return make

@@ -1,0 +1,72 @@
+"""The `zolightning` command: every shipped config parses, the tiny pipeline runs end to end."""
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.read_curves import scalars
+from zolightning.cli import ZOLightningCLI, main
+from zolightning.data import TaskDataModule
+from zolightning.modules import ZOFineTuneModule
+from zolightning.strategies import ZODDPStrategy
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 2
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "\nmodel:" in printed and "\ndata:" in printed
+    assert "\noptimizer:" not in printed  # the ZO step is the module's; no first-order optimizer flags
+
+
+def _tiny_args(tmp_path, data_dir, *extra):
+    return [
+        "--config",
+        "configs/tiny/sst2_mezo.yaml",
+        "--data.data_dir",
+        str(data_dir),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+
+
+def test_tiny_fit_writes_tensorboard_curves_and_checkpoints(tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    main(["fit", *_tiny_args(tmp_path, data_dir, "--trainer.max_steps", "10", "--trainer.val_check_interval", "5")])
+    run = tmp_path / "tiny-sst2-mezo" / "version_0"
+    curves = scalars(run)
+    for tag in ("train/loss", "zo/projected_grad", "val/acc", "val/loss", "eval/acc", "lr"):
+        assert tag in curves, tag
+    assert sorted(curves["val/acc"]) == [4, 9]
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_ddp_is_replaced_by_the_wrapper_free_strategy(tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    cli = ZOLightningCLI(
+        ZOFineTuneModule,
+        TaskDataModule,
+        run=False,
+        args=_tiny_args(tmp_path, data_dir, "--trainer.strategy", "ddp", "--trainer.devices", "1"),
+    )
+    assert isinstance(cli.trainer.strategy, ZODDPStrategy)
+    assert cli.datamodule.tokenizer_name == cli.model.hparams.model == "tiny-llama"
+
+
+def test_help_shows_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "perturbation scale epsilon" in out and "training examples per step" in out

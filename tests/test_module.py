@@ -1,0 +1,103 @@
+"""ZOFineTuneModule under a real Lightning Trainer, on the tiny model."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from zolightning.data.encoding import collate
+from zolightning.models import load_causal_lm
+from zolightning.modules import ZOFineTuneModule
+from zolightning.optim import ZOSGD
+from zolightning.scoring import batch_loss
+
+
+def _trainer(tmp_path, max_steps, callbacks=(), **kwargs):
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        enable_checkpointing=bool(callbacks),
+        default_root_dir=tmp_path,
+        val_check_interval=4,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        **kwargs,
+    )
+
+
+class _CrashAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def _weights(module):
+    return [p.detach().clone() for p in module.model.parameters()]
+
+
+def test_zosgd_lowers_the_loss_of_the_tiny_lm(tiny_data):
+    data = tiny_data()
+    batch = collate(data.splits["train"][:8], data.pad_id)
+    model = load_causal_lm("tiny-llama")
+    optimizer = ZOSGD(model.parameters(), lr=3e-3, eps=1e-3, seed=0)
+
+    def closure():
+        return batch_loss(model, batch)[0]
+
+    with torch.no_grad():
+        start = closure().item()
+    for _ in range(100):
+        optimizer.step(closure)
+    with torch.no_grad():
+        assert closure().item() < start - 0.02
+
+
+def test_global_step_counts_zo_steps_and_metrics_are_logged(tmp_path, tiny_data):
+    module = ZOFineTuneModule(model="tiny-llama", lr=1e-3)
+    trainer = _trainer(tmp_path, max_steps=7)
+    trainer.fit(module, datamodule=tiny_data())
+    assert trainer.global_step == 7
+    assert trainer.optimizers[0].num_steps == 7
+    for key in ("train/loss", "zo/projected_grad", "lr", "perf/examples_per_sec", "val/acc", "eval/acc"):
+        assert key in trainer.callback_metrics, key
+
+
+def test_no_gradients_are_ever_allocated(tmp_path, tiny_data):
+    module = ZOFineTuneModule(model="tiny-llama", lr=1e-3)
+    _trainer(tmp_path, max_steps=3).fit(module, datamodule=tiny_data())
+    assert all(p.grad is None for p in module.model.parameters())
+
+
+def test_resume_from_checkpoint_is_bitwise_identical(tmp_path, tiny_data):
+    L.seed_everything(0)
+    straight = ZOFineTuneModule(model="tiny-llama", lr=1e-3, lr_schedule="linear")
+    _trainer(tmp_path / "a", max_steps=10).fit(straight, datamodule=tiny_data())
+
+    # Crash after step 7, with the last checkpoint at step 5; resume and finish.
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    crashed = ZOFineTuneModule(model="tiny-llama", lr=1e-3, lr_schedule="linear")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _trainer(tmp_path / "b", max_steps=10, callbacks=[checkpoint, _CrashAt(7)]).fit(crashed, datamodule=tiny_data())
+    saved = sorted((tmp_path / "ckpt").glob("*step=5*.ckpt"))
+    assert saved, list((tmp_path / "ckpt").iterdir())
+    resumed = ZOFineTuneModule(model="tiny-llama", lr=1e-3, lr_schedule="linear")
+    trainer = _trainer(tmp_path / "c", max_steps=10)
+    trainer.fit(resumed, datamodule=tiny_data(), ckpt_path=saved[0])
+    assert trainer.global_step == 10
+    for a, b in zip(_weights(straight), _weights(resumed)):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(straight), _weights(crashed)))
+
+
+def test_half_precision_training_warns(tmp_path, tiny_data, caplog):
+    module = ZOFineTuneModule(model="tiny-llama", lr=1e-3)
+    _trainer(tmp_path, max_steps=2, precision="bf16-true").fit(module, datamodule=tiny_data())
+    assert "half-precision" in caplog.text
