@@ -13,6 +13,7 @@ from zolightning.scoring import batch_loss
 
 
 def _trainer(tmp_path, max_steps, callbacks=(), **kwargs):
+    kwargs.setdefault("limit_val_batches", 1)
     return L.Trainer(
         max_steps=max_steps,
         accelerator="cpu",
@@ -25,7 +26,6 @@ def _trainer(tmp_path, max_steps, callbacks=(), **kwargs):
         default_root_dir=tmp_path,
         val_check_interval=4,
         check_val_every_n_epoch=None,
-        limit_val_batches=1,
         **kwargs,
     )
 
@@ -97,7 +97,11 @@ def test_resume_from_checkpoint_is_bitwise_identical(tmp_path, tiny_data):
     assert not all(torch.equal(a, b) for a, b in zip(_weights(straight), _weights(crashed)))
 
 
-def test_half_precision_training_warns(tmp_path, tiny_data, caplog):
+def test_half_precision_training_warns_and_counts_accuracy_in_float32(tmp_path, tiny_data, caplog):
     module = ZOFineTuneModule(model="tiny-llama", lr=1e-3)
-    _trainer(tmp_path, max_steps=2, precision="bf16-true").fit(module, datamodule=tiny_data())
+    trainer = _trainer(tmp_path, max_steps=4, precision="bf16-true", limit_val_batches=1.0)
+    trainer.fit(module, datamodule=tiny_data(num_dev=300))
     assert "half-precision" in caplog.text
+    assert module.dev_metrics["acc"].mean_value.dtype == torch.float32
+    correct = trainer.callback_metrics["val/acc"].item() * 300
+    assert abs(correct - round(correct)) < 1e-3  # an exact count of 300 examples, not a bf16 rounding

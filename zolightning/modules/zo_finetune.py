@@ -139,6 +139,19 @@ class ZOFineTuneModule(L.LightningModule):
             batch_size=correct.numel(),
         )
 
+    def _metrics_in_float32(self) -> None:
+        # bf16-true converts the whole module, metric states included: a bf16 running mean rounds
+        # 333/500 to 1.0. Counting stays in float32 whatever the weights are.
+        for split in ("dev", "eval", "test"):
+            for metric in getattr(self, f"{split}_metrics").values():
+                metric.set_dtype(torch.float32)
+
+    def on_validation_epoch_start(self) -> None:
+        self._metrics_in_float32()
+
+    def on_test_epoch_start(self) -> None:
+        self._metrics_in_float32()
+
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         split = self._val_split(dataloader_idx)
         self._score(batch, getattr(self, f"{split}_metrics"), LOG_PREFIX[split])
