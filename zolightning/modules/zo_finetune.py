@@ -81,6 +81,8 @@ class ZOFineTuneModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_start(self) -> None:
+        if self.device.type == "cuda":  # perf/peak_mem_gib: the training peak, not set-up's broadcasts
+            torch.cuda.reset_peak_memory_stats(self.device)
         dtypes = {p.dtype for p in self.model.parameters()}
         if dtypes & {torch.bfloat16, torch.float16}:
             log.warning(
