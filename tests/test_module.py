@@ -105,3 +105,45 @@ def test_half_precision_training_warns_and_counts_accuracy_in_float32(tmp_path, 
     assert module.dev_metrics["acc"].mean_value.dtype == torch.float32
     correct = trainer.callback_metrics["val/acc"].item() * 300
     assert abs(correct - round(correct)) < 1e-3  # an exact count of 300 examples, not a bf16 rounding
+
+
+def _learned_file(path, model_name="tiny-llama", **fill):
+    from zolightning.variance import BlockVarianceNets, LearnedOptimizerFile
+    from zolightning.variance.blocks import trainable_named_parameters
+
+    named = trainable_named_parameters(load_causal_lm(model_name))
+    nets = BlockVarianceNets(len(named), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for key, value in fill.items():
+            getattr(nets, key).fill_(value)
+    LearnedOptimizerFile(nets, [n for n, _ in named], [tuple(p.shape) for _, p in named], [None] * len(named)).save(
+        path
+    )
+    return str(path)
+
+
+def test_learned_variance_trains_and_logs_sigma(tmp_path, tiny_data):
+    module = ZOFineTuneModule(
+        model="tiny-llama", lr=1e-3, variance="learned", variance_file=_learned_file(tmp_path / "f.safetensors")
+    )
+    trainer = _trainer(tmp_path, max_steps=4, log_every_n_steps=1)
+    trainer.fit(module, datamodule=tiny_data())
+    assert trainer.global_step == 4
+    for key in ("zo/norm_factor", "sigma/attn_q", "sigma/mlp", "sigma/norm", "sigma/embedding"):
+        assert key in trainer.callback_metrics, key
+
+
+def test_run_stops_after_consecutive_non_finite_steps(tmp_path, tiny_data):
+    before = [p.detach().clone() for p in load_causal_lm("tiny-llama").parameters()]
+    path = _learned_file(tmp_path / "nan.safetensors", b2=float("nan"))
+    module = ZOFineTuneModule(
+        model="tiny-llama", lr=1e-3, variance="learned", variance_file=path, max_consecutive_skips=3
+    )
+    with pytest.raises(RuntimeError, match="3 consecutive ZO steps had a non-finite"):
+        _trainer(tmp_path, max_steps=10).fit(module, datamodule=tiny_data())
+    assert all(torch.equal(a, b) for a, b in zip(before, module.model.parameters()))
+
+
+def test_learned_variance_needs_a_file():
+    with pytest.raises(ValueError, match="variance_file"):
+        ZOFineTuneModule(model="tiny-llama", variance="learned")

@@ -8,6 +8,7 @@ zolightning fit --config ... --trainer.devices 2 --trainer.strategy ddp
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -61,6 +62,11 @@ def _quiet_known_warnings() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["optimizer"]:
+        from zolightning.optimizer_cli import main as optimizer_main
+
+        raise SystemExit(optimizer_main(argv[1:]))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _quiet_known_warnings()
     ZOLightningCLI(

@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOSGD
 from zolightning.scoring import batch_loss
+from zolightning.variance.learned import LearnedVariance, learned_variance_for, sigma_by_kind
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ class ZOFineTuneModule(L.LightningModule):
         zo_seed: seed of the perturbation directions; the noise of step t depends on (zo_seed, t) only.
         lr_schedule: `constant`, or `linear` decay to 0 at `trainer.max_steps`.
         init_seed: weight seed of tiny random-init models (ignored for pretrained weights).
+        variance: `isotropic` (MeZO: every block perturbed with scale 1) or `learned` (ZO Fine-tuner:
+            per-block scales from the networks in `variance_file`).
+        variance_file: learned-optimizer file (.safetensors; `zolightning optimizer --help`).
+        normalize: with learned variance, rescale so the total perturbation size is that of N(0, I).
+        max_consecutive_skips: stop the run after this many steps in a row with a non-finite loss or scale.
     """
 
     def __init__(
@@ -51,10 +57,16 @@ class ZOFineTuneModule(L.LightningModule):
         zo_seed: int = 0,
         lr_schedule: Literal["constant", "linear"] = "constant",
         init_seed: int = 0,
+        variance: Literal["isotropic", "learned"] = "isotropic",
+        variance_file: str | None = None,
+        normalize: bool = True,
+        max_consecutive_skips: int = 20,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
+        if variance == "learned" and not variance_file:
+            raise ValueError("variance=learned needs variance_file (a learned-optimizer .safetensors)")
         self.model = load_causal_lm(model, dtype=dtype, seed=init_seed)
         for split in ("dev", "eval", "test"):
             setattr(self, f"{split}_metrics", torch.nn.ModuleDict({"loss": MeanMetric(), "acc": MeanMetric()}))
@@ -71,6 +83,7 @@ class ZOFineTuneModule(L.LightningModule):
             eps=self.hparams.eps,
             weight_decay=self.hparams.weight_decay,
             seed=self.hparams.zo_seed,
+            block_scales=self._block_scales(decay + no_decay),
         )
         if self.hparams.lr_schedule == "constant":
             return optimizer
@@ -79,6 +92,15 @@ class ZOFineTuneModule(L.LightningModule):
             raise ValueError("lr_schedule=linear needs trainer.max_steps")
         schedule = LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _block_scales(self, walk: list[torch.Tensor]) -> LearnedVariance | None:
+        if self.hparams.variance == "isotropic":
+            return None
+        datamodule = getattr(self.trainer, "datamodule", None)
+        batch_size = getattr(datamodule, "batch_size", 16)
+        return learned_variance_for(
+            self.hparams.variance_file, self.model, walk, batch_size, self.trainer.world_size, self.hparams.normalize
+        )
 
     def on_train_start(self) -> None:
         if self.device.type == "cuda":  # perf/peak_mem_gib: the training peak, not set-up's broadcasts
@@ -102,6 +124,7 @@ class ZOFineTuneModule(L.LightningModule):
         start = time.perf_counter()
         out = optimizer.step(closure=closure)
         seconds = time.perf_counter() - start
+        self._check_skips(optimizer.optimizer, out)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
@@ -118,8 +141,38 @@ class ZOFineTuneModule(L.LightningModule):
             prog_bar=False,
         )
         self.log("train/loss_step", out.loss, prog_bar=True, logger=False)
+        self._log_sigma(optimizer.optimizer.block_scales)
         if self.device.type == "cuda":
             self.log("perf/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30)
+
+    def _check_skips(self, optimizer: ZOSGD, out) -> None:
+        if not out.skipped:
+            return
+        log.warning(
+            "step %d skipped: non-finite loss or block scale (L+ %s, L- %s); %d in a row",
+            self.global_step,
+            out.loss_plus,
+            out.loss_minus,
+            optimizer.consecutive_skipped,
+        )
+        if optimizer.consecutive_skipped >= self.hparams.max_consecutive_skips:
+            raise RuntimeError(
+                f"{optimizer.consecutive_skipped} consecutive ZO steps had a non-finite loss or block scale "
+                f"(last: L+ {out.loss_plus}, L- {out.loss_minus}); stopping. The weights never took those "
+                "steps; lower lr or eps, or check the learned-optimizer file. Last good checkpoint: see checkpoints/."
+            )
+
+    def _log_sigma(self, scales: LearnedVariance | None) -> None:
+        if scales is None or self.global_step % max(self.trainer.log_every_n_steps, 1):
+            return
+        sigma = scales.last_sigma.float()
+        metrics = {"zo/norm_factor": scales.last_c}
+        for kind, mean in sigma_by_kind(sigma, [b.kind for b in scales.blocks]).items():
+            metrics[f"sigma/{kind}"] = mean
+        self.log_dict(metrics)
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_histogram"):
+            experiment.add_histogram("sigma/all_blocks", sigma.cpu(), self.global_step)
 
     # ---- evaluation ---------------------------------------------------------------------------------
     def _val_split(self, dataloader_idx: int) -> str:

@@ -66,7 +66,7 @@ class ZOSGD(Optimizer):
             raise ValueError(f"need lr >= 0, eps > 0, weight_decay >= 0; got {lr}, {eps}, {weight_decay}")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.eps, self.seed, self.block_scales = eps, seed, block_scales
-        self.num_steps, self.num_skipped = 0, 0
+        self.num_steps, self.num_skipped, self.consecutive_skipped = 0, 0, 0
         self._noise = NoiseSource()
 
     def _tensors(self) -> list[tuple[dict, Tensor]]:
@@ -88,33 +88,54 @@ class ZOSGD(Optimizer):
                 p.mul_(k)
             _axpy(p, z, s * (k * self.eps - group["lr"] * g))
 
+    def _scales(self, params: list[Tensor]) -> list[float]:
+        return list(self.block_scales.scales(params)) if self.block_scales else [1.0] * len(params)
+
+    def _skip(self, loss_plus: float = math.nan, loss_minus: float = math.nan) -> ZOStepOutput:
+        self.num_skipped += 1
+        self.consecutive_skipped += 1
+        self.num_steps += 1
+        return ZOStepOutput((loss_plus + loss_minus) / 2, math.nan, loss_plus, loss_minus, True)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor | float]) -> ZOStepOutput:  # type: ignore[override]
-        """One ZO step. `closure()` returns the minibatch loss at the current weights (no backward)."""
+        """One ZO step. `closure()` returns the minibatch loss at the current weights (no backward).
+
+        A non-finite block scale or loss never reaches the weights: the step is skipped (weights
+        restored, no update, history unchanged) and counted in `num_skipped` / `consecutive_skipped`.
+        """
         if closure is None:
             raise ValueError("ZOSGD.step needs a closure returning the loss; it never reads .grad")
         seed = step_seed(self.seed, self.num_steps)
-        n = len(self._tensors())
-        scales = list(self.block_scales.scales([p for _, p in self._tensors()])) if self.block_scales else [1.0] * n
+        scales = self._scales([p for _, p in self._tensors()])
+        if not all(math.isfinite(s) for s in scales):
+            return self._skip()
         self._perturb(seed, +1.0, scales)
         loss_plus = float(closure())
         self._perturb(seed, -2.0, scales)
         loss_minus = float(closure())
         g = (loss_plus - loss_minus) / (2 * self.eps)
-        skipped = not math.isfinite(g)
-        if skipped:
+        if not math.isfinite(g):
             self._perturb(seed, +1.0, scales)
-            self.num_skipped += 1
-        else:
-            self._restore_and_update(seed, g, scales)
-            if self.block_scales:
-                self.block_scales.observe(loss_plus, loss_minus)
+            return self._skip(loss_plus, loss_minus)
+        self._restore_and_update(seed, g, scales)
+        if self.block_scales:
+            self.block_scales.observe(loss_plus, loss_minus)
         self.num_steps += 1
-        return ZOStepOutput((loss_plus + loss_minus) / 2, g, loss_plus, loss_minus, skipped)
+        self.consecutive_skipped = 0
+        return ZOStepOutput((loss_plus + loss_minus) / 2, g, loss_plus, loss_minus, False)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["zo"] = {"num_steps": self.num_steps, "num_skipped": self.num_skipped, "seed": self.seed, "eps": self.eps}
+        state["zo"] = {
+            "num_steps": self.num_steps,
+            "num_skipped": self.num_skipped,
+            "seed": self.seed,
+            "eps": self.eps,
+            "consecutive_skipped": self.consecutive_skipped,
+        }
+        if self.block_scales is not None and hasattr(self.block_scales, "state_dict"):
+            state["zo"]["block_scales"] = self.block_scales.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -124,3 +145,6 @@ class ZOSGD(Optimizer):
         if zo is not None:
             self.num_steps, self.num_skipped = zo["num_steps"], zo["num_skipped"]
             self.seed, self.eps = zo["seed"], zo["eps"]
+            self.consecutive_skipped = zo.get("consecutive_skipped", 0)
+            if "block_scales" in zo and self.block_scales is not None:
+                self.block_scales.load_state_dict(zo["block_scales"])
