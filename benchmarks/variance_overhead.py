@@ -56,7 +56,7 @@ def main() -> None:
         return batch_loss(model, batch)[0]
 
     times: dict[str, list[float]] = {name: [] for name in optimizers}
-    for name, optimizer in optimizers.items():  # warm-up
+    for optimizer in optimizers.values():  # warm-up
         _round(optimizer, closure, 3)
     for _ in range(args.rounds):
         for name, optimizer in optimizers.items():

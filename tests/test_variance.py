@@ -13,7 +13,6 @@ from zolightning.variance import (
     FEATURES,
     BlockVarianceNets,
     LearnedOptimizerFile,
-    LearnedVariance,
     OptimizerFileError,
     UntrustedPickleError,
     convert_reference,

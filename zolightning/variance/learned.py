@@ -56,9 +56,11 @@ class LearnedVariance:
         if len(params) != len(self.blocks):
             raise ValueError(f"the optimizer walks {len(params)} tensors, the variance has {len(self.blocks)} blocks")
         features = self.features(params)
-        self.nets.to(features.device)
+        if self.effective_sizes.device != features.device:  # once: keep the hot path free of copies
+            self.nets.to(features.device)
+            self.effective_sizes = self.effective_sizes.to(features.device)
         sigma = self.nets(features)
-        c = normalisation_factor(sigma, self.effective_sizes.to(sigma.device)) if self.normalize else 1.0
+        c = normalisation_factor(sigma, self.effective_sizes) if self.normalize else 1.0
         scales = (sigma.double() * c).tolist()  # the step's one host sync
         self._pending = sigma
         self.last_sigma, self.last_c = sigma, float(c)
