@@ -68,6 +68,11 @@ def main() -> None:
     torch.cuda.synchronize()
     scales_ms = (time.perf_counter() - start) / args.steps * 1e3
     mezo, learned = statistics.median(times["mezo"]), statistics.median(times["learned"])
+    eager = learned_variance_for(args.variance_file, model, params, args.batch_size)
+    eager.cuda_graph = False
+    eager.load_state_dict(scales.state_dict())
+    graph_scales, eager_scales = scales.scales(params).clone(), eager.scales(params)
+    difference = ((graph_scales - eager_scales).abs().max() / eager_scales.abs().max()).item()
     print(
         f"model {args.model} dtype {args.dtype} batch {args.batch_size}, {len(params)} blocks, "
         f"{args.rounds} rounds x {args.steps} steps each"
@@ -77,6 +82,7 @@ def main() -> None:
         values = times["mezo" if name == "MeZO" else "learned"]
         print(f"| {name} | {value * 1e3:.2f} | {min(values) * 1e3:.2f}-{max(values) * 1e3:.2f} |")
     print(f"| block scales alone (features, networks, c) | {scales_ms:.2f} | |")
+    print(f"CUDA-graph vs eager block scales: max relative difference {difference:.2e}")
     print(f"overhead of learned variance: {100 * (learned / mezo - 1):+.2f}% (target: at most +3%)")
 
 

@@ -16,7 +16,9 @@ from zolightning.optim.noise import NoiseSource, step_seed
 class BlockScales(Protocol):
     """Per-tensor perturbation multipliers (1 everywhere is MeZO); see the learned-variance issue."""
 
-    def scales(self, params: Sequence[Tensor]) -> Sequence[float]: ...
+    def scales(self, params: Sequence[Tensor]) -> Sequence[float] | Tensor:
+        """One multiplier per tensor: floats, or a 1-D tensor on the parameters' device (no host sync)."""
+        ...
 
     def observe(self, loss_plus: float, loss_minus: float) -> None: ...
 
@@ -26,15 +28,25 @@ class ZOStepOutput(NamedTuple):
     projected_grad: float  # g = (L+ - L-) / (2 eps)
     loss_plus: float
     loss_minus: float
-    skipped: bool  # a non-finite loss: weights restored, no update
+    skipped: bool  # a non-finite loss or scale: weights restored, no update
 
 
-def _axpy(p: Tensor, z: Tensor, alpha: float) -> None:
-    """p += alpha * z with the arithmetic in float32 (or p's wider dtype) and one rounding."""
-    if p.dtype in (torch.float32, torch.float64):
-        p.add_(z, alpha=alpha)
+Scales = list[float] | Tensor  # per tensor, host floats or one device vector
+
+
+def _axpy(p: Tensor, z: Tensor, alpha: float | Tensor) -> None:
+    """p += alpha * z with the arithmetic in float32 (or p's wider dtype) and one rounding.
+
+    `alpha` may be a 0-d device tensor: addcmul reads it on the device, so no host sync is needed.
+    """
+    wide = p.dtype in (torch.float32, torch.float64)
+    target = p if wide else p.float()
+    if torch.is_tensor(alpha):
+        target.addcmul_(z, alpha)
     else:
-        p.copy_(torch.add(p.float(), z, alpha=alpha))
+        target.add_(z, alpha=alpha)
+    if not wide:
+        p.copy_(target)
 
 
 class ZOSGD(Optimizer):
@@ -72,24 +84,49 @@ class ZOSGD(Optimizer):
     def _tensors(self) -> list[tuple[dict, Tensor]]:
         return [(group, p) for group in self.param_groups for p in group["params"]]
 
-    def _perturb(self, seed: int, factor: float, scales: Sequence[float]) -> None:
-        tensors = self._tensors()
-        z_iter = self._noise.directions([p for _, p in tensors], seed)
-        for (_, p), z, s in zip(tensors, z_iter, scales):
-            _axpy(p, z, factor * self.eps * s)
+    def _apply(self, seed: int, alphas: Sequence[float | Tensor]) -> None:
+        """One pass: tensor i += alphas[i] * z_i, with z regenerated from `seed`."""
+        tensors = [p for _, p in self._tensors()]
+        for p, z, alpha in zip(tensors, self._noise.directions(tensors, seed), alphas):
+            _axpy(p, z, alpha)
 
-    def _restore_and_update(self, seed: int, g: float, scales: Sequence[float]) -> None:
-        tensors = self._tensors()
-        z_iter = self._noise.directions([p for _, p in tensors], seed)
-        for (group, p), z, s in zip(tensors, z_iter, scales):
-            # Currently at theta - eps s z; theta_new = k theta - lr g s z with k = 1 - lr wd.
+    def _perturb(self, seed: int, factor: float, scales: Scales) -> None:
+        if torch.is_tensor(scales):
+            self._apply(seed, (scales * (factor * self.eps)).unbind())
+        else:
+            self._apply(seed, [factor * self.eps * s for s in scales])
+
+    def _restore_and_update(self, seed: int, g: float, scales: Scales) -> None:
+        # Currently at theta - eps s z; theta_new = k theta - lr g s z with k = 1 - lr wd, per group.
+        coefficients = []
+        for group in self.param_groups:
             k = 1.0 - group["lr"] * group["weight_decay"]
             if k != 1.0:
-                p.mul_(k)
-            _axpy(p, z, s * (k * self.eps - group["lr"] * g))
+                torch._foreach_mul_(group["params"], k)
+            coefficients += [k * self.eps - group["lr"] * g] * len(group["params"])
+        if torch.is_tensor(scales):
+            # Few distinct coefficients (one per group): fill slices instead of copying a host list.
+            coefficient = torch.empty_like(scales)
+            start = 0
+            for group in self.param_groups:
+                end = start + len(group["params"])
+                coefficient[start:end].fill_(coefficients[start] if end > start else 0.0)
+                start = end
+            self._apply(seed, (scales * coefficient).unbind())
+        else:
+            self._apply(seed, [s * c for s, c in zip(scales, coefficients)])
 
-    def _scales(self, params: list[Tensor]) -> list[float]:
-        return list(self.block_scales.scales(params)) if self.block_scales else [1.0] * len(params)
+    def _scales(self, params: list[Tensor]) -> tuple[Scales, Tensor | bool]:
+        """(scales with non-finite entries zeroed, whether all were finite: a bool or a device flag)."""
+        if self.block_scales is None:
+            return [1.0] * len(params), True
+        scales = self.block_scales.scales(params)
+        if torch.is_tensor(scales):
+            finite = torch.isfinite(scales)
+            return torch.where(finite, scales, torch.zeros_like(scales)), finite.all()
+        scales = list(scales)
+        finite = all(math.isfinite(s) for s in scales)
+        return [s if math.isfinite(s) else 0.0 for s in scales], finite
 
     def _skip(self, loss_plus: float = math.nan, loss_minus: float = math.nan) -> ZOStepOutput:
         self.num_skipped += 1
@@ -103,19 +140,18 @@ class ZOSGD(Optimizer):
 
         A non-finite block scale or loss never reaches the weights: the step is skipped (weights
         restored, no update, history unchanged) and counted in `num_skipped` / `consecutive_skipped`.
+        Blocks with a non-finite scale are not perturbed at all (their scale is zeroed on the device).
         """
         if closure is None:
             raise ValueError("ZOSGD.step needs a closure returning the loss; it never reads .grad")
         seed = step_seed(self.seed, self.num_steps)
-        scales = self._scales([p for _, p in self._tensors()])
-        if not all(math.isfinite(s) for s in scales):
-            return self._skip()
+        scales, all_finite = self._scales([p for _, p in self._tensors()])
         self._perturb(seed, +1.0, scales)
         loss_plus = float(closure())
         self._perturb(seed, -2.0, scales)
         loss_minus = float(closure())
         g = (loss_plus - loss_minus) / (2 * self.eps)
-        if not math.isfinite(g):
+        if not (math.isfinite(g) and bool(all_finite)):  # the device flag is read after the closures' sync
             self._perturb(seed, +1.0, scales)
             return self._skip(loss_plus, loss_minus)
         self._restore_and_update(seed, g, scales)

@@ -28,57 +28,103 @@ def block_statistics(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 class LearnedVariance:
     """Block scales from learned networks, with the carried state of the published method.
 
+    The whole computation (statistics of every block, the networks, c) stays on the parameters' device
+    and returns a tensor, so the step needs no host sync for it; on CUDA it is captured once in a CUDA
+    graph and replayed (one launch instead of hundreds).
+
     Args:
         nets: the networks, block i for the optimizer's i-th tensor.
         blocks: the blocks in the same order (effective sizes for the normalisation).
         normalize: rescale so that sum d~_i (c sigma_i)^2 = sum d~_i.
+        cuda_graph: capture the computation in a CUDA graph on CUDA devices.
     """
 
-    def __init__(self, nets: BlockVarianceNets, blocks: Sequence[Block], normalize: bool = True):
+    def __init__(
+        self, nets: BlockVarianceNets, blocks: Sequence[Block], normalize: bool = True, cuda_graph: bool = True
+    ):
         if nets.num_blocks != len(blocks):
             raise ValueError(f"{nets.num_blocks} networks for {len(blocks)} blocks")
-        self.nets, self.blocks, self.normalize = nets.float(), list(blocks), normalize
+        self.nets, self.blocks, self.normalize, self.cuda_graph = nets.float(), list(blocks), normalize, cuda_graph
         self.effective_sizes = torch.tensor([b.effective_size for b in blocks], dtype=torch.float64)
-        self.sigma_prev = torch.ones(len(blocks))
-        self.loss_prev = (0.0, 0.0)
-        self.last_sigma, self.last_c = self.sigma_prev, 1.0
+        self.sigma_prev = torch.ones(len(blocks))  # carried state, on the device once in use
+        self.losses_prev = torch.zeros(2)  # L+_{t-1}, L-_{t-1}
+        self.last_sigma, self._last_c = self.sigma_prev, torch.ones(())
         self._pending: Tensor | None = None
+        self._graph, self._graph_key, self._static = None, None, None
+
+    @property
+    def loss_prev(self) -> tuple[float, float]:
+        return tuple(self.losses_prev.tolist())
+
+    @property
+    def last_c(self) -> float:
+        return float(self._last_c)
 
     def features(self, params: Sequence[Tensor]) -> Tensor:
         """[n, 5] inputs in the published order: mean, unbiased var, L+_{t-1}, L-_{t-1}, sigma_{t-1}."""
         mean, variance = block_statistics(params)
-        device = mean.device
-        losses = torch.tensor(self.loss_prev, device=device).expand(len(params), 2)
-        return torch.cat([mean[:, None], variance[:, None], losses, self.sigma_prev.to(device)[:, None]], dim=1)
+        losses = self.losses_prev.expand(len(params), 2)
+        return torch.cat([mean[:, None], variance[:, None], losses, self.sigma_prev[:, None]], dim=1)
+
+    def _compute(self, params: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        sigma = self.nets(self.features(params))
+        c = (
+            normalisation_factor(sigma, self.effective_sizes)
+            if self.normalize
+            else torch.ones((), dtype=torch.float64, device=sigma.device)
+        )
+        return sigma, c, (sigma.double() * c).float()
+
+    def _to(self, device: torch.device) -> None:
+        self.nets.to(device)
+        self.effective_sizes = self.effective_sizes.to(device)
+        self.sigma_prev = self.sigma_prev.to(device)
+        self.losses_prev = self.losses_prev.to(device)
+        self._graph = None
+
+    def _replay(self, params: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        key = tuple(id(p) for p in params)
+        if self._graph is None or self._graph_key != key:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._compute(params)  # warm-up outside the capture
+            torch.cuda.current_stream().wait_stream(side)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._static = self._compute(params)
+            self._graph_key = key
+        self._graph.replay()
+        return self._static
 
     @torch.no_grad()
-    def scales(self, params: Sequence[Tensor]) -> list[float]:
+    def scales(self, params: Sequence[Tensor]) -> Tensor:
+        """c * sigma_i for every block, a float32 vector on the parameters' device."""
         if len(params) != len(self.blocks):
             raise ValueError(f"the optimizer walks {len(params)} tensors, the variance has {len(self.blocks)} blocks")
-        features = self.features(params)
-        if self.effective_sizes.device != features.device:  # once: keep the hot path free of copies
-            self.nets.to(features.device)
-            self.effective_sizes = self.effective_sizes.to(features.device)
-        sigma = self.nets(features)
-        c = normalisation_factor(sigma, self.effective_sizes) if self.normalize else 1.0
-        scales = (sigma.double() * c).tolist()  # the step's one host sync
-        self._pending = sigma
-        self.last_sigma, self.last_c = sigma, float(c)
+        device = params[0].device
+        if self.sigma_prev.device != device:
+            self._to(device)
+        use_graph = self.cuda_graph and device.type == "cuda"
+        sigma, c, scales = self._replay(params) if use_graph else self._compute(params)
+        self._pending, self.last_sigma, self._last_c = sigma, sigma, c
         return scales
 
     def observe(self, loss_plus: float, loss_minus: float) -> None:
         """Called after a step that was taken: its losses and sigma become the next step's history."""
-        self.loss_prev = (loss_plus, loss_minus)
+        # In place, on the device (fill_ takes host scalars without a sync): the CUDA graph reads these buffers.
+        self.losses_prev[0].fill_(loss_plus)
+        self.losses_prev[1].fill_(loss_minus)
         if self._pending is not None:
-            self.sigma_prev = self._pending
+            self.sigma_prev.copy_(self._pending)
             self._pending = None
 
     def state_dict(self) -> dict:
         return {"sigma_prev": self.sigma_prev.cpu(), "loss_prev": list(self.loss_prev)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sigma_prev = state["sigma_prev"].clone()
-        self.loss_prev = tuple(state["loss_prev"])
+        self.sigma_prev.copy_(state["sigma_prev"])
+        self.losses_prev.copy_(torch.tensor(state["loss_prev"]))
 
 
 def learned_variance_for(
