@@ -70,3 +70,17 @@ def test_help_shows_docstrings(capsys):
         main(["fit", "--help"])
     out = capsys.readouterr().out
     assert "perturbation scale epsilon" in out and "training examples per step" in out
+
+
+def test_optimizer_commands_inspect_and_refuse_untrusted_pickles(tmp_path, capsys):
+    shipped = Path(__file__).resolve().parents[1] / "optimizers" / "smollm2-135m-instruct.from-llama-3.2-1b.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["optimizer", "inspect", str(shipped)])
+    assert exit_info.value.code == 0
+    assert "blocks: 272" in capsys.readouterr().out
+    reference = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zo_fine_tuner" / "llama1B_finetuner.pth"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["optimizer", "convert", str(reference), str(tmp_path / "out.safetensors")])
+    assert exit_info.value.code == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()

