@@ -84,3 +84,39 @@ def test_optimizer_commands_inspect_and_refuse_untrusted_pickles(tmp_path, capsy
     assert exit_info.value.code == 2
     assert "--trust-pickle" in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize(("task", "metric"), [("squad", "val/f1"), ("copa", "val/acc")])
+def test_zero_shot_validate_on_generation_and_lm_trained_tasks(task, metric, tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    main(
+        [
+            "validate",
+            "--config",
+            f"configs/{task}/mezo.yaml",
+            "--model.model",
+            "tiny-llama",
+            "--data.data_dir",
+            str(data_dir),
+            "--data.num_train",
+            "8",
+            "--data.num_dev",
+            "4",
+            "--data.num_eval",
+            "4",
+            "--data.max_length",
+            "256",
+            "--data.max_new_tokens",
+            "4",
+            "--data.eval_batch_size",
+            "4",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.name",
+            "zs",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    curves = scalars(tmp_path / "zs" / "version_0")
+    assert metric in curves and metric.replace("val/", "eval/") in curves

@@ -8,7 +8,14 @@ from functools import partial
 import lightning as L
 from torch.utils.data import DataLoader
 
-from zolightning.data.encoding import EncodedExample, as_lm_example, collate, encode_example
+from zolightning.data.encoding import (
+    AnswerTooLongError,
+    EncodedExample,
+    as_lm_example,
+    collate,
+    collate_generation,
+    encode_example,
+)
 from zolightning.data.sampling import StepIndexedStream, sample_splits
 from zolightning.data.sources import load_split
 from zolightning.data.tasks import get_task
@@ -37,6 +44,7 @@ class TaskDataModule(L.LightningDataModule):
         seed: seed of the split sampling and of the training order.
         eval_during_fit: also score the eval split at every validation (logged as `eval/*`).
         num_workers: DataLoader workers for validation and test batches.
+        max_new_tokens: generation tasks (SQuAD, DROP): longest answer decoded at evaluation.
     """
 
     def __init__(
@@ -53,6 +61,7 @@ class TaskDataModule(L.LightningDataModule):
         seed: int = 0,
         eval_during_fit: bool = True,
         num_workers: int = 0,
+        max_new_tokens: int = 50,
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -63,13 +72,15 @@ class TaskDataModule(L.LightningDataModule):
         self.num_train, self.num_eval, self.max_length = num_train, num_eval, max_length
         self.num_dev = self.task.num_dev if num_dev is None else num_dev
         self.seed, self.eval_during_fit, self.num_workers = seed, eval_during_fit, num_workers
+        self.max_new_tokens = max_new_tokens
         self.splits: dict[str, list[EncodedExample]] = {}
+        self.left_out: dict[str, list[int]] = {}  # rows whose answer cannot fit in max_length
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         tokenizer = load_tokenizer(self.tokenizer_name)
-        self.pad_id = tokenizer.pad_token_id
+        self.pad_id, self.bos_id = tokenizer.pad_token_id, tokenizer.bos_token_id
         train_rows = load_split(self.task, "train", self.data_dir)
         val_rows = load_split(self.task, "validation", self.data_dir)
         picked = sample_splits(len(train_rows), len(val_rows), self.num_train, self.num_dev, self.num_eval, self.seed)
@@ -78,19 +89,36 @@ class TaskDataModule(L.LightningDataModule):
             ("dev", train_rows, picked.dev),
             ("eval", val_rows, picked.eval),
         ):
-            self.splits[name] = [
-                encode_example(tokenizer, self.task.render(rows[i]), self.max_length, index=i) for i in indices
-            ]
+            self.splits[name], unfit = self._encode(tokenizer, rows, indices)
             cut = sum(e.truncated for e in self.splits[name])
             log.info(
-                "%s %s: %d examples, %d truncated to %d tokens",
+                "%s %s: %d examples, %d truncated on the left to %d tokens",
                 self.task.name,
                 name,
-                len(indices),
+                len(self.splits[name]),
                 cut,
                 self.max_length,
             )
+            if unfit:
+                log.warning(
+                    "%s %s: %d example(s) left out, their answer alone exceeds max_length=%d (rows %s)",
+                    self.task.name,
+                    name,
+                    len(unfit),
+                    self.max_length,
+                    unfit[:10],
+                )
+            self.left_out[name] = unfit
         self.truncated = {name: sum(e.truncated for e in split) for name, split in self.splits.items()}
+
+    def _encode(self, tokenizer, rows: list[dict], indices: list[int]) -> tuple[list[EncodedExample], list[int]]:
+        encoded, unfit = [], []
+        for i in indices:
+            try:
+                encoded.append(encode_example(tokenizer, self.task.render(rows[i]), self.max_length, index=i))
+            except AnswerTooLongError:
+                unfit.append(i)
+        return encoded, unfit
 
     def train_dataloader(self) -> DataLoader:
         examples = self.splits["train"]
@@ -109,6 +137,21 @@ class TaskDataModule(L.LightningDataModule):
         return DataLoader(stream, batch_size=None, collate_fn=_unbatched)
 
     def _scoring_loader(self, split: str) -> DataLoader:
+        if self.task.generation:
+            keep_first = self.bos_id is not None
+            collate_fn = partial(
+                collate_generation,
+                pad_id=self.pad_id,
+                keep_first=keep_first,
+                max_prompt_length=self.max_length - self.max_new_tokens,
+            )
+            return DataLoader(
+                self.splits[split],
+                batch_size=self.eval_batch_size,
+                shuffle=False,
+                num_workers=self.num_workers,
+                collate_fn=collate_fn,
+            )
         return DataLoader(
             self.splits[split],
             batch_size=self.eval_batch_size,

@@ -18,6 +18,10 @@ import torch
 from zolightning.data.tasks import RenderedExample
 
 
+class AnswerTooLongError(ValueError):
+    """A candidate answer cannot fit in max_length whatever the prompt: the example is reported and left out."""
+
+
 @dataclass(frozen=True)
 class EncodedExample:
     """Token ids of each candidate's full sequence (prompt + answer) and its answer length."""
@@ -26,6 +30,7 @@ class EncodedExample:
     answer_lengths: tuple[int, ...]
     gold: int
     truncated: bool
+    references: tuple[str, ...] = ()  # gold answers of generation tasks
 
     @property
     def shares_prefix(self) -> bool:
@@ -55,7 +60,7 @@ def encode_example(tokenizer, example: RenderedExample, max_length: int, index: 
         if answer_length < 1:
             raise ValueError(f"example {index}: candidate {candidate!r} adds no token to the prompt")
         if answer_length > max_length - 1:
-            raise ValueError(
+            raise AnswerTooLongError(
                 f"example {index}: candidate {candidate!r} has {answer_length} tokens, which cannot fit "
                 f"with any prompt in max_length={max_length}"
             )
@@ -64,13 +69,15 @@ def encode_example(tokenizer, example: RenderedExample, max_length: int, index: 
         truncated |= len(cut) < len(ids)
         sequences.append(tuple(cut))
         answer_lengths.append(answer_length)
-    return EncodedExample(tuple(sequences), tuple(answer_lengths), example.gold, truncated)
+    return EncodedExample(tuple(sequences), tuple(answer_lengths), example.gold, truncated, example.references)
 
 
 def as_lm_example(example: EncodedExample) -> EncodedExample:
     """The gold candidate alone: LM-style training scores only the gold answer's tokens."""
     g = example.gold
-    return EncodedExample((example.sequences[g],), (example.answer_lengths[g],), 0, example.truncated)
+    return EncodedExample(
+        (example.sequences[g],), (example.answer_lengths[g],), 0, example.truncated, example.references
+    )
 
 
 def collate(examples: list[EncodedExample], pad_id: int, kind: str = "classification") -> dict:
@@ -109,4 +116,26 @@ def collate(examples: list[EncodedExample], pad_id: int, kind: str = "classifica
         "pred_slots": torch.tensor(pred_slots),
         "candidate_mask": candidate_mask,
         "gold": torch.tensor([e.gold for e in examples]),
+    }
+
+
+def collate_generation(
+    examples: list[EncodedExample], pad_id: int, max_prompt_length: int, keep_first: bool = False
+) -> dict:
+    """Left-padded prompts (the gold answer removed) and their references, for greedy decoding."""
+    prompts = []
+    for example in examples:
+        ids = list(example.sequences[example.gold][: -example.answer_lengths[example.gold]])
+        prompts.append(_left_truncate(ids, max_prompt_length, keep_first))
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, ids in enumerate(prompts):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[i, width - len(ids) :] = 1
+    return {
+        "kind": "generate",
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "references": [list(e.references) for e in examples],
     }

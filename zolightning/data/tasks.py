@@ -12,11 +12,16 @@ from typing import ClassVar, Literal
 
 @dataclass(frozen=True)
 class RenderedExample:
-    """A row turned into text: the prompt, the candidate answers and the index of the gold one."""
+    """A row turned into text: the prompt, the candidate answers and the index of the gold one.
+
+    Generation tasks have one candidate (the first gold answer, for LM training) and list every gold
+    answer in `references` (for F1 / exact match).
+    """
 
     prompt: str
     candidates: tuple[str, ...]
     gold: int
+    references: tuple[str, ...] = ()
 
 
 class Task:
@@ -28,6 +33,7 @@ class Task:
     fields: ClassVar[tuple[str, ...]]
     labels: ClassVar[tuple[int, ...]]
     train_mode: ClassVar[Literal["classification", "lm"]] = "classification"
+    generation: ClassVar[bool] = False  # evaluated by greedy decoding (F1 / EM) instead of candidate scoring
     num_dev: ClassVar[int] = 500
 
     def check(self, row: dict) -> str | None:
@@ -35,7 +41,7 @@ class Task:
         missing = [f for f in self.fields if f not in row]
         if missing:
             return f"missing field(s) {', '.join(missing)} (has {', '.join(sorted(row))})"
-        if "label" in self.fields and row["label"] not in self.labels:
+        if "label" in self.fields and self.labels and row["label"] not in self.labels:
             return f"label {row['label']!r} is not one of {list(self.labels)}"
         return None
 
@@ -69,3 +75,185 @@ class SST2(Task):
     def render(self, row: dict) -> RenderedExample:
         # GLUE sentences end in a space; MeZO strips it before the template.
         return RenderedExample(f"{row['sentence'].strip()} It was", (" terrible", " great"), row["label"])
+
+
+@register
+class RTE(Task):
+    name = "rte"
+    hub_path, hub_config = "aps/super_glue", "rte"
+    fields = ("premise", "hypothesis", "label")
+    labels = (0, 1)
+
+    def render(self, row: dict) -> RenderedExample:
+        prompt = f'{row["premise"]}\nDoes this mean that "{row["hypothesis"]}" is true? Yes or No?\n'
+        return RenderedExample(prompt, ("Yes", "No"), row["label"])
+
+
+@register
+class CB(Task):
+    name = "cb"
+    hub_path, hub_config = "aps/super_glue", "cb"
+    fields = ("premise", "hypothesis", "label")
+    labels = (0, 1, 2)
+    num_dev = 100
+
+    def render(self, row: dict) -> RenderedExample:
+        prompt = f'Suppose {row["premise"]} Can we infer that "{row["hypothesis"]}"? Yes, No, or Maybe?\n'
+        return RenderedExample(prompt, ("Yes", "No", "Maybe"), row["label"])
+
+
+@register
+class BoolQ(Task):
+    name = "boolq"
+    hub_path, hub_config = "aps/super_glue", "boolq"
+    fields = ("question", "passage", "label")
+    labels = (0, 1)
+
+    def render(self, row: dict) -> RenderedExample:
+        question = row["question"].strip()
+        question = question[:1].upper() + question[1:]
+        if not question.endswith("?"):
+            question += "?"
+        return RenderedExample(f"{row['passage']} {question}\n", ("No", "Yes"), row["label"])
+
+
+@register
+class WSC(Task):
+    name = "wsc"
+    hub_path, hub_config = "aps/super_glue", "wsc.fixed"
+    fields = ("text", "span1_text", "span2_text", "label")
+    labels = (0, 1)
+
+    def render(self, row: dict) -> RenderedExample:
+        prompt = (
+            f'{row["text"]}\nIn the previous sentence, does the pronoun "{row["span2_text"].lower()}" '
+            f"refer to {row['span1_text']}? Yes or No?\n"
+        )
+        return RenderedExample(prompt, ("No", "Yes"), row["label"])
+
+
+@register
+class WiC(Task):
+    name = "wic"
+    hub_path, hub_config = "aps/super_glue", "wic"
+    fields = ("word", "sentence1", "sentence2", "label")
+    labels = (0, 1)
+
+    def render(self, row: dict) -> RenderedExample:
+        prompt = (
+            f'Does the word "{row["word"]}" have the same meaning in these two sentences? Yes, No?\n'
+            f"{row['sentence1']}\n{row['sentence2']}\n"
+        )
+        return RenderedExample(prompt, ("No", "Yes"), row["label"])
+
+
+@register
+class MultiRC(Task):
+    name = "multirc"
+    hub_path, hub_config = "aps/super_glue", "multirc"
+    fields = ("paragraph", "question", "answer", "label")
+    labels = (0, 1)
+
+    def render(self, row: dict) -> RenderedExample:
+        prompt = (
+            f'{row["paragraph"]}\nQuestion: {row["question"]}\nI found this answer "{row["answer"]}". '
+            "Is that correct? Yes or No?\n"
+        )
+        return RenderedExample(prompt, ("No", "Yes"), row["label"])
+
+
+def _lower_first(text: str) -> str:
+    # "I" stays capitalised ("I", "I'm", ...); everything else starts lower-case after the connective.
+    if text.startswith("I ") or text.startswith("I'"):
+        return text
+    return text[:1].lower() + text[1:]
+
+
+@register
+class COPA(Task):
+    """`premise without its period + " so "/" because "` + choice; the space is carried by the candidate
+    (" the sun rose.") so that the prompt's last token never merges with the answer's first."""
+
+    name = "copa"
+    hub_path, hub_config = "aps/super_glue", "copa"
+    fields = ("premise", "choice1", "choice2", "question", "label")
+    labels = (0, 1)
+    train_mode = "lm"
+    num_dev = 100
+
+    def check(self, row: dict) -> str | None:
+        problem = super().check(row)
+        if problem is None and row["question"] not in ("cause", "effect"):
+            return f"question {row['question']!r} is not 'cause' or 'effect'"
+        return problem
+
+    def render(self, row: dict) -> RenderedExample:
+        premise = row["premise"].rstrip()
+        premise = premise[:-1] if premise.endswith(".") else premise
+        connective = " so" if row["question"] == "effect" else " because"
+        choices = tuple(" " + _lower_first(row[key]) for key in ("choice1", "choice2"))
+        return RenderedExample(premise + connective, choices, row["label"])
+
+
+@register
+class ReCoRD(Task):
+    name = "record"
+    hub_path, hub_config = "aps/super_glue", "record"
+    fields = ("passage", "query", "entities", "answers")
+    labels = ()
+    train_mode = "lm"
+
+    def check(self, row: dict) -> str | None:
+        problem = super().check(row)
+        if problem is None and not any(answer in row["entities"] for answer in row["answers"]):
+            return "no gold answer is among the entities"
+        return problem
+
+    def render(self, row: dict) -> RenderedExample:
+        passage = row["passage"].replace("@highlight\n", "- ")
+        entities = list(dict.fromkeys(row["entities"]))  # unique, order kept
+        gold = next(i for i, entity in enumerate(entities) if entity in row["answers"])
+        candidates = tuple(" " + row["query"].replace("@placeholder", entity) for entity in entities)
+        return RenderedExample(f"{passage}\n-", candidates, gold)
+
+
+@register
+class SQuAD(Task):
+    name = "squad"
+    hub_path, hub_config = "rajpurkar/squad", None
+    fields = ("title", "context", "question", "answers")
+    labels = ()
+    train_mode = "lm"
+    generation = True
+
+    def check(self, row: dict) -> str | None:
+        problem = super().check(row)
+        if problem is None and not row["answers"].get("text"):
+            return "answers.text is empty"
+        return problem
+
+    def render(self, row: dict) -> RenderedExample:
+        prompt = f"Title: {row['title']}\nContext: {row['context']}\nQuestion: {row['question']}\nAnswer:"
+        answers = tuple(row["answers"]["text"])
+        return RenderedExample(prompt, (f" {answers[0]}\n",), 0, answers)
+
+
+@register
+class DROP(Task):
+    name = "drop"
+    hub_path, hub_config = "ucinlp/drop", None
+    fields = ("passage", "question", "answers_spans")
+    labels = ()
+    train_mode = "lm"
+    generation = True
+
+    def check(self, row: dict) -> str | None:
+        problem = super().check(row)
+        if problem is None and not row["answers_spans"].get("spans"):
+            return "answers_spans.spans is empty"
+        return problem
+
+    def render(self, row: dict) -> RenderedExample:
+        answers = tuple(row["answers_spans"]["spans"])
+        prompt = f"Passage: {row['passage']}\nQuestion: {row['question']}\nAnswer:"
+        return RenderedExample(prompt, (f" {answers[0]}\n",), 0, answers)

@@ -14,8 +14,10 @@ import lightning as L
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
+from torchmetrics.text import SQuAD
 
-from zolightning.models import load_causal_lm
+from zolightning.generation import greedy_answers, update_squad
+from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.optim import ZOSGD
 from zolightning.scoring import batch_loss
 from zolightning.variance.learned import LearnedVariance, learned_variance_for, sigma_by_kind
@@ -69,7 +71,10 @@ class ZOFineTuneModule(L.LightningModule):
             raise ValueError("variance=learned needs variance_file (a learned-optimizer .safetensors)")
         self.model = load_causal_lm(model, dtype=dtype, seed=init_seed)
         for split in ("dev", "eval", "test"):
-            setattr(self, f"{split}_metrics", torch.nn.ModuleDict({"loss": MeanMetric(), "acc": MeanMetric()}))
+            metrics = {"loss": MeanMetric(), "acc": MeanMetric(), "squad": SQuAD()}
+            setattr(self, f"{split}_metrics", torch.nn.ModuleDict(metrics))
+        self._tokenizer = None  # loaded on first use: only generation tasks decode text
+        self._generated: dict[str, SQuAD] = {}
 
     # ---- optimization -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -180,7 +185,32 @@ class ZOFineTuneModule(L.LightningModule):
         names = datamodule.val_split_names() if hasattr(datamodule, "val_split_names") else ["dev"]
         return names[dataloader_idx]
 
+    def _generate(self, batch: dict, metrics: torch.nn.ModuleDict, prefix: str) -> None:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.hparams.model)
+        max_new_tokens = getattr(getattr(self.trainer, "datamodule", None), "max_new_tokens", 50)
+        predictions = greedy_answers(self.model, self._tokenizer, batch, max_new_tokens)
+        update_squad(metrics["squad"], predictions, batch["references"])
+        self._generated[prefix] = metrics["squad"]
+
+    def _log_generation(self) -> None:
+        # SQuAD's compute returns a dict, which self.log cannot take as a metric object: log at epoch end.
+        for prefix, metric in self._generated.items():
+            result = metric.compute()  # percentages, synced across ranks
+            self.log(f"{prefix}/f1", result["f1"] / 100)
+            self.log(f"{prefix}/em", result["exact_match"] / 100)
+            metric.reset()
+        self._generated = {}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_generation()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_generation()
+
     def _score(self, batch: dict, metrics: torch.nn.ModuleDict, prefix: str) -> None:
+        if batch["kind"] == "generate":
+            return self._generate(batch, metrics, prefix)
         loss, scores = batch_loss(self.model, batch)
         correct = (scores.argmax(dim=-1) == batch["gold"]).float()
         metrics["loss"].update(loss, weight=correct.numel())
