@@ -128,3 +128,39 @@ def test_single_token_candidates_share_one_sequence():
     assert batch["pred_rows"].tolist() == [0, 0] and batch["pred_cols"].tolist() == [1, 1]
     assert batch["pred_tokens"].tolist() == [7, 8]
     assert torch.equal(batch["candidate_mask"], torch.tensor([[True, True]]))
+
+
+def test_task_schedule_visits_every_task_once_per_cycle():
+    from zolightning.data.sampling import task_schedule
+
+    assert [task_schedule(3, s, 0, shuffled=False) for s in range(6)] == [
+        (0, 0),
+        (1, 0),
+        (2, 0),
+        (0, 1),
+        (1, 1),
+        (2, 1),
+    ]
+    shuffled = [task_schedule(3, s, 0, shuffled=True)[0] for s in range(30)]
+    assert all(sorted(shuffled[i : i + 3]) == [0, 1, 2] for i in range(0, 30, 3))
+    assert shuffled[:15] != [0, 1, 2] * 5
+
+
+def test_multitask_datamodule_alternates_tasks_and_names_splits(data_dir):
+    from zolightning.data import MultiTaskDataModule
+
+    module = MultiTaskDataModule(
+        ["copa", "sst2"],
+        tokenizer="tiny-llama",
+        data_dir=str(data_dir),
+        batch_size=2,
+        num_train=8,
+        num_eval=4,
+        max_length=256,
+    )
+    module.setup()
+    batches = iter(module.train_dataloader())
+    first, second, third = next(batches), next(batches), next(batches)
+    assert [first["task"], second["task"], third["task"]] == ["copa", "sst2", "copa"]
+    assert first["kind"] == "lm" and second["kind"] == "classification"
+    assert module.val_split_names() == ["dev:copa", "dev:sst2"] and len(module.val_dataloader()) == 2

@@ -102,7 +102,7 @@ def test_half_precision_training_warns_and_counts_accuracy_in_float32(tmp_path, 
     trainer = _trainer(tmp_path, max_steps=4, precision="bf16-true", limit_val_batches=1.0)
     trainer.fit(module, datamodule=tiny_data(num_dev=300))
     assert "half-precision" in caplog.text
-    assert module.dev_metrics["acc"].mean_value.dtype == torch.float32
+    assert module.split_metrics["dev_metrics"]["acc"].mean_value.dtype == torch.float32
     correct = trainer.callback_metrics["val/acc"].item() * 300
     assert abs(correct - round(correct)) < 1e-3  # an exact count of 300 examples, not a bf16 rounding
 
@@ -147,3 +147,39 @@ def test_run_stops_after_consecutive_non_finite_steps(tmp_path, tiny_data):
 def test_learned_variance_needs_a_file():
     with pytest.raises(ValueError, match="variance_file"):
         ZOFineTuneModule(model="tiny-llama", variance="learned")
+
+
+@pytest.mark.parametrize(("task", "objective"), [("sst2", "accuracy"), ("squad", "f1")])
+def test_non_differentiable_objectives_train(task, objective, tmp_path, tiny_data):
+    module = ZOFineTuneModule(model="tiny-llama", lr=1e-3, objective=objective)
+    data = tiny_data(
+        task=task, objective=objective, max_length=256, max_new_tokens=4, num_train=16, num_dev=4, num_eval=4
+    )
+    trainer = _trainer(tmp_path, max_steps=3)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 3
+    assert -1.0 <= trainer.callback_metrics["train/loss"].item() <= 0.0  # minus an accuracy or an F1
+
+
+def test_objective_must_fit_the_task(tiny_data):
+    with pytest.raises(ValueError, match="objective=f1 needs a generation task"):
+        tiny_data(objective="f1")
+
+
+def test_multitask_fine_tuning_logs_each_task(tmp_path, data_dir):
+    from zolightning.data import MultiTaskDataModule
+
+    data = MultiTaskDataModule(
+        ["copa", "cb"],
+        tokenizer="tiny-llama",
+        data_dir=str(data_dir),
+        batch_size=2,
+        num_train=8,
+        num_eval=4,
+        max_length=256,
+        eval_batch_size=4,
+    )
+    module = ZOFineTuneModule(model="tiny-llama", lr=1e-3)
+    trainer = _trainer(tmp_path, max_steps=4)
+    trainer.fit(module, datamodule=data)
+    assert {"val/copa/acc", "val/cb/acc"} <= set(trainer.callback_metrics)

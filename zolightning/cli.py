@@ -44,6 +44,7 @@ class ZOLightningCLI(LightningCLI):
             }
         )
         parser.link_arguments("model.model", "data.tokenizer")
+        parser.link_arguments("model.objective", "data.objective")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

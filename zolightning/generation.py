@@ -30,3 +30,16 @@ def update_squad(metric: SQuAD, predictions: list[str], references: list[list[st
         [{"prediction_text": p, "id": i} for p, i in zip(predictions, ids)],
         [{"answers": {"text": refs, "answer_start": [0] * len(refs)}, "id": i} for refs, i in zip(references, ids)],
     )
+
+
+def negative_f1(model: nn.Module, tokenizer, batch: dict, max_new_tokens: int = 50) -> torch.Tensor:
+    """-(mean SQuAD F1) of greedy answers to a generation batch: a non-differentiable ZO objective."""
+    from torchmetrics.functional.text import squad
+
+    predictions = greedy_answers(model, tokenizer, batch, max_new_tokens)
+    ids = [str(i) for i in range(len(predictions))]
+    result = squad(
+        [{"prediction_text": p, "id": i} for p, i in zip(predictions, ids)],
+        [{"answers": {"text": r, "answer_start": [0] * len(r)}, "id": i} for r, i in zip(batch["references"], ids)],
+    )
+    return -result["f1"].to(batch["input_ids"].device) / 100

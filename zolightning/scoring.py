@@ -57,3 +57,9 @@ def batch_loss(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor | None]:
         return -token_logprobs.mean(), None
     scores = candidate_scores(token_logprobs, batch)
     return F.cross_entropy(scores, batch["gold"]), scores
+
+
+def negative_accuracy(model: nn.Module, batch: dict) -> Tensor:
+    """-(candidate accuracy) of a classification batch: a non-differentiable ZO objective."""
+    scores = candidate_scores(answer_logprobs(model, batch), batch)
+    return -(scores.argmax(dim=-1) == batch["gold"]).float().mean()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Literal
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -45,6 +46,8 @@ class TaskDataModule(L.LightningDataModule):
         eval_during_fit: also score the eval split at every validation (logged as `eval/*`).
         num_workers: DataLoader workers for validation and test batches.
         max_new_tokens: generation tasks (SQuAD, DROP): longest answer decoded at evaluation.
+        objective: what a training step optimizes; the CLI links it to `model.objective`: `loss` (the task's
+            cross-entropy), `accuracy` (candidate accuracy, not differentiable) or `f1` (generation F1).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class TaskDataModule(L.LightningDataModule):
         eval_during_fit: bool = True,
         num_workers: int = 0,
         max_new_tokens: int = 50,
+        objective: Literal["loss", "accuracy", "f1"] = "loss",
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -72,7 +76,11 @@ class TaskDataModule(L.LightningDataModule):
         self.num_train, self.num_eval, self.max_length = num_train, num_eval, max_length
         self.num_dev = self.task.num_dev if num_dev is None else num_dev
         self.seed, self.eval_during_fit, self.num_workers = seed, eval_during_fit, num_workers
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.objective = max_new_tokens, objective
+        if objective == "f1" and not self.task.generation:
+            raise ValueError(f"objective=f1 needs a generation task (squad, drop), not {task!r}")
+        if objective == "accuracy" and self.task.generation:
+            raise ValueError(f"objective=accuracy needs a task with candidates; {task!r} is scored by F1")
         self.splits: dict[str, list[EncodedExample]] = {}
         self.left_out: dict[str, list[int]] = {}  # rows whose answer cannot fit in max_length
 
@@ -120,14 +128,29 @@ class TaskDataModule(L.LightningDataModule):
                 unfit.append(i)
         return encoded, unfit
 
-    def train_dataloader(self) -> DataLoader:
+    def _generation_collate(self):
+        return partial(
+            collate_generation,
+            pad_id=self.pad_id,
+            keep_first=self.bos_id is not None,
+            max_prompt_length=self.max_length - self.max_new_tokens,
+        )
+
+    def _train_examples_and_collate(self):
+        """What one training step sees, by objective: the task's loss, candidate accuracy, or generation F1."""
         examples = self.splits["train"]
-        if self.task.train_mode == "lm":
-            examples = [as_lm_example(e) for e in examples]
+        if self.objective == "f1":
+            return examples, self._generation_collate()
+        if self.objective == "accuracy" or self.task.train_mode == "classification":
+            return examples, partial(collate, pad_id=self.pad_id, kind="classification")
+        return [as_lm_example(e) for e in examples], partial(collate, pad_id=self.pad_id, kind="lm")
+
+    def train_dataloader(self) -> DataLoader:
+        examples, collate_fn = self._train_examples_and_collate()
         trainer = self.trainer
         stream = StepIndexedStream(
             examples,
-            partial(collate, pad_id=self.pad_id, kind=self.task.train_mode),
+            collate_fn,
             self.batch_size,
             self.seed,
             start_step=trainer.global_step if trainer else 0,
@@ -137,27 +160,13 @@ class TaskDataModule(L.LightningDataModule):
         return DataLoader(stream, batch_size=None, collate_fn=_unbatched)
 
     def _scoring_loader(self, split: str) -> DataLoader:
-        if self.task.generation:
-            keep_first = self.bos_id is not None
-            collate_fn = partial(
-                collate_generation,
-                pad_id=self.pad_id,
-                keep_first=keep_first,
-                max_prompt_length=self.max_length - self.max_new_tokens,
-            )
-            return DataLoader(
-                self.splits[split],
-                batch_size=self.eval_batch_size,
-                shuffle=False,
-                num_workers=self.num_workers,
-                collate_fn=collate_fn,
-            )
+        collate_fn = self._generation_collate() if self.task.generation else partial(collate, pad_id=self.pad_id)
         return DataLoader(
             self.splits[split],
             batch_size=self.eval_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_id=self.pad_id),
+            collate_fn=collate_fn,
         )
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -165,6 +174,9 @@ class TaskDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._scoring_loader("eval")
+
+    def test_split_names(self) -> list[str]:
+        return ["test"]
 
     def val_split_names(self) -> list[str]:
         """What each validation dataloader holds, in order; the module logs under these names."""

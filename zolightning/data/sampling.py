@@ -79,8 +79,34 @@ class StepIndexedStream(IterableDataset):
             out.append(cache[cycle][p % n])
         return out
 
+    def batch(self, step: int) -> dict:
+        return self.collate([self.examples[i] for i in self.indices(step)])
+
     def __iter__(self) -> Iterator[dict]:
         step = self.start_step
         while True:
-            yield self.collate([self.examples[i] for i in self.indices(step)])
+            yield self.batch(step)
+            step += 1
+
+
+def task_schedule(num_tasks: int, step: int, seed: int, shuffled: bool) -> tuple[int, int]:
+    """(task index, that task's own step) for global step `step`: every task once per cycle of K steps,
+    in order or in a seeded order per cycle."""
+    cycle, position = divmod(step, num_tasks)
+    order = permutation(num_tasks, seed, cycle) if shuffled else range(num_tasks)
+    return order[position], cycle
+
+
+class MultiTaskStream(IterableDataset):
+    """Endless training batches drawn from several tasks' streams, one task per step, tagged with its name."""
+
+    def __init__(self, streams: dict[str, StepIndexedStream], seed: int, shuffled: bool, start_step: int = 0):
+        self.streams, self.names = streams, list(streams)
+        self.seed, self.shuffled, self.start_step = seed, shuffled, start_step
+
+    def __iter__(self) -> Iterator[dict]:
+        step = self.start_step
+        while True:
+            task, task_step = task_schedule(len(self.names), step, self.seed, self.shuffled)
+            yield {**self.streams[self.names[task]].batch(task_step), "task": self.names[task]}
             step += 1

@@ -16,16 +16,22 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 
-from zolightning.generation import greedy_answers, update_squad
+from zolightning.generation import greedy_answers, negative_f1, update_squad
 from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.optim import ZOSGD
-from zolightning.scoring import batch_loss
+from zolightning.scoring import batch_loss, negative_accuracy
 from zolightning.variance.learned import LearnedVariance, learned_variance_for, sigma_by_kind
 
 log = logging.getLogger(__name__)
 
-# What each validation split is logged as: the dev split picks checkpoints, the eval split is reported.
-LOG_PREFIX = {"dev": "val", "eval": "eval"}
+# What each split is logged as: the dev split picks checkpoints, the eval split is reported; a multi-task
+# run names its splits "dev:<task>" and logs "val/<task>/acc".
+LOG_PREFIX = {"dev": "val", "eval": "eval", "test": "test"}
+
+
+def log_prefix(split: str) -> str:
+    kind, _, task = split.partition(":")
+    return f"{LOG_PREFIX[kind]}/{task}" if task else LOG_PREFIX[kind]
 
 
 class ZOFineTuneModule(L.LightningModule):
@@ -47,6 +53,9 @@ class ZOFineTuneModule(L.LightningModule):
         variance_file: learned-optimizer file (.safetensors; `zolightning optimizer --help`).
         normalize: with learned variance, rescale so the total perturbation size is that of N(0, I).
         max_consecutive_skips: stop the run after this many steps in a row with a non-finite loss or scale.
+        objective: what the two ZO evaluations measure: `loss` (cross-entropy), or a non-differentiable
+            objective: `accuracy` (minus candidate accuracy) or `f1` (minus greedy-decoding F1, SQuAD/DROP).
+            `train/loss` logs the objective's value.
     """
 
     def __init__(
@@ -63,6 +72,7 @@ class ZOFineTuneModule(L.LightningModule):
         variance_file: str | None = None,
         normalize: bool = True,
         max_consecutive_skips: int = 20,
+        objective: Literal["loss", "accuracy", "f1"] = "loss",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -70,9 +80,7 @@ class ZOFineTuneModule(L.LightningModule):
         if variance == "learned" and not variance_file:
             raise ValueError("variance=learned needs variance_file (a learned-optimizer .safetensors)")
         self.model = load_causal_lm(model, dtype=dtype, seed=init_seed)
-        for split in ("dev", "eval", "test"):
-            metrics = {"loss": MeanMetric(), "acc": MeanMetric(), "squad": SQuAD()}
-            setattr(self, f"{split}_metrics", torch.nn.ModuleDict(metrics))
+        self.split_metrics = torch.nn.ModuleDict()  # one set per split, created on first use
         self._tokenizer = None  # loaded on first use: only generation tasks decode text
         self._generated: dict[str, SQuAD] = {}
 
@@ -123,8 +131,7 @@ class ZOFineTuneModule(L.LightningModule):
         strategy = self.trainer.strategy
 
         def closure() -> torch.Tensor:
-            loss, _ = batch_loss(self.model, batch)
-            return strategy.reduce(loss, reduce_op="mean")  # every rank then takes the same step
+            return strategy.reduce(self._objective(batch), reduce_op="mean")  # every rank takes the same step
 
         start = time.perf_counter()
         out = optimizer.step(closure=closure)
@@ -133,7 +140,7 @@ class ZOFineTuneModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        examples = batch["gold"].numel() * self.trainer.world_size
+        examples = len(batch["input_ids"] if batch["kind"] == "generate" else batch["gold"]) * self.trainer.world_size
         self.log_dict(
             {
                 "train/loss": out.loss,
@@ -149,6 +156,21 @@ class ZOFineTuneModule(L.LightningModule):
         self._log_sigma(optimizer.optimizer.block_scales)
         if self.device.type == "cuda":
             self.log("perf/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30)
+
+    def _objective(self, batch: dict) -> torch.Tensor:
+        if self.hparams.objective == "accuracy":
+            return negative_accuracy(self.model, batch)
+        if self.hparams.objective == "f1":
+            return negative_f1(self.model, self._get_tokenizer(), batch, self._max_new_tokens())
+        return batch_loss(self.model, batch)[0]
+
+    def _get_tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.hparams.model)
+        return self._tokenizer
+
+    def _max_new_tokens(self) -> int:
+        return getattr(getattr(self.trainer, "datamodule", None), "max_new_tokens", 50)
 
     def _check_skips(self, optimizer: ZOSGD, out) -> None:
         if not out.skipped:
@@ -180,16 +202,21 @@ class ZOFineTuneModule(L.LightningModule):
             experiment.add_histogram("sigma/all_blocks", sigma.cpu(), self.global_step)
 
     # ---- evaluation ---------------------------------------------------------------------------------
-    def _val_split(self, dataloader_idx: int) -> str:
+    def _split_name(self, dataloader_idx: int, stage: str) -> str:
         datamodule = getattr(self.trainer, "datamodule", None)
-        names = datamodule.val_split_names() if hasattr(datamodule, "val_split_names") else ["dev"]
-        return names[dataloader_idx]
+        names = getattr(datamodule, f"{stage}_split_names", None)
+        return names()[dataloader_idx] if names else ("dev" if stage == "val" else "test")
+
+    def _metrics(self, split: str) -> torch.nn.ModuleDict:
+        key = f"{split}_metrics"  # a bare "eval" would shadow Module.eval
+        if key not in self.split_metrics:
+            metrics = {"loss": MeanMetric(), "acc": MeanMetric(), "squad": SQuAD()}
+            self.split_metrics[key] = torch.nn.ModuleDict(metrics).to(self.device)
+            self._metrics_in_float32()  # created inside bf16-true's default-dtype context otherwise
+        return self.split_metrics[key]
 
     def _generate(self, batch: dict, metrics: torch.nn.ModuleDict, prefix: str) -> None:
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.hparams.model)
-        max_new_tokens = getattr(getattr(self.trainer, "datamodule", None), "max_new_tokens", 50)
-        predictions = greedy_answers(self.model, self._tokenizer, batch, max_new_tokens)
+        predictions = greedy_answers(self.model, self._get_tokenizer(), batch, self._max_new_tokens())
         update_squad(metrics["squad"], predictions, batch["references"])
         self._generated[prefix] = metrics["squad"]
 
@@ -208,27 +235,30 @@ class ZOFineTuneModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_generation()
 
-    def _score(self, batch: dict, metrics: torch.nn.ModuleDict, prefix: str) -> None:
+    def _score(self, batch: dict, split: str) -> None:
+        metrics, prefix = self._metrics(split), log_prefix(split)
         if batch["kind"] == "generate":
             return self._generate(batch, metrics, prefix)
         loss, scores = batch_loss(self.model, batch)
         correct = (scores.argmax(dim=-1) == batch["gold"]).float()
         metrics["loss"].update(loss, weight=correct.numel())
         metrics["acc"].update(correct)
-        self.log(f"{prefix}/loss", metrics["loss"], add_dataloader_idx=False, batch_size=correct.numel())
-        self.log(
-            f"{prefix}/acc",
-            metrics["acc"],
-            add_dataloader_idx=False,
-            prog_bar=prefix == "val",
-            batch_size=correct.numel(),
-        )
+        for name in ("loss", "acc"):
+            # Metrics are created on first use, after Lightning mapped the module's attributes: name them.
+            self.log(
+                f"{prefix}/{name}",
+                metrics[name],
+                add_dataloader_idx=False,
+                batch_size=correct.numel(),
+                prog_bar=prefix == "val" and name == "acc",
+                metric_attribute=f"split_metrics.{split}_metrics.{name}",
+            )
 
     def _metrics_in_float32(self) -> None:
         # bf16-true converts the whole module, metric states included: a bf16 running mean rounds
         # 333/500 to 1.0. Counting stays in float32 whatever the weights are.
-        for split in ("dev", "eval", "test"):
-            for metric in getattr(self, f"{split}_metrics").values():
+        for metrics in self.split_metrics.values():
+            for metric in metrics.values():
                 metric.set_dtype(torch.float32)
 
     def on_validation_epoch_start(self) -> None:
@@ -238,8 +268,7 @@ class ZOFineTuneModule(L.LightningModule):
         self._metrics_in_float32()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        split = self._val_split(dataloader_idx)
-        self._score(batch, getattr(self, f"{split}_metrics"), LOG_PREFIX[split])
+        self._score(batch, self._split_name(dataloader_idx, "val"))
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._score(batch, self.test_metrics, "test")
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._score(batch, self._split_name(dataloader_idx, "test"))
