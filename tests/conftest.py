@@ -39,3 +39,26 @@ def tiny_data(data_dir):
         return module
 
     return make
+
+
+@pytest.fixture()
+def tiny_multitask(data_dir):
+    """A set-up MultiTaskDataModule over `tasks` on the tiny models' tokenizer."""
+    from zolightning.data import MultiTaskDataModule
+
+    def make(tasks, **overrides):
+        kwargs = dict(
+            tokenizer="tiny-llama",
+            data_dir=str(data_dir),
+            batch_size=2,
+            num_train=8,
+            num_eval=4,
+            max_length=256,
+            eval_batch_size=4,
+        )
+        kwargs.update(overrides)
+        module = MultiTaskDataModule(tasks, **kwargs)
+        module.setup()
+        return module
+
+    return make

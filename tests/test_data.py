@@ -146,19 +146,8 @@ def test_task_schedule_visits_every_task_once_per_cycle():
     assert shuffled[:15] != [0, 1, 2] * 5
 
 
-def test_multitask_datamodule_alternates_tasks_and_names_splits(data_dir):
-    from zolightning.data import MultiTaskDataModule
-
-    module = MultiTaskDataModule(
-        ["copa", "sst2"],
-        tokenizer="tiny-llama",
-        data_dir=str(data_dir),
-        batch_size=2,
-        num_train=8,
-        num_eval=4,
-        max_length=256,
-    )
-    module.setup()
+def test_multitask_datamodule_alternates_tasks_and_names_splits(tiny_multitask):
+    module = tiny_multitask(["copa", "sst2"])
     batches = iter(module.train_dataloader())
     first, second, third = next(batches), next(batches), next(batches)
     assert [first["task"], second["task"], third["task"]] == ["copa", "sst2", "copa"]

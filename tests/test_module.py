@@ -166,20 +166,8 @@ def test_objective_must_fit_the_task(tiny_data):
         tiny_data(objective="f1")
 
 
-def test_multitask_fine_tuning_logs_each_task(tmp_path, data_dir):
-    from zolightning.data import MultiTaskDataModule
-
-    data = MultiTaskDataModule(
-        ["copa", "cb"],
-        tokenizer="tiny-llama",
-        data_dir=str(data_dir),
-        batch_size=2,
-        num_train=8,
-        num_eval=4,
-        max_length=256,
-        eval_batch_size=4,
-    )
+def test_multitask_fine_tuning_logs_each_task(tmp_path, tiny_multitask):
     module = ZOFineTuneModule(model="tiny-llama", lr=1e-3)
     trainer = _trainer(tmp_path, max_steps=4)
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=tiny_multitask(["copa", "cb"]))
     assert {"val/copa/acc", "val/cb/acc"} <= set(trainer.callback_metrics)
