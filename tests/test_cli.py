@@ -19,8 +19,9 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_config_parses(config, capsys):
+    command = ["meta", "fit"] if config.parent.name == "meta" else ["fit"]
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
+        main([*command, "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "\nmodel:" in printed and "\ndata:" in printed
@@ -120,3 +121,37 @@ def test_zero_shot_validate_on_generation_and_lm_trained_tasks(task, metric, tmp
     )
     curves = scalars(tmp_path / "zs" / "version_0")
     assert metric in curves and metric.replace("val/", "eval/") in curves
+
+
+def test_meta_fit_writes_a_learned_optimizer_file(tmp_path, data_dir, monkeypatch):
+    from zolightning.variance import LearnedOptimizerFile
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    out = tmp_path / "meta.safetensors"
+    main(
+        [
+            "meta",
+            "fit",
+            "--config",
+            "configs/meta/multitask.yaml",
+            "--model.model",
+            "tiny-llama",
+            "--data.data_dir",
+            str(data_dir),
+            "--data.num_train",
+            "8",
+            "--data.max_length",
+            "256",
+            "--trainer.max_steps",
+            "6",
+            "--model.output",
+            str(out),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    learned = LearnedOptimizerFile.load(out)
+    assert learned.provenance["meta_trained"] and learned.provenance["tasks"] == ["boolq", "copa", "sst2"]
+    assert learned.provenance["meta_steps"] == 3 and len(learned.names) == 20

@@ -14,8 +14,9 @@ import warnings
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from zolightning.data import TaskDataModule
+from zolightning.data import MultiTaskDataModule, TaskDataModule
 from zolightning.modules import ZOFineTuneModule
+from zolightning.modules.meta_variance import MetaVarianceModule
 from zolightning.strategies import ZO_STRATEGY_FOR
 
 log = logging.getLogger("zolightning")
@@ -55,6 +56,13 @@ class ZOLightningCLI(LightningCLI):
             log.info("strategy %r -> %r (data parallel without gradient buckets)", strategy, config.trainer.strategy)
 
 
+class MetaCLI(LightningCLI):
+    """`zolightning meta ...`: MetaVarianceModule on one or several tasks (MultiTaskDataModule)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.model", "data.tokenizer")
+
+
 def _quiet_known_warnings() -> None:
     # The LM is kept in eval mode on purpose (dropout off for both ZO forwards).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -70,6 +78,10 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(optimizer_main(argv[1:]))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _quiet_known_warnings()
+    if argv[:1] == ["meta"]:
+        MetaCLI(MetaVarianceModule, MultiTaskDataModule, trainer_defaults=TRAINER_DEFAULTS, args=argv[1:],
+                save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+        return
     ZOLightningCLI(
         ZOFineTuneModule,
         TaskDataModule,

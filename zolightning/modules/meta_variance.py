@@ -1,0 +1,213 @@
+"""MetaVarianceModule: meta-train the block-variance networks along a first-order trajectory (method.md §2.4).
+
+Per training step, on one batch: the look-ahead meta step trains the networks (math in
+`variance/meta.py`), then one first-order SGD step moves the LM (momentum, gradient clipping, lr decaying
+linearly to 0 within each restart window). At every window's start the LM goes back to the pretrained
+weights, with fresh momentum. The result is a learned-optimizer file for `ZOFineTuneModule`.
+
+Lightning counts every `optimizer.step()`: each meta step makes two, so `trainer.max_steps` is twice the
+number of meta steps.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from zolightning.models import load_causal_lm
+from zolightning.optim.noise import NoiseSource, step_seed
+from zolightning.scoring import batch_loss
+from zolightning.variance.blocks import describe_blocks, trainable_named_parameters
+from zolightning.variance.file_format import LearnedOptimizerFile
+from zolightning.variance.learned import block_statistics, sigma_by_kind
+from zolightning.variance.meta import meta_step
+from zolightning.variance.networks import BlockVarianceNets
+
+
+def _loss(model, batch: dict) -> Tensor:
+    return batch_loss(model, batch)[0]
+
+
+class MetaVarianceModule(L.LightningModule):
+    """Learn the per-block perturbation networks of ZO Fine-tuner for one base model.
+
+    Args:
+        model: the base model (same names as `ZOFineTuneModule.model`).
+        lr_mlp: SGD learning rate of the networks.
+        lr_update: look-ahead step size (the ZO learning rate the networks are trained for).
+        lr_llm: first-order learning rate of the LM at the start of each restart window.
+        momentum: first-order SGD momentum.
+        grad_clip: gradient-norm clip of the first-order step.
+        restart_epochs: R, epochs per restart window (an epoch = one pass over the training examples).
+        eps: perturbation scale epsilon.
+        normalize: normalise the scales (c) as at use time.
+        zo_seed: seed of the perturbation directions.
+        output: learned-optimizer file written at the end and every `save_every_n_steps` meta steps.
+        save_every_n_steps: how often to write `output` (0: only at the end).
+        init_seed: weight seed of tiny random-init models.
+    """
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m-instruct",
+        lr_mlp: float = 0.1,
+        lr_update: float = 1e-6,
+        lr_llm: float = 0.01,
+        momentum: float = 0.8,
+        grad_clip: float = 1.0,
+        restart_epochs: int = 5,
+        eps: float = 1e-3,
+        normalize: bool = True,
+        zo_seed: int = 0,
+        output: str = "optimizers/meta-trained.safetensors",
+        save_every_n_steps: int = 500,
+        init_seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.model = load_causal_lm(model, seed=init_seed)
+        named = trainable_named_parameters(self.model)
+        self.names = [n for n, _ in named]
+        self.nets = BlockVarianceNets(len(named), generator=torch.Generator().manual_seed(zo_seed))
+        # Restarts go back to these: on the CPU, not a second copy on the GPU.
+        self.pretrained = {n: p.detach().cpu().clone() for n, p in named}
+        self.history: dict[str, dict[str, Tensor]] = {}  # per task: sigma_prev, losses_prev
+        self.meta_steps = 0
+        self._noise = NoiseSource()
+
+    @property
+    def params(self) -> list[Tensor]:
+        return [p for _, p in trainable_named_parameters(self.model)]
+
+    def configure_optimizers(self):
+        nets = torch.optim.SGD(self.nets.parameters(), lr=self.hparams.lr_mlp)
+        lm = torch.optim.SGD(self.params, lr=self.hparams.lr_llm, momentum=self.hparams.momentum)
+        return [nets, lm]
+
+    def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        members = getattr(datamodule, "members", {"": datamodule}).values()
+        examples = sum(len(m.splits["train"]) for m in members)
+        batch = datamodule.batch_size * self.trainer.world_size
+        self.window = self.hparams.restart_epochs * math.ceil(examples / batch)
+        self.blocks = describe_blocks(self.model, datamodule.batch_size, self.trainer.world_size)
+        self.effective_sizes = torch.tensor(
+            [b.effective_size for b in self.blocks], dtype=torch.float64, device=self.device
+        )
+
+    def _history(self, task: str) -> dict[str, Tensor]:
+        if task not in self.history:
+            self.history[task] = {
+                "sigma_prev": torch.ones(len(self.names), device=self.device),
+                "losses_prev": torch.zeros(2, device=self.device),
+            }
+        return self.history[task]
+
+    def restart_if_due(self) -> bool:
+        """At a window's start (after the first), the LM returns to the pretrained weights, momentum reset."""
+        if self.meta_steps == 0 or self.meta_steps % self.window:
+            return False
+        with torch.no_grad():
+            for name, p in zip(self.names, self.params):
+                p.copy_(self.pretrained[name])
+        self.optimizers()[1].optimizer.state.clear()
+        return True
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt_nets, opt_lm = self.optimizers()
+        restarted = self.restart_if_due()
+        history = self._history(batch.get("task", "default"))
+        mean, variance = block_statistics(self.params)
+        losses = history["losses_prev"].expand(len(self.names), 2)
+        features = torch.cat([mean[:, None], variance[:, None], losses, history["sigma_prev"][:, None]], dim=1)
+        result = meta_step(
+            self.model,
+            self.names,
+            self.params,
+            self.nets,
+            features,
+            self.effective_sizes,
+            _loss,
+            batch,
+            self.hparams.eps,
+            self.hparams.lr_update,
+            step_seed(self.hparams.zo_seed, self.meta_steps),
+            self._noise,
+            self.hparams.normalize,
+        )
+        opt_nets.zero_grad()
+        self.manual_backward(result.meta_loss)
+        opt_nets.step()
+        history["sigma_prev"], history["losses_prev"] = (
+            result.sigma,
+            torch.tensor([result.loss_plus, result.loss_minus], device=self.device),
+        )
+
+        position = self.meta_steps % self.window
+        lr = self.hparams.lr_llm * (1.0 - position / self.window)
+        for group in opt_lm.param_groups:
+            group["lr"] = lr
+        opt_lm.zero_grad()
+        loss = _loss(self.model, batch)
+        self.manual_backward(loss)
+        torch.nn.utils.clip_grad_norm_(self.params, self.hparams.grad_clip)
+        opt_lm.step()
+        opt_lm.zero_grad(set_to_none=True)  # no gradient buffers kept between steps
+        self.meta_steps += 1
+
+        self.log_dict(
+            {
+                "meta/loss": result.meta_loss.detach(),
+                "meta/zo_loss": (result.loss_plus + result.loss_minus) / 2,
+                "meta/projected_grad": result.projected_grad,
+                "meta/norm_factor": result.c,
+                "train/loss": loss.detach(),
+                "lr/llm": lr,
+                "lr/mlp": opt_nets.param_groups[0]["lr"],
+                "meta/restarted": float(restarted),
+            }
+        )
+        self.log_dict({f"sigma/{k}": v for k, v in sigma_by_kind(result.sigma, [b.kind for b in self.blocks]).items()})
+        every = self.hparams.save_every_n_steps
+        if every and self.meta_steps % every == 0:
+            self.save_optimizer()
+
+    def on_train_end(self) -> None:
+        self.save_optimizer()
+
+    def save_optimizer(self, path: str | None = None) -> Path:
+        """Write the networks as a learned-optimizer file (rank 0 only)."""
+        path = Path(path or self.hparams.output)
+        if self.trainer.is_global_zero:
+            shapes = [tuple(p.shape) for p in self.params]
+            provenance = {
+                "meta_trained": True,
+                "meta_steps": self.meta_steps,
+                "tasks": sorted(self.history),
+                **{k: v for k, v in self.hparams.items() if k not in ("output",)},
+            }
+            LearnedOptimizerFile(
+                self.nets,
+                list(self.names),
+                shapes,
+                [b.effective_size for b in self.blocks],
+                self.hparams.model,
+                provenance,
+            ).save(path)
+        return path
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["meta_state"] = {
+            "meta_steps": self.meta_steps,
+            "history": {t: {k: v.cpu() for k, v in h.items()} for t, h in self.history.items()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("meta_state", {})
+        self.meta_steps = state.get("meta_steps", 0)
+        self.history = state.get("history", {})
