@@ -76,11 +76,8 @@ def test_tied_embeddings_stay_tied_through_the_lookahead(tiny_data):
     assert torch.allclose(_loss(FunctionalModel(model, theta), batch), _loss(expected_model, batch), atol=1e-6)
 
 
-def _fit_meta(tmp_path, tiny_data, max_steps, **kwargs):
-    module = MetaVarianceModule(
-        model="tiny-llama", output=str(tmp_path / "meta.safetensors"), save_every_n_steps=0, **kwargs
-    )
-    trainer = L.Trainer(
+def _cpu_trainer(max_steps):
+    return L.Trainer(
         max_steps=max_steps,
         accelerator="cpu",
         logger=False,
@@ -89,6 +86,13 @@ def _fit_meta(tmp_path, tiny_data, max_steps, **kwargs):
         enable_model_summary=False,
         limit_val_batches=0,
     )
+
+
+def _fit_meta(tmp_path, tiny_data, max_steps, **kwargs):
+    module = MetaVarianceModule(
+        model="tiny-llama", output=str(tmp_path / "meta.safetensors"), save_every_n_steps=0, **kwargs
+    )
+    trainer = _cpu_trainer(max_steps)
     trainer.fit(module, datamodule=tiny_data(task="copa", num_train=8, max_length=256))
     return module
 
@@ -115,14 +119,6 @@ def test_a_meta_trained_file_loads_in_the_zo_module(tmp_path, tiny_data):
     module = ZOFineTuneModule(
         model="tiny-llama", lr=1e-3, variance="learned", variance_file=str(tmp_path / "meta.safetensors")
     )
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = _cpu_trainer(2)
     trainer.fit(module, datamodule=tiny_data())
     assert trainer.global_step == 2 and trainer.optimizers[0].block_scales is not None

@@ -79,8 +79,14 @@ def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _quiet_known_warnings()
     if argv[:1] == ["meta"]:
-        MetaCLI(MetaVarianceModule, MultiTaskDataModule, trainer_defaults=TRAINER_DEFAULTS, args=argv[1:],
-                save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+        MetaCLI(
+            MetaVarianceModule,
+            MultiTaskDataModule,
+            trainer_defaults=TRAINER_DEFAULTS,
+            args=argv[1:],
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
         return
     ZOLightningCLI(
         ZOFineTuneModule,

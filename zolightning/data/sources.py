@@ -12,11 +12,20 @@ class DataError(ValueError):
     """A data file or row is unusable; the message names the file and line."""
 
 
-def read_jsonl(path: Path, task: Task) -> list[dict]:
-    """All rows of `path`, each checked against `task`; the first bad row raises with its line number."""
-    if not path.is_file():
-        raise DataError(f"{task.name}: data file {path} does not exist")
+def checked_rows(numbered_rows, task: Task, where: str) -> list[dict]:
+    """The rows, each checked against `task`; the first bad one raises as `<where>:<number>: <problem>`."""
     rows = []
+    for number, row in numbered_rows:
+        problem = task.check(row)
+        if problem:
+            raise DataError(f"{where}:{number}: {problem}")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{where}: no rows (the {task.name} split is empty)")
+    return rows
+
+
+def _json_lines(path: Path):
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -27,13 +36,14 @@ def read_jsonl(path: Path, task: Task) -> list[dict]:
                 raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            problem = task.check(row)
-            if problem:
-                raise DataError(f"{path}:{number}: {problem}")
-            rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no rows (the {task.name} split is empty)")
-    return rows
+            yield number, row
+
+
+def read_jsonl(path: Path, task: Task) -> list[dict]:
+    """All rows of `path`, each checked against `task`; the first bad row raises with its line number."""
+    if not path.is_file():
+        raise DataError(f"{task.name}: data file {path} does not exist")
+    return checked_rows(_json_lines(path), task, str(path))
 
 
 def read_hub(task: Task, split: str) -> list[dict]:
@@ -41,16 +51,7 @@ def read_hub(task: Task, split: str) -> list[dict]:
     import datasets
 
     dataset = datasets.load_dataset(task.hub_path, task.hub_config, split=split)
-    where = f"{task.hub_path}/{task.hub_config or ''}:{split}"
-    rows = []
-    for number, row in enumerate(dataset, start=1):
-        problem = task.check(row)
-        if problem:
-            raise DataError(f"{where} row {number}: {problem}")
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{where}: no rows (the split is empty)")
-    return rows
+    return checked_rows(enumerate(dataset, start=1), task, f"{task.hub_path}/{task.hub_config or ''}:{split} row")
 
 
 def load_split(task: Task, split: str, data_dir: str | None) -> list[dict]:
