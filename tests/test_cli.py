@@ -47,7 +47,16 @@ def test_tiny_fit_writes_tensorboard_curves_and_checkpoints(tmp_path, data_dir, 
     main(["fit", *_tiny_args(tmp_path, data_dir, "--trainer.max_steps", "10", "--trainer.val_check_interval", "5")])
     run = tmp_path / "tiny-sst2-mezo" / "version_0"
     curves = scalars(run)
-    for tag in ("train/loss", "zo/projected_grad", "val/acc", "val/loss", "eval/acc", "lr"):
+    for tag in (
+        "train/loss",
+        "zo/projected_grad",
+        "val/acc",
+        "val/loss",
+        "eval/acc",
+        "lr",
+        "data/truncated_train",
+        "data/left_out_eval",
+    ):
         assert tag in curves, tag
     assert sorted(curves["val/acc"]) == [4, 9]
     assert (run / "config.yaml").is_file()

@@ -125,6 +125,15 @@ class ZOFineTuneModule(L.LightningModule):
                 "exactly, and small updates round away; float32 weights are the tested default.",
                 sorted(map(str, dtypes)),
             )
+        self._log_data_counts()
+
+    def _log_data_counts(self) -> None:
+        """Examples cut on the left, and left out (answer too long), per split: once, at step 0."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        counts = {f"data/truncated_{split}": n for split, n in getattr(datamodule, "truncated", {}).items()}
+        counts |= {f"data/left_out_{split}": len(rows) for split, rows in getattr(datamodule, "left_out", {}).items()}
+        if counts and self.logger is not None:
+            self.logger.log_metrics(counts, step=0)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         optimizer = self.optimizers()
