@@ -28,6 +28,11 @@ from zolightning.variance.meta import meta_step
 from zolightning.variance.networks import BlockVarianceNets
 
 
+def _model_label(model: str) -> str:
+    """The base model as written into a learned-optimizer file: a local path by its file name only."""
+    return Path(model).name if Path(model).exists() else model
+
+
 def _loss(model, batch: dict) -> Tensor:
     return batch_loss(model, batch)[0]
 
@@ -189,14 +194,14 @@ class MetaVarianceModule(L.LightningModule):
                 "meta_trained": True,
                 "meta_steps": self.meta_steps,
                 "tasks": sorted(self.history),
-                **{k: v for k, v in self.hparams.items() if k not in ("output",)},
+                **{k: v for k, v in self.hparams.items() if k not in ("output", "_instantiator")},
             }
             LearnedOptimizerFile(
                 self.nets,
                 list(self.names),
                 shapes,
                 [b.effective_size for b in self.blocks],
-                self.hparams.model,
+                _model_label(self.hparams.model),
                 provenance,
             ).save(path)
         return path
