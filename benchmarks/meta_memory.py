@@ -50,7 +50,8 @@ def main() -> None:
     )
     opt_lm = torch.optim.SGD(params, lr=1e-6, momentum=0.8)
     opt_nets = torch.optim.SGD(nets.parameters(), lr=1e-3)
-    noise, losses_prev, sigma_prev = NoiseSource(), torch.zeros(2, device=device), torch.ones(len(params), device=device)
+    noise = NoiseSource()
+    losses_prev, sigma_prev = torch.zeros(2, device=device), torch.ones(len(params), device=device)
 
     def first_order_step():
         loss = _loss(model, batch)

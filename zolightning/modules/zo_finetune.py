@@ -56,6 +56,9 @@ class ZOFineTuneModule(L.LightningModule):
         objective: what the two ZO evaluations measure: `loss` (cross-entropy), or a non-differentiable
             objective: `accuracy` (minus candidate accuracy) or `f1` (minus greedy-decoding F1, SQuAD/DROP).
             `train/loss` logs the objective's value.
+        noise: `generator` (per-tensor torch generator, the reference path) or `philox` (counter-based noise,
+            one fused Triton kernel per pass on CUDA; weights recovered on their dtype grid before updates).
+        stochastic_rounding: with `noise: philox`, round bf16 weights stochastically in the update pass.
     """
 
     def __init__(
@@ -73,6 +76,8 @@ class ZOFineTuneModule(L.LightningModule):
         normalize: bool = True,
         max_consecutive_skips: int = 20,
         objective: Literal["loss", "accuracy", "f1"] = "loss",
+        noise: Literal["generator", "philox"] = "generator",
+        stochastic_rounding: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -97,6 +102,8 @@ class ZOFineTuneModule(L.LightningModule):
             weight_decay=self.hparams.weight_decay,
             seed=self.hparams.zo_seed,
             block_scales=self._block_scales(decay + no_decay),
+            noise=self.hparams.noise,
+            stochastic_rounding=self.hparams.stochastic_rounding,
         )
         if self.hparams.lr_schedule == "constant":
             return optimizer
@@ -119,10 +126,11 @@ class ZOFineTuneModule(L.LightningModule):
         if self.device.type == "cuda":  # perf/peak_mem_gib: the training peak, not set-up's broadcasts
             torch.cuda.reset_peak_memory_stats(self.device)
         dtypes = {p.dtype for p in self.model.parameters()}
-        if dtypes & {torch.bfloat16, torch.float16}:
+        if dtypes & {torch.bfloat16, torch.float16} and not self.hparams.stochastic_rounding:
             log.warning(
                 "ZO training with %s weights: +eps/-2eps/+eps does not restore half-precision weights "
-                "exactly, and small updates round away; float32 weights are the tested default.",
+                "exactly, and small updates round away; float32 weights are the tested default (for bf16, "
+                "try noise=philox with stochastic_rounding=true).",
                 sorted(map(str, dtypes)),
             )
         self._log_data_counts()

@@ -10,7 +10,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from zolightning.optim import perturbation
 from zolightning.optim.noise import NoiseSource, step_seed
+
+NOISE_KINDS = ("generator", "philox")
 
 
 class BlockScales(Protocol):
@@ -63,6 +66,11 @@ class ZOSGD(Optimizer):
         weight_decay: decoupled L2 factor, theta -= lr * weight_decay * theta on each update.
         seed: run seed; the noise of step t is a function of (seed, t) alone.
         block_scales: optional per-tensor multipliers of z (learned block variance); None means 1.
+        noise: `generator` (a seeded torch.Generator per pass, tensor by tensor: the reference MeZO path) or
+            `philox` (counter-based z, a pure function of (seed, tensor position, element index); on CUDA with
+            Triton each pass is one fused kernel, elsewhere the PyTorch reference of `philox.py`). The philox
+            passes recover the unperturbed weight on its dtype grid before each update (see `perturbation.py`).
+        stochastic_rounding: philox only: round bf16 weights stochastically in the update pass.
     """
 
     def __init__(
@@ -73,11 +81,19 @@ class ZOSGD(Optimizer):
         weight_decay: float = 0.0,
         seed: int = 0,
         block_scales: BlockScales | None = None,
+        noise: str = "generator",
+        stochastic_rounding: bool = False,
     ):
         if lr < 0 or eps <= 0 or weight_decay < 0:
             raise ValueError(f"need lr >= 0, eps > 0, weight_decay >= 0; got {lr}, {eps}, {weight_decay}")
+        if noise not in NOISE_KINDS:
+            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
+        if stochastic_rounding and noise != "philox":
+            raise ValueError("stochastic_rounding needs noise='philox' (the generator path rounds to nearest)")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.eps, self.seed, self.block_scales = eps, seed, block_scales
+        self.noise, self.stochastic_rounding = noise, stochastic_rounding
+        self._offset = 0.0  # philox: the weights currently sit at theta + offset * eps * s * z
         self.num_steps, self.num_skipped, self.consecutive_skipped = 0, 0, 0
         self._noise = NoiseSource()
 
@@ -90,7 +106,32 @@ class ZOSGD(Optimizer):
         for p, z, alpha in zip(tensors, self._noise.directions(tensors, seed), alphas):
             _axpy(p, z, alpha)
 
+    def _vector(self, values: Scales | list[float]) -> Tensor:
+        device = self.param_groups[0]["params"][0].device
+        if torch.is_tensor(values):
+            return values.to(device=device, dtype=torch.float32)
+        return torch.tensor(values, dtype=torch.float32, device=device)
+
+    def _philox_shift(
+        self, seed: int, scales: Scales, offset: float, update: tuple[Tensor, Tensor] | None = None
+    ) -> None:
+        """Weights at theta + self._offset eps s z -> theta + offset eps s z, or with update = (mult, step)
+        -> mult theta + step s z (the restore-and-update pass, rounded stochastically if asked)."""
+        tensors = [p for _, p in self._tensors()]
+        s = self._vector(scales)
+        pre = s * (self._offset * self.eps)
+        if update is None:
+            alpha, mult, stochastic = s * (offset * self.eps), torch.ones_like(s), False
+        else:
+            mult, step = update
+            alpha, stochastic, offset = s * step, self.stochastic_rounding, 0.0
+        perturbation.shift(tensors, list(range(len(tensors))), seed, pre, alpha, mult, stochastic)
+        self._offset = offset
+
     def _perturb(self, seed: int, factor: float, scales: Scales) -> None:
+        if self.noise == "philox":
+            self._philox_shift(seed, scales, self._offset + factor)
+            return
         if torch.is_tensor(scales):
             self._apply(seed, (scales * (factor * self.eps)).unbind())
         else:
@@ -98,6 +139,13 @@ class ZOSGD(Optimizer):
 
     def _restore_and_update(self, seed: int, g: float, scales: Scales) -> None:
         # Currently at theta - eps s z; theta_new = k theta - lr g s z with k = 1 - lr wd, per group.
+        if self.noise == "philox":
+            mult, step = [], []
+            for group in self.param_groups:
+                mult += [1.0 - group["lr"] * group["weight_decay"]] * len(group["params"])
+                step += [-group["lr"] * g] * len(group["params"])
+            self._philox_shift(seed, scales, 0.0, (self._vector(mult), self._vector(step)))
+            return
         coefficients = []
         for group in self.param_groups:
             k = 1.0 - group["lr"] * group["weight_decay"]
@@ -169,6 +217,7 @@ class ZOSGD(Optimizer):
             "seed": self.seed,
             "eps": self.eps,
             "consecutive_skipped": self.consecutive_skipped,
+            "noise": self.noise,
         }
         if self.block_scales is not None and hasattr(self.block_scales, "state_dict"):
             state["zo"]["block_scales"] = self.block_scales.state_dict()
@@ -182,5 +231,8 @@ class ZOSGD(Optimizer):
             self.num_steps, self.num_skipped = zo["num_steps"], zo["num_skipped"]
             self.seed, self.eps = zo["seed"], zo["eps"]
             self.consecutive_skipped = zo.get("consecutive_skipped", 0)
+            trained_with = zo.get("noise", "generator")
+            if trained_with != self.noise:
+                raise ValueError(f"the checkpoint was trained with noise={trained_with!r}, this run has {self.noise!r}")
             if "block_scales" in zo and self.block_scales is not None:
                 self.block_scales.load_state_dict(zo["block_scales"])

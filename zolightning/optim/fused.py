@@ -1,0 +1,167 @@
+"""The fused perturbation pass as one Triton kernel launch per dtype over every weight tensor.
+
+Each program handles BLOCK consecutive elements of one tensor: it looks the tensor up in a pointer table,
+generates that block's z in registers (philox-v1, `philox.py`: one Philox4x32-10 call yields four normals),
+reads each weight once, computes `mult * base + alpha * z` in float32 (base = the weight with its current
+perturbation `pre * z` removed, rounded back onto the weight's dtype grid) and writes it once, rounded to
+nearest or, for bf16 updates, stochastically. Tables are built once per list of tensors and reused.
+
+Set TRITON_INTERPRET=1 before the first import to run the kernel on CPU tensors (tests do this).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs: the PyTorch reference path is used
+    triton = None
+
+BLOCK = 2048
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_TL_DTYPES = {}
+
+
+def usable(params: Sequence[Tensor]) -> bool:
+    """Whether `shift` can run on these tensors: Triton present, all on one CUDA device (or interpreting)."""
+    if triton is None or not params:
+        return False
+    devices = {p.device for p in params}
+    return len(devices) == 1 and (next(iter(devices)).type == "cuda" or INTERPRET)
+
+
+if triton is not None:
+    _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+    @triton.jit
+    def _philox(k0, k1, c0, c1, c2, c3):
+        for _ in tl.static_range(10):
+            hi0 = tl.umulhi(0xD2511F53, c0)
+            hi1 = tl.umulhi(0xCD9E8D57, c2)
+            lo0 = c0 * 0xD2511F53
+            lo1 = c2 * 0xCD9E8D57
+            c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+            k0 = k0 + 0x9E3779B9
+            k1 = k1 + 0xBB67AE85
+        return c0, c1, c2, c3
+
+    @triton.jit
+    def _normals(x0, x1):
+        u0 = ((x0 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        u1 = ((x1 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        radius = tl.sqrt(-2.0 * tl.log(u0))
+        angle = 6.283185307179586 * u1
+        return radius * tl.cos(angle), radius * tl.sin(angle)
+
+    @triton.jit
+    def _interleave4(a, b, c, d):
+        # element 4r + i takes the i-th value of counter r
+        return tl.interleave(tl.interleave(a, c), tl.interleave(b, d))
+
+    @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+    def _shift_kernel(
+        pointers, program_tensor, program_start, numels, keys, pre, alpha, mult, seed_lo, seed_hi,
+        DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        t = tl.load(program_tensor + pid)
+        start = tl.load(program_start + pid)
+        n = tl.load(numels + t)
+        weights = tl.load(pointers + t).to(tl.pointer_type(DTYPE))
+        key = tl.load(keys + t).to(tl.uint32)
+        k0 = seed_lo.to(tl.uint32)
+        k1 = seed_hi.to(tl.uint32)
+        q = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+        c0 = (q & 0xFFFFFFFF).to(tl.uint32)
+        c1 = (q >> 32).to(tl.uint32)
+        c2 = tl.zeros_like(c0) + key
+        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0))
+        n0, n1 = _normals(x0, x1)
+        n2, n3 = _normals(x2, x3)
+        z = _interleave4(n0, n1, n2, n3)
+
+        offsets = start + tl.arange(0, BLOCK).to(tl.int64)
+        inside = offsets < n
+        w = tl.load(weights + offsets, mask=inside, other=0.0).to(tl.float32)
+        base = (w - tl.load(pre + t) * z).to(DTYPE).to(tl.float32)
+        value = tl.load(mult + t) * base + tl.load(alpha + t) * z
+        if STOCHASTIC:
+            r0, r1, r2, r3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0) + 1)
+            bits = _interleave4(r0, r1, r2, r3) & 0xFFFF
+            raw = (value.to(tl.uint32, bitcast=True) + bits) & 0xFFFF0000
+            tl.store(weights + offsets, raw.to(tl.float32, bitcast=True).to(DTYPE), mask=inside)
+        else:
+            tl.store(weights + offsets, value.to(DTYPE), mask=inside)
+
+
+@dataclass
+class _Plan:
+    """Device tables for one dtype's tensors: where each program works, and each tensor's address."""
+
+    index: Tensor  # positions of these tensors in the full list (to pick their pre / alpha / mult)
+    pointers: Tensor
+    program_tensor: Tensor
+    program_start: Tensor
+    numels: Tensor
+    keys: Tensor
+    programs: int
+
+
+_plans: dict[tuple, dict[torch.dtype, _Plan]] = {}
+
+
+def _plan(params: Sequence[Tensor], keys: Sequence[int]) -> dict[torch.dtype, _Plan]:
+    signature = tuple((p.data_ptr(), p.numel(), p.dtype) for p in params) + tuple(keys)
+    if signature not in _plans:
+        device = params[0].device
+        plans = {}
+        for dtype in dict.fromkeys(p.dtype for p in params):
+            if dtype not in _TL_DTYPES:
+                raise TypeError(f"the fused perturbation supports float32, bfloat16, float16, not {dtype}")
+            index = [i for i, p in enumerate(params) if p.dtype == dtype]
+            numels = torch.tensor([params[i].numel() for i in index], dtype=torch.int64)
+            counts = (numels + BLOCK - 1) // BLOCK
+            program_tensor = torch.repeat_interleave(torch.arange(len(index), dtype=torch.int32), counts)
+            first = torch.cumsum(counts, 0) - counts
+            program_start = (torch.arange(int(counts.sum())) - first[program_tensor.long()]) * BLOCK
+            plans[dtype] = _Plan(
+                torch.tensor(index, device=device),
+                torch.tensor([params[i].data_ptr() for i in index], dtype=torch.int64, device=device),
+                program_tensor.to(device),
+                program_start.to(device),
+                numels.to(device),
+                torch.tensor([keys[i] for i in index], dtype=torch.int64, device=device),
+                int(counts.sum()),
+            )
+        if len(_plans) > 64:  # tensors re-allocated many times: drop stale tables
+            _plans.clear()
+        _plans[signature] = plans
+    return _plans[signature]
+
+
+def shift(
+    params: Sequence[Tensor],
+    keys: Sequence[int],
+    seed: int,
+    pre: Tensor,
+    alpha: Tensor,
+    mult: Tensor,
+    stochastic_rounding: bool = False,
+) -> None:
+    """In place, one launch per dtype: tensor i <- mult_i * round(w - pre_i z_i) + alpha_i z_i."""
+    for dtype, plan in _plan(params, keys).items():
+        whole = plan.index.numel() == len(params)
+        per_tensor = [v if whole else v.index_select(0, plan.index) for v in (pre, alpha, mult)]
+        _shift_kernel[(plan.programs,)](
+            plan.pointers, plan.program_tensor, plan.program_start, plan.numels, plan.keys,
+            *(v.float().contiguous() for v in per_tensor),
+            seed & 0xFFFFFFFF, seed >> 32,
+            DTYPE=_TL_DTYPES[dtype], STOCHASTIC=stochastic_rounding and dtype == torch.bfloat16, BLOCK=BLOCK,
+        )  # fmt: skip
