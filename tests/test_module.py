@@ -76,25 +76,36 @@ def test_no_gradients_are_ever_allocated(tmp_path, tiny_data):
     assert all(p.grad is None for p in module.model.parameters())
 
 
-def test_resume_from_checkpoint_is_bitwise_identical(tmp_path, tiny_data):
+@pytest.mark.parametrize("noise", ["generator", "philox"])
+def test_resume_from_checkpoint_is_bitwise_identical(tmp_path, tiny_data, noise):
     L.seed_everything(0)
-    straight = ZOFineTuneModule(model="tiny-llama", lr=1e-3, lr_schedule="linear")
+    straight = ZOFineTuneModule(model="tiny-llama", lr=1e-3, lr_schedule="linear", noise=noise)
     _trainer(tmp_path / "a", max_steps=10).fit(straight, datamodule=tiny_data())
 
     # Crash after step 7, with the last checkpoint at step 5; resume and finish.
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
-    crashed = ZOFineTuneModule(model="tiny-llama", lr=1e-3, lr_schedule="linear")
+    crashed = ZOFineTuneModule(model="tiny-llama", lr=1e-3, lr_schedule="linear", noise=noise)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _trainer(tmp_path / "b", max_steps=10, callbacks=[checkpoint, _CrashAt(7)]).fit(crashed, datamodule=tiny_data())
     saved = sorted((tmp_path / "ckpt").glob("*step=5*.ckpt"))
     assert saved, list((tmp_path / "ckpt").iterdir())
-    resumed = ZOFineTuneModule(model="tiny-llama", lr=1e-3, lr_schedule="linear")
+    resumed = ZOFineTuneModule(model="tiny-llama", lr=1e-3, lr_schedule="linear", noise=noise)
     trainer = _trainer(tmp_path / "c", max_steps=10)
     trainer.fit(resumed, datamodule=tiny_data(), ckpt_path=saved[0])
     assert trainer.global_step == 10
     for a, b in zip(_weights(straight), _weights(resumed)):
         assert torch.equal(a, b)
     assert not all(torch.equal(a, b) for a, b in zip(_weights(straight), _weights(crashed)))
+
+
+def test_bf16_with_philox_noise_and_stochastic_rounding_trains_without_the_warning(tmp_path, tiny_data, caplog):
+    module = ZOFineTuneModule(model="tiny-llama", dtype="bfloat16", lr=1e-3, noise="philox", stochastic_rounding=True)
+    before = _weights(module)
+    trainer = _trainer(tmp_path, max_steps=4, precision="bf16-true")
+    trainer.fit(module, datamodule=tiny_data())
+    assert trainer.global_step == 4 and trainer.optimizers[0].noise == "philox"
+    assert "half-precision" not in caplog.text
+    assert not all(torch.equal(a, b) for a, b in zip(before, _weights(module)))
 
 
 def test_half_precision_training_warns_and_counts_accuracy_in_float32(tmp_path, tiny_data, caplog):

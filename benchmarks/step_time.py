@@ -1,0 +1,178 @@
+"""ZO step time and memory against the forward, the MeZO-style step and the hardware floor, in one run.
+
+    python benchmarks/step_time.py --model smollm2-135m-instruct --dtype bfloat16     # or a .gguf path
+    python benchmarks/step_time.py --model llama-1b --dtype bfloat16                  # random Llama-3.2-1B shape
+    python benchmarks/step_time.py --model llama-3b --dtype bfloat16                  # random Llama-3.2-3B shape
+
+Batch: `--batch` random sequences of `--length` tokens, the last 4 tokens of each scored (LM loss, LM head only
+at those positions). Measured, medians after warm-up:
+  forward        one scoring forward under no_grad;
+  MeZO-style     the usual step: one torch.normal per tensor per pass, global reseeding, four passes
+                 (+eps, -2 eps, +eps, update), arithmetic in the weights' dtype;
+  ours           ZOSGD with --noise (philox: one fused Triton pass per weight pass on CUDA);
+  copy bandwidth torch's copy of a 1 GiB buffer (read + write bytes / time);
+  floor          2 x forward + 2 full read+write passes over the weights at that bandwidth.
+Also peak allocated memory of the forward (inference) and of our step, and a check of the kernel's noise
+against the PyTorch reference definition (philox.py) on the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from zolightning.data.encoding import EncodedExample, collate
+from zolightning.models import load_causal_lm
+from zolightning.optim import ZOSGD
+from zolightning.optim.philox import philox_normal
+from zolightning.scoring import batch_loss
+
+SHAPES = {  # Llama-3.2 configurations (tied embeddings), weights drawn at random
+    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32),
+    "llama-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24),
+}
+
+
+def build_model(name: str, dtype: torch.dtype) -> torch.nn.Module:
+    if name not in SHAPES:
+        return load_causal_lm(name, dtype=str(dtype).removeprefix("torch.")).cuda()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128256, num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=True,
+        rope_theta=500000.0, **SHAPES[name],
+    )  # fmt: skip
+    with torch.device("cuda"):
+        return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def random_batch(vocab: int, batch: int, length: int, answer: int = 4) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    examples = [
+        EncodedExample((tuple(torch.randint(vocab, (length,), generator=generator).tolist()),), (answer,), 0, False)
+        for _ in range(batch)
+    ]
+    return {k: v.cuda() if torch.is_tensor(v) else v for k, v in collate(examples, 0, kind="lm").items()}
+
+
+class MezoStyleStep:
+    """The reference implementations' step: per pass, reseed the global RNG and draw z tensor by tensor."""
+
+    def __init__(self, params, lr: float = 1e-7, eps: float = 1e-3):
+        self.params, self.lr, self.eps, self.step_index = list(params), lr, eps, 0
+
+    def _pass(self, seed: int, scale: float) -> None:
+        torch.manual_seed(seed)
+        for p in self.params:
+            z = torch.normal(0, 1, size=p.shape, device=p.device, dtype=p.dtype)
+            p.data.add_(z, alpha=scale)
+
+    @torch.no_grad()
+    def step(self, closure) -> None:
+        seed = self.step_index
+        self._pass(seed, self.eps)
+        plus = float(closure())
+        self._pass(seed, -2 * self.eps)
+        minus = float(closure())
+        self._pass(seed, self.eps)
+        self._pass(seed, -self.lr * (plus - minus) / (2 * self.eps))
+        self.step_index += 1
+
+
+def timed(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_mib(fn) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def copy_bandwidth(repeats: int = 20) -> float:
+    """Bytes read + written per second by a device-to-device copy of 1 GiB."""
+    source = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    target = torch.empty_like(source)
+    return 2 * 2**30 / timed(lambda: target.copy_(source), repeats)  # the buffers are freed on return
+
+
+def noise_check(params: list[torch.Tensor]) -> float:
+    """Max |kernel z - reference z| over the first 1M elements of the two largest tensors."""
+    from zolightning.optim import fused
+
+    seed, worst = 2**40 + 12345, 0.0
+    for key, p in sorted(enumerate(params), key=lambda kp: -kp[1].numel())[:2]:
+        n = min(p.numel(), 2**20)
+        out = torch.zeros(n, device="cuda")
+        one = torch.ones(1, device="cuda")
+        fused.shift([out], [key], seed, 0 * one, one, one)
+        worst = max(worst, (out - philox_normal(seed, key, n, device="cuda")).abs().max().item())
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="llama-1b, llama-3b, or a model name/path")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--noise", default="philox", choices=["philox", "generator"])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    bandwidth = copy_bandwidth()
+    torch.cuda.empty_cache()
+    model = build_model(args.model, dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
+    weight_bytes = sum(p.numel() * p.element_size() for p in params)
+    batch = random_batch(model.config.vocab_size, args.batch, args.length)
+
+    def closure():
+        return batch_loss(model, batch)[0]
+
+    def forward():
+        with torch.no_grad():
+            return closure().item()
+
+    ours = ZOSGD(params, lr=1e-9, eps=1e-3, seed=0, noise=args.noise)
+    mezo = MezoStyleStep(params)
+    forward()
+    inference_peak, step_peak = peak_mib(forward), peak_mib(lambda: ours.step(closure))
+    forward_s = timed(forward, args.repeats)
+    ours_s = timed(lambda: ours.step(closure), args.repeats)
+    mezo_s = timed(lambda: mezo.step(closure), args.repeats)
+    floor = 2 * forward_s + 2 * 2 * weight_bytes / bandwidth
+    print(f"{args.model} {args.dtype}, batch {args.batch} x {args.length}, {weight_bytes / 2**30:.2f} GiB of weights, "
+          f"{torch.cuda.get_device_name()}, noise={args.noise}")  # fmt: skip
+    print("| quantity | value |\n|---|---|")
+    print(f"| copy bandwidth (read + write) | {bandwidth / 1e9:.0f} GB/s |")
+    print(f"| forward | {forward_s * 1e3:.2f} ms |")
+    print(f"| one read+write pass over the weights at that bandwidth | {2 * weight_bytes / bandwidth * 1e3:.2f} ms |")
+    print(f"| floor = 2 forwards + 2 passes | {floor * 1e3:.2f} ms |")
+    print(f"| our step | {ours_s * 1e3:.2f} ms |")
+    print(f"| MeZO-style step | {mezo_s * 1e3:.2f} ms |")
+    print(f"| our step / floor (target <= 1.10) | {ours_s / floor:.3f} |")
+    print(f"| MeZO-style / our step (1B target >= 2.5) | {mezo_s / ours_s:.2f} |")
+    print(f"| our step / 2 forwards | {ours_s / (2 * forward_s):.3f} |")
+    print(f"| inference peak / our step peak | {inference_peak:.0f} / {step_peak:.0f} MiB |")
+    print(f"| step peak / inference peak (target <= 1.01) | {step_peak / inference_peak:.3f} |")
+    if args.noise == "philox":
+        print(f"| kernel z vs reference z, max abs difference | {noise_check(params):.2e} |")
+
+
+if __name__ == "__main__":
+    main()
