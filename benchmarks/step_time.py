@@ -6,7 +6,8 @@
 
 Batch: `--batch` random sequences of `--length` tokens, the last 4 tokens of each scored (LM loss, LM head only
 at those positions). Measured, medians after warm-up:
-  forward        one scoring forward under no_grad;
+  forward        one scoring forward under no_grad (ours: compiled and CUDA-graphed with --fast-forward);
+  eager forward  the same forward without compilation (what the MeZO-style step uses);
   MeZO-style     the usual step: one torch.normal per tensor per pass, global reseeding, four passes
                  (+eps, -2 eps, +eps, update), arithmetic in the weights' dtype;
   ours           ZOSGD with --noise (philox: one fused Triton pass per weight pass on CUDA);
@@ -25,6 +26,7 @@ import time
 import torch
 
 from zolightning.data.encoding import EncodedExample, collate
+from zolightning.fast_forward import FastScoringModel
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOSGD
 from zolightning.optim.philox import philox_normal
@@ -131,6 +133,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--noise", default="philox", choices=["philox", "generator"])
+    parser.add_argument("--fast-forward", action="store_true", help="our forward compiled (fast_forward.py)")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -141,12 +144,21 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in params)
     batch = random_batch(model.config.vocab_size, args.batch, args.length)
 
+    scorer = FastScoringModel(model, bucket=64) if args.fast_forward else model
+
     def closure():
+        return batch_loss(scorer, batch)[0]
+
+    def eager_closure():
         return batch_loss(model, batch)[0]
 
     def forward():
         with torch.no_grad():
             return closure().item()
+
+    def eager_forward():
+        with torch.no_grad():
+            return eager_closure().item()
 
     ours = ZOSGD(params, lr=1e-9, eps=1e-3, seed=0, noise=args.noise)
     mezo = MezoStyleStep(params)
@@ -154,13 +166,15 @@ def main() -> None:
     inference_peak, step_peak = peak_mib(forward), peak_mib(lambda: ours.step(closure))
     forward_s = timed(forward, args.repeats)
     ours_s = timed(lambda: ours.step(closure), args.repeats)
-    mezo_s = timed(lambda: mezo.step(closure), args.repeats)
+    mezo_s = timed(lambda: mezo.step(eager_closure), args.repeats)
+    eager_s = timed(eager_forward, args.repeats)
     floor = 2 * forward_s + 2 * 2 * weight_bytes / bandwidth
     print(f"{args.model} {args.dtype}, batch {args.batch} x {args.length}, {weight_bytes / 2**30:.2f} GiB of weights, "
-          f"{torch.cuda.get_device_name()}, noise={args.noise}")  # fmt: skip
+          f"{torch.cuda.get_device_name()}, noise={args.noise}, fast_forward={args.fast_forward}")  # fmt: skip
     print("| quantity | value |\n|---|---|")
     print(f"| copy bandwidth (read + write) | {bandwidth / 1e9:.0f} GB/s |")
-    print(f"| forward | {forward_s * 1e3:.2f} ms |")
+    print(f"| our forward | {forward_s * 1e3:.2f} ms |")
+    print(f"| eager forward | {eager_s * 1e3:.2f} ms |")
     print(f"| one read+write pass over the weights at that bandwidth | {2 * weight_bytes / bandwidth * 1e3:.2f} ms |")
     print(f"| floor = 2 forwards + 2 passes | {floor * 1e3:.2f} ms |")
     print(f"| our step | {ours_s * 1e3:.2f} ms |")

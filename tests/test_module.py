@@ -182,3 +182,16 @@ def test_multitask_fine_tuning_logs_each_task(tmp_path, tiny_multitask):
     trainer = _trainer(tmp_path, max_steps=4)
     trainer.fit(module, datamodule=tiny_multitask(["copa", "cb"]))
     assert {"val/copa/acc", "val/cb/acc"} <= set(trainer.callback_metrics)
+
+
+def test_fast_forward_follows_the_eager_trajectory(tmp_path, tiny_data):
+    # One padded shape (bucket 256, no validation) keeps compilation to one graph on CPU.
+    weights = {}
+    for fast in (False, True):
+        module = ZOFineTuneModule(model="tiny-llama", lr=1e-3, fast_forward=fast, fast_forward_bucket=256)
+        _trainer(tmp_path / str(fast), max_steps=3, limit_val_batches=0).fit(module, datamodule=tiny_data())
+        weights[fast] = _weights(module)
+        if fast:
+            assert module._fast_scorer is not None
+    for eager, compiled in zip(weights[False], weights[True]):
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)

@@ -1,13 +1,13 @@
 # Issue #6 on one H100: step-time benchmark (random Llama-1B/3B shapes need no model file; SmolLM2 needs the
 # GGUF of setup.sh), then bf16 vs fp32 MeZO on SST-2 (2,500 steps) with the fused philox path.
-#   source benchmarks/gpu/setup.sh join && bash benchmarks/gpu/step_time.sh bench      (about 5 min)
+#   source benchmarks/gpu/setup.sh join && bash benchmarks/gpu/step_time.sh bench      (untimed: split with MODELS=)
 #   source benchmarks/gpu/setup.sh && bash benchmarks/gpu/step_time.sh sst2-bf16      (under 10 min)
 set -o pipefail
 mkdir -p "$OUT"
 if [ "$1" = bench ]; then
-  for model in "$GGUF" llama-1b llama-3b; do
-    for noise in philox generator; do
-      python3 benchmarks/step_time.py --model "$model" --dtype bfloat16 --noise $noise 2>&1 | grep -v Converting
+  for model in ${MODELS:-"$GGUF" llama-1b llama-3b}; do  # MODELS=llama-3b ... to split across calls
+    for options in "--noise philox --fast-forward" "--noise philox" "--noise generator"; do
+      timeout 300 python3 benchmarks/step_time.py --model "$model" --dtype bfloat16 $options 2>&1 | grep -v Converting
     done
   done | tee "$OUT/step_time.md"
 elif [ "$1" = sst2-bf16 ]; then

@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 
+from zolightning.fast_forward import FastScoringModel
 from zolightning.generation import greedy_answers, negative_f1, update_squad
 from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.optim import ZOSGD
@@ -59,6 +60,9 @@ class ZOFineTuneModule(L.LightningModule):
         noise: `generator` (per-tensor torch generator, the reference path) or `philox` (counter-based noise,
             one fused Triton kernel per pass on CUDA; weights recovered on their dtype grid before updates).
         stochastic_rounding: with `noise: philox`, round bf16 weights stochastically in the update pass.
+        fast_forward: score batches with the model's trunk compiled (`torch.compile`; CUDA graphs on CUDA)
+            for sequence lengths padded to multiples of `fast_forward_bucket` (see `fast_forward.py`).
+        fast_forward_bucket: the padding multiple of `fast_forward`, in tokens.
     """
 
     def __init__(
@@ -78,6 +82,8 @@ class ZOFineTuneModule(L.LightningModule):
         objective: Literal["loss", "accuracy", "f1"] = "loss",
         noise: Literal["generator", "philox"] = "generator",
         stochastic_rounding: bool = False,
+        fast_forward: bool = False,
+        fast_forward_bucket: int = 32,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -88,6 +94,7 @@ class ZOFineTuneModule(L.LightningModule):
         self.split_metrics = torch.nn.ModuleDict()  # one set per split, created on first use
         self._tokenizer = None  # loaded on first use: only generation tasks decode text
         self._generated: dict[str, SQuAD] = {}
+        self._fast_scorer: FastScoringModel | None = None  # built on first use, once the model is on its device
 
     # ---- optimization -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -176,10 +183,19 @@ class ZOFineTuneModule(L.LightningModule):
 
     def _objective(self, batch: dict) -> torch.Tensor:
         if self.hparams.objective == "accuracy":
-            return negative_accuracy(self.model, batch)
+            return negative_accuracy(self.scorer, batch)
         if self.hparams.objective == "f1":
             return negative_f1(self.model, self._get_tokenizer(), batch, self._max_new_tokens())
-        return batch_loss(self.model, batch)[0]
+        return batch_loss(self.scorer, batch)[0]
+
+    @property
+    def scorer(self):
+        """What scores batches: the model, or its compiled trunk + head when `fast_forward` is on."""
+        if not self.hparams.fast_forward:
+            return self.model
+        if self._fast_scorer is None:
+            self._fast_scorer = FastScoringModel(self.model, self.hparams.fast_forward_bucket)
+        return self._fast_scorer
 
     def _get_tokenizer(self):
         if self._tokenizer is None:
@@ -256,7 +272,7 @@ class ZOFineTuneModule(L.LightningModule):
         metrics, prefix = self._metrics(split), log_prefix(split)
         if batch["kind"] == "generate":
             return self._generate(batch, metrics, prefix)
-        loss, scores = batch_loss(self.model, batch)
+        loss, scores = batch_loss(self.scorer, batch)
         correct = (scores.argmax(dim=-1) == batch["gold"]).float()
         metrics["loss"].update(loss, weight=correct.numel())
         metrics["acc"].update(correct)
