@@ -145,6 +145,9 @@ _INTERPRETED = textwrap.dedent(
         ulps = 2 if p.dtype == torch.bfloat16 else 0
         tolerance = 1e-5 + ulps * 2**-7 * q.float().abs()
         assert ((p.float() - q.float()).abs() <= tolerance).all(), (key, (p.float() - q.float()).abs().max())
+    # only tensors the kernel can address flat, in a dtype it knows, are offered to it
+    assert fused.usable(params)
+    assert not fused.usable([torch.zeros(4, 4).t()]) and not fused.usable([torch.zeros(4, dtype=torch.float64)])
     print("kernel agrees with the reference")
     """
 )

@@ -30,11 +30,14 @@ _TL_DTYPES = {}
 
 
 def usable(params: Sequence[Tensor]) -> bool:
-    """Whether `shift` can run on these tensors: Triton present, all on one CUDA device (or interpreting)."""
+    """Whether `shift` can run on these tensors: Triton present, one CUDA device (or interpreting),
+    contiguous tensors (the kernel addresses them flat) of float32, bfloat16 or float16."""
     if triton is None or not params:
         return False
     devices = {p.device for p in params}
-    return len(devices) == 1 and (next(iter(devices)).type == "cuda" or INTERPRET)
+    if len(devices) != 1 or not (next(iter(devices)).type == "cuda" or INTERPRET):
+        return False
+    return all(p.is_contiguous() and p.dtype in _TL_DTYPES for p in params)
 
 
 if triton is not None:
