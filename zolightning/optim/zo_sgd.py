@@ -107,9 +107,12 @@ class ZOSGD(Optimizer):
             _axpy(p, z, alpha)
 
     def _vector(self, values: Scales | list[float]) -> Tensor:
+        """Per-tensor values as a float32 vector on the parameters' device (a fill, not a copy, when uniform)."""
         device = self.param_groups[0]["params"][0].device
         if torch.is_tensor(values):
             return values.to(device=device, dtype=torch.float32)
+        if values and all(v == values[0] for v in values):
+            return torch.full((len(values),), values[0], dtype=torch.float32, device=device)
         return torch.tensor(values, dtype=torch.float32, device=device)
 
     def _philox_shift(
