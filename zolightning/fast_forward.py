@@ -27,7 +27,7 @@ class BucketedTrunk:
     def __init__(self, trunk: nn.Module, bucket: int = 32, mode: str | None = None):
         if bucket < 1:
             raise ValueError(f"bucket must be >= 1, got {bucket}")
-        self.bucket = bucket
+        self.bucket, self.graphs = bucket, mode == "reduce-overhead"
         self.compiled = torch.compile(trunk, mode=mode, dynamic=False)
 
     def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> SimpleNamespace:
@@ -36,6 +36,8 @@ class BucketedTrunk:
         if pad:
             input_ids = F.pad(input_ids, (0, pad), value=0)
             attention_mask = F.pad(attention_mask, (0, pad), value=0)
+        if self.graphs:  # each call is a new step for CUDA-graph trees: the last call's outputs are dead by now
+            torch.compiler.cudagraph_mark_step_begin()
         hidden = self.compiled(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return SimpleNamespace(last_hidden_state=hidden[:, :length])
 

@@ -1,0 +1,57 @@
+"""Checks that need a CUDA GPU (skipped elsewhere): the fused Triton pass and the CUDA-graph forward.
+
+Run on the GPU machine with `python -m pytest -q tests/test_gpu.py`; CI has no GPU and skips them.
+"""
+
+import pytest
+import torch
+
+from zolightning.data.encoding import EncodedExample, collate
+from zolightning.models import load_causal_lm
+from zolightning.optim import ZOSGD, fused
+from zolightning.optim.philox import philox_normal
+from zolightning.scoring import batch_loss
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or fused.triton is None, reason="needs a CUDA GPU and Triton"
+)
+
+
+def test_kernel_noise_equals_the_reference_on_the_gpu():
+    seed, sizes = 2**40 + 3, [1, 4097, 3 * fused.BLOCK + 7, 2**20]
+    outs = [torch.zeros(n, device="cuda") for n in sizes]
+    one = torch.ones(len(sizes), device="cuda")
+    fused.shift(outs, list(range(len(sizes))), seed, 0 * one, one, one)
+    for key, (out, n) in enumerate(zip(outs, sizes)):
+        assert (out - philox_normal(seed, key, n, device="cuda")).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_step_follows_the_reference_step(dtype):
+    # the same philox ZO steps with the kernel (CUDA) and with the PyTorch reference (CPU)
+    gpu_model = load_causal_lm("tiny-llama").to("cuda", dtype)
+    cpu_model = load_causal_lm("tiny-llama").to(dtype)
+    examples = [EncodedExample(((5, 9, 11, 40, 7, 3),), (2,), 0, False)] * 4
+    batches = {d: {k: v.to(d) if torch.is_tensor(v) else v for k, v in collate(examples, 0, "lm").items()}
+               for d in ("cuda", "cpu")}  # fmt: skip
+    for model, device in ((gpu_model, "cuda"), (cpu_model, "cpu")):
+        optimizer = ZOSGD(model.parameters(), lr=1e-3, eps=1e-3, seed=0, noise="philox")
+        for _ in range(5):
+            optimizer.step(lambda m=model, d=device: batch_loss(m, batches[d])[0])
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    for a, b in zip(gpu_model.parameters(), cpu_model.parameters()):
+        assert (a.float().cpu() - b.float()).abs().max() < tolerance
+
+
+@torch.no_grad()
+def test_cuda_graph_forward_equals_eager_and_sees_updates():
+    from zolightning.fast_forward import FastScoringModel
+
+    model = load_causal_lm("tiny-llama").cuda()
+    fast = FastScoringModel(model, bucket=64)
+    examples = [EncodedExample(((5, 9, 11, 40, 7),), (2,), 0, False)] * 4
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in collate(examples, 0, "lm").items()}
+    for _ in range(3):
+        torch.testing.assert_close(batch_loss(fast, batch)[0], batch_loss(model, batch)[0], rtol=0, atol=1e-5)
+        for p in model.parameters():
+            p.add_(0.01)
