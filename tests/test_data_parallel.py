@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from zolightning.models import load_causal_lm
@@ -16,7 +17,7 @@ from zolightning.models import load_causal_lm
 SCRIPT = Path(__file__).parent / "scripts" / "dp_train.py"
 
 
-def _run(out: Path, devices: int, batch_size: int) -> None:
+def _run(out: Path, devices: int, batch_size: int, noise: str) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -28,6 +29,8 @@ def _run(out: Path, devices: int, batch_size: int) -> None:
             str(batch_size),
             "--steps",
             "5",
+            "--noise",
+            noise,
         ],
         capture_output=True,
         text=True,
@@ -36,9 +39,10 @@ def _run(out: Path, devices: int, batch_size: int) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_two_ranks_match_each_other_and_one_process_on_the_combined_batch(tmp_path):
-    _run(tmp_path / "dp", devices=2, batch_size=4)
-    _run(tmp_path / "single", devices=1, batch_size=8)
+@pytest.mark.parametrize("noise", ["generator", "philox"])
+def test_two_ranks_match_each_other_and_one_process_on_the_combined_batch(tmp_path, noise):
+    _run(tmp_path / "dp", devices=2, batch_size=4, noise=noise)
+    _run(tmp_path / "single", devices=1, batch_size=8, noise=noise)
     rank0, rank1 = (torch.load(tmp_path / "dp" / f"rank{r}.pt") for r in range(2))
     single = torch.load(tmp_path / "single" / "rank0.pt")
     assert not rank0["has_ddp_wrapper"] and not rank0["any_grad"]

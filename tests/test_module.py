@@ -133,13 +133,15 @@ def _learned_file(path, model_name="tiny-llama", **fill):
     return str(path)
 
 
-def test_learned_variance_trains_and_logs_sigma(tmp_path, tiny_data):
-    module = ZOFineTuneModule(
-        model="tiny-llama", lr=1e-3, variance="learned", variance_file=_learned_file(tmp_path / "f.safetensors")
-    )
+@pytest.mark.parametrize("noise", ["generator", "philox"])
+def test_learned_variance_trains_and_logs_sigma(tmp_path, tiny_data, noise):
+    variance_file = _learned_file(tmp_path / "f.safetensors")
+    module = ZOFineTuneModule(model="tiny-llama", lr=1e-3, variance="learned", variance_file=variance_file, noise=noise)
+    before = _weights(module)
     trainer = _trainer(tmp_path, max_steps=4, log_every_n_steps=1)
     trainer.fit(module, datamodule=tiny_data())
-    assert trainer.global_step == 4
+    assert trainer.global_step == 4 and trainer.optimizers[0].num_skipped == 0
+    assert not all(torch.equal(a, b) for a, b in zip(before, _weights(module)))
     for key in ("zo/norm_factor", "sigma/attn_q", "sigma/mlp", "sigma/norm", "sigma/embedding"):
         assert key in trainer.callback_metrics, key
 

@@ -162,3 +162,12 @@ def test_triton_kernel_matches_the_reference_under_the_interpreter():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kernel agrees with the reference" in result.stdout
+
+
+def test_float64_weights_keep_float64_arithmetic():
+    p = torch.randn(100, dtype=torch.float64)
+    original = p.clone()
+    ones = torch.ones(1)
+    shift([p], [0], 4, 0 * ones, 1e-3 * ones, ones)
+    shift([p], [0], 4, 1e-3 * ones, 0 * ones, ones)  # undo: exact up to float64 rounding, not float32's
+    assert (p - original).abs().max() < 1e-12

@@ -1,6 +1,6 @@
 """Train the tiny model for a few ZO steps on N CPU processes (gloo) and save each rank's weights.
 
-    python tests/scripts/dp_train.py OUT_DIR --devices 2 --batch-size 4 --steps 5
+    python tests/scripts/dp_train.py OUT_DIR --devices 2 --batch-size 4 --steps 5 [--noise philox]
 
 Run as a script because Lightning's DDP launcher re-executes the command line for each rank.
 """
@@ -24,9 +24,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--precision", default="64-true")
+    parser.add_argument("--noise", default="generator")
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
     args = parser.parse_args()
-    module = ZOFineTuneModule(model="tiny-llama", lr=2e-3, eps=1e-3)
+    module = ZOFineTuneModule(model="tiny-llama", lr=2e-3, eps=1e-3, noise=args.noise)
     data = TaskDataModule(
         task="sst2",
         tokenizer="tiny-llama",

@@ -42,10 +42,11 @@ def round_bf16_stochastically(value: Tensor, bits: Tensor) -> Tensor:
 
 
 def shift_reference(p: Tensor, z: Tensor, pre: float, alpha: float, mult: float, bits: Tensor | None = None) -> None:
-    """In place: p <- mult * round_to_dtype(p - pre z) + alpha z, float32 inside (see the module docstring)."""
-    base = p.float()
+    """In place: p <- mult * round_to_dtype(p - pre z) + alpha z, in float32 (float64 for float64 weights)."""
+    wide = torch.promote_types(p.dtype, torch.float32)
+    base, z = p.to(wide), z.to(wide)
     if pre != 0.0:
-        base = (base - pre * z).to(p.dtype).float()
+        base = (base - pre * z).to(p.dtype).to(wide)
     value = base * mult + alpha * z if mult != 1.0 else base + alpha * z
     if bits is not None and p.dtype == torch.bfloat16:
         p.copy_(round_bf16_stochastically(value, bits))
