@@ -55,3 +55,26 @@ def test_cuda_graph_forward_equals_eager_and_sees_updates():
         torch.testing.assert_close(batch_loss(fast, batch)[0], batch_loss(model, batch)[0], rtol=0, atol=1e-5)
         for p in model.parameters():
             p.add_(0.01)
+
+
+def test_learned_variance_reads_the_fused_pass_statistics_in_its_cuda_graph(tmp_path):
+    from zolightning.variance import BlockVarianceNets, LearnedOptimizerFile
+    from zolightning.variance.blocks import describe_blocks, trainable_named_parameters
+    from zolightning.variance.learned import learned_variance_for
+
+    model = load_causal_lm("tiny-llama").cuda()
+    named = trainable_named_parameters(model)
+    nets = BlockVarianceNets(len(named), generator=torch.Generator().manual_seed(0))
+    sizes = [b.effective_size for b in describe_blocks(model, 4)]
+    LearnedOptimizerFile(nets, [n for n, _ in named], [tuple(p.shape) for _, p in named], sizes, "tiny-llama").save(
+        tmp_path / "f.safetensors"
+    )
+    params = list(model.parameters())
+    scales = learned_variance_for(str(tmp_path / "f.safetensors"), model, params, 4)
+    examples = [EncodedExample(((5, 9, 11, 40, 7),), (2,), 0, False)] * 4
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in collate(examples, 0, "lm").items()}
+    optimizer = ZOSGD(params, lr=1e-3, eps=1e-3, seed=0, block_scales=scales, noise="philox")
+    for _ in range(3):
+        optimizer.step(lambda: batch_loss(model, batch)[0])
+    assert scales._sums_current(params)
+    torch.testing.assert_close(scales.features(params, from_sums=True), scales.features(params), rtol=1e-4, atol=1e-6)

@@ -145,6 +145,14 @@ _INTERPRETED = textwrap.dedent(
         ulps = 2 if p.dtype == torch.bfloat16 else 0
         tolerance = 1e-5 + ulps * 2**-7 * q.float().abs()
         assert ((p.float() - q.float()).abs() <= tolerance).all(), (key, (p.float() - q.float()).abs().max())
+    # block statistics of the written weights, reported by the pass (sum, sum of squares per tensor)
+    statistics = torch.zeros(4, 2, dtype=torch.float64)
+    fused.shift(params, keys, seed + 1, pre, alpha, mult, statistics=statistics)
+    for i, p in enumerate(params):
+        written = p.double()
+        expected = torch.stack([written.sum(), (written * written).sum()])
+        assert torch.allclose(statistics[i], expected, rtol=1e-5, atol=1e-5), (i, statistics[i], expected)
+
     # only tensors the kernel can address flat, in a dtype it knows, are offered to it
     assert fused.usable(params)
     assert not fused.usable([torch.zeros(4, 4).t()]) and not fused.usable([torch.zeros(4, dtype=torch.float64)])

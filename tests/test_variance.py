@@ -165,3 +165,19 @@ def test_released_llama_1b_file_converts_and_matches_its_networks(tmp_path):
         x = row.expand(146, 5)
         expected = torch.stack([original[n].float()(row).abs()[0] for n in converted.names])
         assert torch.allclose(reloaded.nets(x), expected, atol=1e-6, rtol=0)
+
+
+def test_block_features_from_the_update_pass_equal_a_fresh_pass(tiny_data, tmp_path):
+    data = tiny_data()
+    batch = collate(data.splits["train"][:4], data.pad_id)
+    model = load_causal_lm("tiny-llama")
+    params = list(model.parameters())
+    _file_for(model).save(tmp_path / "f.safetensors")
+    scales = learned_variance_for(str(tmp_path / "f.safetensors"), model, params, 4)
+    optimizer = ZOSGD(params, lr=1e-3, eps=1e-3, seed=5, block_scales=scales, noise="philox")
+    optimizer.step(lambda: batch_loss(model, batch)[0])
+    assert scales._sums_current(params)  # the update pass reported the sums of what it wrote
+    torch.testing.assert_close(scales.features(params, from_sums=True), scales.features(params), rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        params[0].mul_(2)  # written by someone else: the reported sums are stale and must not be used
+    assert not scales._sums_current(params)

@@ -70,8 +70,8 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
     def _shift_kernel(
-        pointers, program_tensor, program_start, numels, keys, pre, alpha, mult, seed_lo, seed_hi,
-        DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr,
+        pointers, program_tensor, program_start, numels, keys, pre, alpha, mult, seed_lo, seed_hi, partials,
+        DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, STATS: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         t = tl.load(program_tensor + pid)
@@ -99,9 +99,14 @@ if triton is not None:
             r0, r1, r2, r3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0) + 1)
             bits = _interleave4(r0, r1, r2, r3) & 0xFFFF
             raw = (value.to(tl.uint32, bitcast=True) + bits) & 0xFFFF0000
-            tl.store(weights + offsets, raw.to(tl.float32, bitcast=True).to(DTYPE), mask=inside)
+            stored = raw.to(tl.float32, bitcast=True).to(DTYPE)
         else:
-            tl.store(weights + offsets, value.to(DTYPE), mask=inside)
+            stored = value.to(DTYPE)
+        tl.store(weights + offsets, stored, mask=inside)
+        if STATS:  # this block's sum and sum of squares of the stored weights (next step's block features)
+            v = tl.where(inside, stored.to(tl.float32), 0.0)
+            tl.store(partials + 2 * pid, tl.sum(v, axis=0))
+            tl.store(partials + 2 * pid + 1, tl.sum(v * v, axis=0))
 
 
 @dataclass
@@ -115,6 +120,8 @@ class _Plan:
     numels: Tensor
     keys: Tensor
     programs: int
+    first_program: Tensor  # per tensor: its first program, and one past its last (to sum block statistics)
+    end_program: Tensor
 
 
 _plans: dict[tuple, dict[torch.dtype, _Plan]] = {}
@@ -142,6 +149,8 @@ def _plan(params: Sequence[Tensor], keys: Sequence[int]) -> dict[torch.dtype, _P
                 numels.to(device),
                 torch.tensor([keys[i] for i in index], dtype=torch.int64, device=device),
                 int(counts.sum()),
+                first.to(device),
+                (first + counts).to(device),
             )
         if len(_plans) > 64:  # tensors re-allocated many times: drop stale tables
             _plans.clear()
@@ -157,14 +166,26 @@ def shift(
     alpha: Tensor,
     mult: Tensor,
     stochastic_rounding: bool = False,
+    statistics: Tensor | None = None,
 ) -> None:
-    """In place, one launch per dtype: tensor i <- mult_i * round(w - pre_i z_i) + alpha_i z_i."""
+    """In place, one launch per dtype: tensor i <- mult_i * round(w - pre_i z_i) + alpha_i z_i.
+
+    With `statistics` (float64 [n, 2]), row i receives (sum, sum of squares) of tensor i as written: each
+    program writes its block's two float32 sums, and blocks are added in a fixed order (float64 prefix sums,
+    no atomics), so the result is deterministic.
+    """
     for dtype, plan in _plan(params, keys).items():
         whole = plan.index.numel() == len(params)
         per_tensor = [v if whole else v.index_select(0, plan.index) for v in (pre, alpha, mult)]
+        partials = None if statistics is None else torch.empty(plan.programs, 2, device=pre.device)
         _shift_kernel[(plan.programs,)](
             plan.pointers, plan.program_tensor, plan.program_start, plan.numels, plan.keys,
             *(v.float().contiguous() for v in per_tensor),
-            seed & 0xFFFFFFFF, seed >> 32,
-            DTYPE=_TL_DTYPES[dtype], STOCHASTIC=stochastic_rounding and dtype == torch.bfloat16, BLOCK=BLOCK,
+            seed & 0xFFFFFFFF, seed >> 32, partials if partials is not None else pre,
+            DTYPE=_TL_DTYPES[dtype], STOCHASTIC=stochastic_rounding and dtype == torch.bfloat16,
+            STATS=partials is not None, BLOCK=BLOCK,
         )  # fmt: skip
+        if partials is not None:
+            running = torch.cat([partials.new_zeros(1, 2, dtype=torch.float64), partials.double().cumsum(0)])
+            sums = running[plan.end_program] - running[plan.first_program]
+            statistics.index_copy_(0, plan.index, sums)

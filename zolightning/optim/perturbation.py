@@ -62,12 +62,17 @@ def shift(
     alpha: Tensor,
     mult: Tensor,
     stochastic_rounding: bool = False,
+    statistics: Tensor | None = None,
 ) -> None:
-    """One pass over `params`: tensor i <- mult_i * base_i + alpha_i * z_i (per-tensor vectors, float32)."""
+    """One pass over `params`: tensor i <- mult_i * base_i + alpha_i * z_i (per-tensor vectors, float32).
+
+    With `statistics` (float64 [n, 2] on the parameters' device), row i receives the sum and the sum of
+    squares of tensor i as written: the next step's block features, without another pass over the weights.
+    """
     from zolightning.optim import fused
 
     if fused.usable(params):
-        fused.shift(params, keys, seed, pre, alpha, mult, stochastic_rounding)
+        fused.shift(params, keys, seed, pre, alpha, mult, stochastic_rounding, statistics)
         return
     pre_l, alpha_l, mult_l = pre.tolist(), alpha.tolist(), mult.tolist()
     for i, (p, key) in enumerate(zip(params, keys)):
@@ -76,3 +81,6 @@ def shift(
         if stochastic_rounding and p.dtype in STOCHASTIC_ROUNDING_DTYPES:
             bits = rounding_bits(seed, key, p.numel(), p.device).view(p.shape)
         shift_reference(p.data, z, pre_l[i], alpha_l[i], mult_l[i], bits)
+        if statistics is not None:
+            written = p.detach().double()
+            statistics[i, 0], statistics[i, 1] = written.sum(), (written * written).sum()

@@ -128,7 +128,12 @@ class ZOSGD(Optimizer):
         else:
             mult, step = update
             alpha, stochastic, offset = s * step, self.stochastic_rounding, 0.0
-        perturbation.shift(tensors, list(range(len(tensors))), seed, pre, alpha, mult, stochastic)
+        # The update pass can report each block's sums as it writes it (learned variance's next features).
+        wants = update is not None and hasattr(self.block_scales, "observe_statistics")
+        sums = torch.empty(len(tensors), 2, dtype=torch.float64, device=s.device) if wants else None
+        perturbation.shift(tensors, list(range(len(tensors))), seed, pre, alpha, mult, stochastic, sums)
+        if wants:
+            self.block_scales.observe_statistics(sums, tensors)
         self._offset = offset
 
     def _perturb(self, seed: int, factor: float, scales: Scales) -> None:

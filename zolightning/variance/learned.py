@@ -50,7 +50,10 @@ class LearnedVariance:
         self.losses_prev = torch.zeros(2)  # L+_{t-1}, L-_{t-1}
         self.last_sigma, self._last_c = self.sigma_prev, torch.ones(())
         self._pending: Tensor | None = None
-        self._graph, self._graph_key, self._static = None, None, None
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[Tensor, Tensor, Tensor]]] = {}
+        # (sum, sum of squares) per block as the optimizer last wrote them, and the weights' versions then
+        self._sums: Tensor | None = None
+        self._versions: list[int] | None = None
 
     @property
     def loss_prev(self) -> tuple[float, float]:
@@ -60,14 +63,33 @@ class LearnedVariance:
     def last_c(self) -> float:
         return float(self._last_c)
 
-    def features(self, params: Sequence[Tensor]) -> Tensor:
+    def observe_statistics(self, sums: Tensor, params: Sequence[Tensor]) -> None:
+        """The optimizer's update pass reports (sum, sum of squares) of every block it wrote: the next step's
+        mean and variance come from them, without another pass over the weights, while the weights' version
+        counters show that nothing else has written them since."""
+        if self._sums is None or self._sums.device != sums.device:
+            self._sums = torch.zeros_like(sums, dtype=torch.float64)
+            self._numels = torch.tensor([p.numel() for p in params], dtype=torch.float64, device=sums.device)
+        self._sums.copy_(sums)  # fixed buffers: the CUDA graph reads them
+        self._versions = [p._version for p in params]
+
+    def _sums_current(self, params: Sequence[Tensor]) -> bool:
+        return self._versions is not None and self._versions == [p._version for p in params]
+
+    def _statistics_from_sums(self, params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        total, squares = self._sums.unbind(1)
+        mean = total / self._numels
+        variance = ((squares - total * mean) / (self._numels - 1).clamp(min=1)).clamp(min=0)
+        return mean.float(), variance.float()
+
+    def features(self, params: Sequence[Tensor], from_sums: bool = False) -> Tensor:
         """[n, 5] inputs in the published order: mean, unbiased var, L+_{t-1}, L-_{t-1}, sigma_{t-1}."""
-        mean, variance = block_statistics(params)
+        mean, variance = self._statistics_from_sums(params) if from_sums else block_statistics(params)
         losses = self.losses_prev.expand(len(params), 2)
         return torch.cat([mean[:, None], variance[:, None], losses, self.sigma_prev[:, None]], dim=1)
 
-    def _compute(self, params: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        sigma = self.nets(self.features(params))
+    def _compute(self, params: Sequence[Tensor], from_sums: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        sigma = self.nets(self.features(params, from_sums))
         c = (
             normalisation_factor(sigma, self.effective_sizes)
             if self.normalize
@@ -80,22 +102,24 @@ class LearnedVariance:
         self.effective_sizes = self.effective_sizes.to(device)
         self.sigma_prev = self.sigma_prev.to(device)
         self.losses_prev = self.losses_prev.to(device)
-        self._graph = None
+        self._graphs.clear()
+        self._sums, self._versions = None, None
 
-    def _replay(self, params: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        key = tuple(id(p) for p in params)
-        if self._graph is None or self._graph_key != key:
+    def _replay(self, params: Sequence[Tensor], from_sums: bool) -> tuple[Tensor, Tensor, Tensor]:
+        key = (tuple(id(p) for p in params), from_sums)
+        if key not in self._graphs:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self._compute(params)  # warm-up outside the capture
+                self._compute(params, from_sums)  # warm-up outside the capture
             torch.cuda.current_stream().wait_stream(side)
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._static = self._compute(params)
-            self._graph_key = key
-        self._graph.replay()
-        return self._static
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static = self._compute(params, from_sums)
+            self._graphs[key] = (graph, static)
+        graph, static = self._graphs[key]
+        graph.replay()
+        return static
 
     @torch.no_grad()
     def scales(self, params: Sequence[Tensor]) -> Tensor:
@@ -106,7 +130,8 @@ class LearnedVariance:
         if self.sigma_prev.device != device:
             self._to(device)
         use_graph = self.cuda_graph and device.type == "cuda"
-        sigma, c, scales = self._replay(params) if use_graph else self._compute(params)
+        from_sums = self._sums_current(params)
+        sigma, c, scales = self._replay(params, from_sums) if use_graph else self._compute(params, from_sums)
         self._pending, self.last_sigma, self._last_c = sigma, sigma, c
         return scales
 
