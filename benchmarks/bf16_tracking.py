@@ -1,7 +1,7 @@
 """Does a bf16 ZO run follow the float32 one? Same data, seed and lr, several precision/noise settings.
 
-    python benchmarks/bf16_tracking.py --model tiny-llama --data-dir ../shared/data --steps 600 --lr 1e-3
-    python benchmarks/bf16_tracking.py --model smollm2-135m-instruct --data-dir ... --device cuda --lr 3e-5
+    python -m benchmarks.bf16_tracking --model tiny-llama --data-dir ../shared/data --steps 600 --lr 1e-3
+    python -m benchmarks.bf16_tracking --model smollm2-135m-instruct --data-dir ... --device cuda --lr 3e-5
 
 Runs ZOSGD from the same initial weights with: float32 (generator noise), float32 (philox), bf16 with the
 generator path (+eps/-2eps/+eps rounded each time), bf16 philox with round-to-nearest updates, bf16 philox
@@ -15,6 +15,7 @@ import argparse
 
 import torch
 
+from benchmarks.timing import to_device
 from zolightning.data import TaskDataModule
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOSGD
@@ -29,12 +30,8 @@ SETTINGS = {  # name: (dtype, noise, stochastic rounding)
 }
 
 
-def _to(batch: dict, device: str) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 @torch.no_grad()
-def held_out_loss(model, weights: list[torch.Tensor], reference, batches: list[dict]) -> float:
+def held_out_loss(weights: list[torch.Tensor], reference, batches: list[dict]) -> float:
     """Loss of `weights` (any dtype), copied into the float32 `reference` model."""
     for p, w in zip(reference.parameters(), weights):
         p.copy_(w)
@@ -55,8 +52,8 @@ def main() -> None:
     data = TaskDataModule(args.task, tokenizer=args.model, data_dir=args.data_dir, batch_size=16, seed=0)
     data.setup()
     loader = data.train_dataloader()
-    train = [_to(b, args.device) for _, b in zip(range(args.steps), loader)]
-    held_out = [_to(b, args.device) for b in list(data.val_dataloader())[0]][:4]
+    train = [to_device(b, args.device) for _, b in zip(range(args.steps), loader)]
+    held_out = [to_device(b, args.device) for b in list(data.val_dataloader())[0]][:4]
     reference = load_causal_lm(args.model).to(args.device)
     finals, curves = {}, {}
     for name, (dtype, noise, stochastic) in SETTINGS.items():
@@ -67,7 +64,7 @@ def main() -> None:
         for step, batch in enumerate(train, 1):
             optimizer.step(lambda batch=batch, model=model: batch_loss(model, batch)[0])
             if step % args.every == 0:
-                curve.append(held_out_loss(model, list(model.parameters()), reference, held_out))
+                curve.append(held_out_loss(list(model.parameters()), reference, held_out))
         curves[name], finals[name] = curve, [p.detach().float().clone() for p in model.parameters()]
         print(f"{name}: done", flush=True)
 

@@ -1,6 +1,6 @@
 """Peak GPU memory and time of one meta-training step vs one plain first-order fine-tuning step, same batch.
 
-    python benchmarks/meta_memory.py --model smollm2-135m-instruct --data-dir ../shared/data [--task copa]
+    python -m benchmarks.meta_memory --model smollm2-135m-instruct --data-dir ../shared/data [--task copa]
 
 First-order fine-tuning = forward, backward, gradient clipping, SGD with momentum (the LM half of a meta
 step, on its own). Meta-training step = what `MetaVarianceModule.training_step` does: the networks' sigma,
@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from benchmarks.step_memory import _peak, _timed, _to
+from benchmarks.timing import peak_mib, timed, to_device
 from zolightning.data import TaskDataModule
 from zolightning.models import load_causal_lm
 from zolightning.optim.noise import NoiseSource, step_seed
@@ -40,7 +40,7 @@ def main() -> None:
     device = torch.device("cuda")
     data = TaskDataModule(args.task, tokenizer=args.model, data_dir=args.data_dir, batch_size=args.batch_size)
     data.setup()
-    batch = _to(next(iter(data.train_dataloader())), device)
+    batch = to_device(next(iter(data.train_dataloader())), device)
     model = load_causal_lm(args.model).to(device)
     named = trainable_named_parameters(model)
     names, params = [n for n, _ in named], [p for _, p in named]
@@ -75,9 +75,9 @@ def main() -> None:
 
     first_order_step()  # momentum buffers exist from here on, as during training
     weights = sum(p.numel() * p.element_size() for p in params) / 2**20
-    fo_peak = _peak(first_order_step)
-    meta_peak = _peak(meta_training_step)
-    fo_s, meta_s = _timed(first_order_step, args.repeats), _timed(meta_training_step, args.repeats)
+    fo_peak = peak_mib(first_order_step)
+    meta_peak = peak_mib(meta_training_step)
+    fo_s, meta_s = timed(first_order_step, args.repeats), timed(meta_training_step, args.repeats)
     print(f"model {args.model} fp32, {args.task} batch {args.batch_size} x {tuple(batch['input_ids'].shape)} tokens")
     print("| quantity | value |\n|---|---|")
     print(f"| weights | {weights:.1f} MiB |")

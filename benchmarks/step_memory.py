@@ -1,6 +1,6 @@
 """Peak GPU memory and time of one ZO step vs inference on the same batch.
 
-    python benchmarks/step_memory.py --model smollm2-135m-instruct --data-dir ../shared/data [--dtype bfloat16]
+    python -m benchmarks.step_memory --model smollm2-135m-instruct --data-dir ../shared/data [--dtype bfloat16]
 
 Inference = the forward that scores one training batch, under no_grad. The ZO step = two such forwards
 plus the perturbation passes; its extra memory should be one float32 noise tensor of the largest block.
@@ -9,40 +9,14 @@ plus the perturbation passes; its extra memory should be one float32 noise tenso
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from benchmarks.timing import peak_mib, timed, to_device
 from zolightning.data import TaskDataModule
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOSGD
 from zolightning.scoring import batch_loss
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def _timed(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _peak(fn) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def main() -> None:
@@ -56,7 +30,7 @@ def main() -> None:
     device = torch.device("cuda")
     data = TaskDataModule("sst2", tokenizer=args.model, data_dir=args.data_dir, batch_size=args.batch_size)
     data.setup()
-    batch = _to(next(iter(data.train_dataloader())), device)
+    batch = to_device(next(iter(data.train_dataloader())), device)
     model = load_causal_lm(args.model, dtype=args.dtype).to(device)
     optimizer = ZOSGD(model.parameters(), lr=1e-7, eps=1e-3)
     weights_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
@@ -69,8 +43,8 @@ def main() -> None:
         optimizer.step(lambda: batch_loss(model, batch)[0])
 
     forward()
-    inference_peak, step_peak = _peak(forward), _peak(step)
-    forward_s, step_s = _timed(forward, args.repeats), _timed(step, args.repeats)
+    inference_peak, step_peak = peak_mib(forward), peak_mib(step)
+    forward_s, step_s = timed(forward, args.repeats), timed(step, args.repeats)
     largest = max(p.numel() for p in model.parameters()) * 4 / 2**20
     print(f"model {args.model} dtype {args.dtype} batch {args.batch_size} x {tuple(batch['input_ids'].shape)} tokens")
     print("| quantity | value |\n|---|---|")

@@ -1,8 +1,8 @@
 """ZO step time and memory against the forward, the MeZO-style step and the hardware floor, in one run.
 
-    python benchmarks/step_time.py --model smollm2-135m-instruct --dtype bfloat16     # or a .gguf path
-    python benchmarks/step_time.py --model llama-1b --dtype bfloat16                  # random Llama-3.2-1B shape
-    python benchmarks/step_time.py --model llama-3b --dtype bfloat16                  # random Llama-3.2-3B shape
+    python -m benchmarks.step_time --model smollm2-135m-instruct --dtype bfloat16     # or a .gguf path
+    python -m benchmarks.step_time --model llama-1b --dtype bfloat16                  # random Llama-3.2-1B shape
+    python -m benchmarks.step_time --model llama-3b --dtype bfloat16                  # random Llama-3.2-3B shape
 
 Batch: `--batch` random sequences of `--length` tokens, the last 4 tokens of each scored (LM loss, LM head only
 at those positions). Measured, medians after warm-up:
@@ -20,11 +20,10 @@ against the PyTorch reference definition (philox.py) on the GPU.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from benchmarks.timing import peak_mib, timed
 from zolightning.data.encoding import EncodedExample, collate
 from zolightning.fast_forward import FastScoringModel
 from zolightning.models import load_causal_lm
@@ -82,27 +81,6 @@ class MezoStyleStep:
         self._pass(seed, self.eps)
         self._pass(seed, -self.lr * (plus - minus) / (2 * self.eps))
         self.step_index += 1
-
-
-def timed(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def peak_mib(fn) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def copy_bandwidth(repeats: int = 20) -> float:

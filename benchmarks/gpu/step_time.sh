@@ -8,7 +8,7 @@ if [ "$1" = bench ]; then
   python3 -m pytest -q tests/test_gpu.py 2>&1 | tail -15  # the kernel and the CUDA-graph forward, checked first
   for model in ${MODELS:-"$GGUF" llama-1b llama-3b}; do  # MODELS=llama-3b ... to split across calls
     for options in "--noise philox --fast-forward" "--noise philox" "--noise generator"; do
-      timeout 300 python3 benchmarks/step_time.py --model "$model" --dtype bfloat16 $options 2>&1 | grep -v Converting
+      timeout 300 python3 -m benchmarks.step_time --model "$model" --dtype bfloat16 $options 2>&1 | grep -v Converting
     done
   done | tee "$OUT/step_time.md"
 elif [ "$1" = sst2-bf16 ]; then

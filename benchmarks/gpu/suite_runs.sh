@@ -15,7 +15,7 @@ if [ "$phase" = overhead-meta-zeroshot ]; then
     python3 benchmarks/variance_overhead.py --model "$GGUF" --data-dir "$DATA" --dtype $dtype --rounds 9 \
       --variance-file optimizers/smollm2-135m-instruct.from-llama-3.2-1b.safetensors > "$run/overhead_$dtype.md" 2>&1
   done
-  python3 benchmarks/meta_memory.py --model "$GGUF" --data-dir "$DATA" > "$run/meta_memory.md" 2>&1
+  python3 -m benchmarks.meta_memory --model "$GGUF" --data-dir "$DATA" > "$run/meta_memory.md" 2>&1
   (
     start=$(date +%s)
     $guard python3 -m zolightning meta fit --config configs/meta/copa.yaml $args --model.output "$meta_file" \
