@@ -1,6 +1,7 @@
 """ZO step time and memory against the forward, the MeZO-style step and the hardware floor, in one run.
 
     python -m benchmarks.step_time --model smollm2-135m-instruct --dtype bfloat16     # or a .gguf path
+    python -m benchmarks.step_time --model smollm2 --dtype bfloat16                   # its shape, random weights
     python -m benchmarks.step_time --model llama-1b --dtype bfloat16                  # random Llama-3.2-1B shape
     python -m benchmarks.step_time --model llama-3b --dtype bfloat16                  # random Llama-3.2-3B shape
 
@@ -31,10 +32,14 @@ from zolightning.optim import ZOSGD
 from zolightning.optim.philox import philox_normal
 from zolightning.scoring import batch_loss
 
-SHAPES = {  # Llama-3.2 configurations (tied embeddings), weights drawn at random
-    "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32),
-    "llama-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24),
-}
+SHAPES = {  # Llama-architecture configurations (tied embeddings), weights drawn at random: timing needs no file
+    "smollm2": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3),
+    "llama-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                     num_attention_heads=32, num_key_value_heads=8),
+    "llama-3b": dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                     num_attention_heads=24, num_key_value_heads=8),
+}  # fmt: skip
 
 
 def build_model(name: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -42,10 +47,7 @@ def build_model(name: str, dtype: torch.dtype) -> torch.nn.Module:
         return load_causal_lm(name, dtype=str(dtype).removeprefix("torch.")).cuda()
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=128256, num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=True,
-        rope_theta=500000.0, **SHAPES[name],
-    )  # fmt: skip
+    config = LlamaConfig(max_position_embeddings=4096, tie_word_embeddings=True, **SHAPES[name])
     with torch.device("cuda"):
         return LlamaForCausalLM(config).to(dtype).eval()
 
@@ -106,7 +108,9 @@ def noise_check(params: list[torch.Tensor]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="llama-1b, llama-3b, or a model name/path")
+    parser.add_argument(
+        "--model", default="smollm2-135m-instruct", help="smollm2, llama-1b, llama-3b (random) or a model name/path"
+    )
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
