@@ -197,3 +197,16 @@ def test_fast_forward_follows_the_eager_trajectory(tmp_path, tiny_data):
             assert module._fast_scorer is not None
     for eager, compiled in zip(weights[False], weights[True]):
         torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
+
+
+def test_philox_steps_run_without_host_sync_and_still_stop_on_non_finite_losses(tmp_path, tiny_data, monkeypatch):
+    module = ZOFineTuneModule(model="tiny-llama", lr=1e-3, noise="philox", max_consecutive_skips=3)
+    before = _weights(module)
+    monkeypatch.setattr(module, "_objective", lambda batch: torch.tensor(float("nan")))
+    trainer = _trainer(tmp_path, max_steps=20, log_every_n_steps=2)
+    with pytest.raises(RuntimeError, match="consecutive ZO steps had a non-finite"):
+        trainer.fit(module, datamodule=tiny_data())
+    optimizer = trainer.optimizers[0]
+    assert not optimizer.sync and 3 <= optimizer.consecutive_skipped <= 4  # read at every logging step
+    for a, b in zip(before, _weights(module)):  # restored (to fp32 rounding), never updated
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -106,3 +106,44 @@ def test_bad_arguments_are_refused():
         ZOSGD([x], eps=0.0)
     with pytest.raises(ValueError, match="closure"):
         ZOSGD([x]).step(None)
+
+
+def _two_groups(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.nn.Parameter(torch.randn(30, generator=generator))
+    b = torch.nn.Parameter(torch.randn(7, 3, generator=generator))
+    target = torch.randn(30, generator=generator)
+    return [{"params": [a]}, {"params": [b], "weight_decay": 0.0}], lambda: ((a - target) ** 2).sum() + (b**2).sum()
+
+
+def test_step_on_the_device_takes_the_same_steps_as_the_synchronised_step():
+    # g kept on the device (no host sync) vs read on the host: same weights, outputs, skips and counters
+    runs = []
+    for sync in (True, False):
+        groups, loss = _two_groups()
+        optimizer = ZOSGD(groups, lr=0.01, eps=1e-3, weight_decay=0.1, seed=3, noise="philox", sync=sync)
+        outputs = []
+        for step in range(6):
+            closure = (lambda: torch.tensor(math.inf)) if step in (2, 3) else loss
+            outputs.append(optimizer.step(closure))
+            if step == 3:
+                counters = (optimizer.num_skipped, optimizer.consecutive_skipped)
+        runs.append(([p.detach().clone() for g in groups for p in g["params"]], outputs, counters, optimizer))
+    (weights_sync, out_sync, counters_sync, opt_sync), (weights_dev, out_dev, counters_dev, opt_dev) = runs
+    for a, b in zip(weights_sync, weights_dev):
+        assert torch.equal(a, b)
+    assert counters_sync == counters_dev == (2, 2)
+    assert (opt_dev.num_skipped, opt_dev.consecutive_skipped, opt_dev.num_steps) == (2, 0, 6)
+    for a, b in zip(out_sync, out_dev):
+        assert torch.is_tensor(b.loss) and bool(b.skipped) == a.skipped
+        if not a.skipped:
+            assert b.projected_grad.item() == pytest.approx(a.projected_grad, rel=1e-5)
+    assert opt_dev.state_dict()["zo"]["num_skipped"] == 2
+
+
+def test_step_on_the_device_needs_philox_and_fixed_scales():
+    x, _ = _quadratic()
+    with pytest.raises(ValueError, match="sync=False"):
+        ZOSGD([x], sync=False)
+    with pytest.raises(ValueError, match="sync=False"):
+        ZOSGD([x], noise="philox", sync=False, block_scales=object())

@@ -59,6 +59,8 @@ class ZOFineTuneModule(L.LightningModule):
             `train/loss` logs the objective's value.
         noise: `generator` (per-tensor torch generator, the reference path) or `philox` (counter-based noise,
             one fused Triton kernel per pass on CUDA; weights recovered on their dtype grid before updates).
+            With `philox` and isotropic variance, steps never wait for the GPU (`ZOSGD(sync=False)`): losses
+            and skips are read only when logged, and `perf/step_seconds` is the time between step starts.
         stochastic_rounding: with `noise: philox`, round bf16 weights stochastically in the update pass.
         fast_forward: score batches with the model's trunk compiled (`torch.compile`; CUDA graphs on CUDA)
             for sequence lengths padded to multiples of `fast_forward_bucket` (see `fast_forward.py`).
@@ -95,6 +97,8 @@ class ZOFineTuneModule(L.LightningModule):
         self._tokenizer = None  # loaded on first use: only generation tasks decode text
         self._generated: dict[str, SQuAD] = {}
         self._fast_scorer: FastScoringModel | None = None  # built on first use, once the model is on its device
+        self._last_step_start: float | None = None
+        self._skips_reported = 0
 
     # ---- optimization -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -102,15 +106,17 @@ class ZOFineTuneModule(L.LightningModule):
         for p in self.model.parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
+        block_scales = self._block_scales(decay + no_decay)
         optimizer = ZOSGD(
             [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,
             eps=self.hparams.eps,
             weight_decay=self.hparams.weight_decay,
             seed=self.hparams.zo_seed,
-            block_scales=self._block_scales(decay + no_decay),
+            block_scales=block_scales,
             noise=self.hparams.noise,
             stochastic_rounding=self.hparams.stochastic_rounding,
+            sync=self.hparams.noise != "philox" or block_scales is not None,
         )
         if self.hparams.lr_schedule == "constant":
             return optimizer
@@ -159,7 +165,8 @@ class ZOFineTuneModule(L.LightningModule):
 
         start = time.perf_counter()
         out = optimizer.step(closure=closure)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - (start if optimizer.optimizer.sync else self._last_step_start or start)
+        self._last_step_start = start
         self._check_skips(optimizer.optimizer, out)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -169,7 +176,6 @@ class ZOFineTuneModule(L.LightningModule):
             {
                 "train/loss": out.loss,
                 "zo/projected_grad": out.projected_grad,
-                "zo/skipped_steps": float(optimizer.optimizer.num_skipped),
                 "lr": optimizer.param_groups[0]["lr"],
                 "perf/step_seconds": seconds,
                 "perf/examples_per_sec": examples / seconds,
@@ -206,15 +212,26 @@ class ZOFineTuneModule(L.LightningModule):
         return getattr(getattr(self.trainer, "datamodule", None), "max_new_tokens", 50)
 
     def _check_skips(self, optimizer: ZOSGD, out) -> None:
-        if not out.skipped:
-            return
-        log.warning(
-            "step %d skipped: non-finite loss or block scale (L+ %s, L- %s); %d in a row",
-            self.global_step,
-            out.loss_plus,
-            out.loss_minus,
-            optimizer.consecutive_skipped,
-        )
+        if torch.is_tensor(out.skipped):  # steps without host sync: read the device counters when logging
+            if self.global_step % max(self.trainer.log_every_n_steps, 1):
+                return
+            total = optimizer.num_skipped
+            self.log("zo/skipped_steps", float(total))
+            if total == self._skips_reported:
+                return
+            log.warning("%d steps skipped so far (non-finite loss); %d in a row", total, optimizer.consecutive_skipped)
+            self._skips_reported = total
+        else:
+            self.log("zo/skipped_steps", float(optimizer.num_skipped))
+            if not out.skipped:
+                return
+            log.warning(
+                "step %d skipped: non-finite loss or block scale (L+ %s, L- %s); %d in a row",
+                self.global_step,
+                out.loss_plus,
+                out.loss_minus,
+                optimizer.consecutive_skipped,
+            )
         if optimizer.consecutive_skipped >= self.hparams.max_consecutive_skips:
             raise RuntimeError(
                 f"{optimizer.consecutive_skipped} consecutive ZO steps had a non-finite loss or block scale "

@@ -6,7 +6,13 @@ reads each weight once, computes `mult * base + alpha * z` in float32 (base = th
 perturbation `pre * z` removed, rounded back onto the weight's dtype grid) and writes it once, rounded to
 nearest or, for bf16 updates, stochastically. Tables are built once per list of tensors and reused.
 
-Set TRITON_INTERPRET=1 before the first import to run the kernel on CPU tensors (tests do this).
+On the GPU, log, sin and cos are the hardware approximations (MUFU): the noise then differs from the
+reference by up to ~3e-5 (measured 2.2e-5 over 5M draws) but the pass runs 1.6x faster (Llama-1B-sized bf16
+weights on an H100: 2.5 ms instead of 4.0 ms; a plain scaled copy in Triton takes 1.9 ms). Every pass of a
+step uses the same kernel, so perturbation and restore still cancel exactly. Philox itself stays exact.
+
+Set TRITON_INTERPRET=1 before the first import to run the kernel on CPU tensors (tests do this); the
+interpreter uses the precise functions.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import Tensor
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 except ImportError:  # CPU installs: the PyTorch reference path is used
     triton = None
 
@@ -56,12 +63,16 @@ if triton is not None:
         return c0, c1, c2, c3
 
     @triton.jit
-    def _normals(x0, x1):
+    def _normals(x0, x1, FAST: tl.constexpr):
         u0 = ((x0 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
         u1 = ((x1 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
-        radius = tl.sqrt(-2.0 * tl.log(u0))
         angle = 6.283185307179586 * u1
-        return radius * tl.cos(angle), radius * tl.sin(angle)
+        if FAST:  # -2 ln u = -2 ln(2) log2(u)
+            radius = tl.sqrt(-1.3862943611198906 * libdevice.fast_log2f(u0))
+            return radius * libdevice.fast_cosf(angle), radius * libdevice.fast_sinf(angle)
+        else:
+            radius = tl.sqrt(-2.0 * tl.log(u0))
+            return radius * tl.cos(angle), radius * tl.sin(angle)
 
     @triton.jit
     def _interleave4(a, b, c, d):
@@ -72,6 +83,7 @@ if triton is not None:
     def _shift_kernel(
         pointers, program_tensor, program_start, numels, keys, pre, alpha, mult, seed_lo, seed_hi, partials,
         DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, STATS: tl.constexpr, BLOCK: tl.constexpr,
+        FAST: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         t = tl.load(program_tensor + pid)
@@ -86,8 +98,8 @@ if triton is not None:
         c1 = (q >> 32).to(tl.uint32)
         c2 = tl.zeros_like(c0) + key
         x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0))
-        n0, n1 = _normals(x0, x1)
-        n2, n3 = _normals(x2, x3)
+        n0, n1 = _normals(x0, x1, FAST)
+        n2, n3 = _normals(x2, x3, FAST)
         z = _interleave4(n0, n1, n2, n3)
 
         offsets = start + tl.arange(0, BLOCK).to(tl.int64)
@@ -183,7 +195,7 @@ def shift(
             *(v.float().contiguous() for v in per_tensor),
             seed & 0xFFFFFFFF, seed >> 32, partials if partials is not None else pre,
             DTYPE=_TL_DTYPES[dtype], STOCHASTIC=stochastic_rounding and dtype == torch.bfloat16,
-            STATS=partials is not None, BLOCK=BLOCK,
+            STATS=partials is not None, BLOCK=BLOCK, FAST=not INTERPRET, num_warps=8,
         )  # fmt: skip
         if partials is not None:
             running = torch.cat([partials.new_zeros(1, 2, dtype=torch.float64), partials.double().cumsum(0)])

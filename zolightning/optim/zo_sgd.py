@@ -27,11 +27,13 @@ class BlockScales(Protocol):
 
 
 class ZOStepOutput(NamedTuple):
-    loss: float  # (L+ + L-) / 2, the loss near the current weights
-    projected_grad: float  # g = (L+ - L-) / (2 eps)
-    loss_plus: float
-    loss_minus: float
-    skipped: bool  # a non-finite loss or scale: weights restored, no update
+    """What one step saw: Python numbers, or 0-dim device tensors when the optimizer runs with sync=False."""
+
+    loss: float | Tensor  # (L+ + L-) / 2, the loss near the current weights
+    projected_grad: float | Tensor  # g = (L+ - L-) / (2 eps)
+    loss_plus: float | Tensor
+    loss_minus: float | Tensor
+    skipped: bool | Tensor  # a non-finite loss or scale: weights restored, no update
 
 
 Scales = list[float] | Tensor  # per tensor, host floats or one device vector
@@ -50,6 +52,36 @@ def _axpy(p: Tensor, z: Tensor, alpha: float | Tensor) -> None:
         target.add_(z, alpha=alpha)
     if not wide:
         p.copy_(target)
+
+
+class SkipCounter:
+    """Skipped steps in total and in a row; host integers, or a device tensor once a skip flag is a tensor
+    (steps without host sync), so that counting never waits for the GPU. Reading does."""
+
+    def __init__(self, total: int = 0, consecutive: int = 0):
+        self._host, self._device = [total, consecutive], None
+
+    def add(self, skipped: bool | Tensor) -> None:
+        if torch.is_tensor(skipped):
+            if self._device is None:
+                self._device = torch.tensor(self._host, dtype=torch.int64, device=skipped.device)
+            flag = skipped.to(torch.int64)
+            self._device = torch.stack([self._device[0] + flag, (self._device[1] + 1) * flag])
+        elif self._device is not None:
+            self.add(torch.tensor(skipped, device=self._device.device))
+        else:
+            self._host = [self._host[0] + skipped, (self._host[1] + 1) * skipped]
+
+    def _read(self) -> list[int]:
+        return self._host if self._device is None else self._device.tolist()
+
+    @property
+    def total(self) -> int:
+        return self._read()[0]
+
+    @property
+    def consecutive(self) -> int:
+        return self._read()[1]
 
 
 class ZOSGD(Optimizer):
@@ -71,6 +103,11 @@ class ZOSGD(Optimizer):
             Triton each pass is one fused kernel, elsewhere the PyTorch reference of `philox.py`). The philox
             passes recover the unperturbed weight on its dtype grid before each update (see `perturbation.py`).
         stochastic_rounding: philox only: round bf16 weights stochastically in the update pass.
+        sync: read the two losses on the host each step (the MeZO way). With `sync=False` (philox noise, no
+            block scales) g stays on the device and feeds the update pass directly: a step never waits for
+            the GPU, so the host queues the next work while the GPU runs the last, and launch overhead
+            disappears behind it. The step's output then holds 0-dim tensors, and skips are counted on the
+            device (`num_skipped`, `consecutive_skipped` wait for the GPU when read).
     """
 
     def __init__(
@@ -83,6 +120,7 @@ class ZOSGD(Optimizer):
         block_scales: BlockScales | None = None,
         noise: str = "generator",
         stochastic_rounding: bool = False,
+        sync: bool = True,
     ):
         if lr < 0 or eps <= 0 or weight_decay < 0:
             raise ValueError(f"need lr >= 0, eps > 0, weight_decay >= 0; got {lr}, {eps}, {weight_decay}")
@@ -90,12 +128,24 @@ class ZOSGD(Optimizer):
             raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
         if stochastic_rounding and noise != "philox":
             raise ValueError("stochastic_rounding needs noise='philox' (the generator path rounds to nearest)")
+        if not sync and (noise != "philox" or block_scales is not None):
+            raise ValueError("sync=False needs noise='philox' and no block_scales (their history reads the losses)")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.eps, self.seed, self.block_scales = eps, seed, block_scales
-        self.noise, self.stochastic_rounding = noise, stochastic_rounding
+        self.noise, self.stochastic_rounding, self.sync = noise, stochastic_rounding, sync
         self._offset = 0.0  # philox: the weights currently sit at theta + offset * eps * s * z
-        self.num_steps, self.num_skipped, self.consecutive_skipped = 0, 0, 0
+        self.num_steps = 0
+        self._skips = SkipCounter()
         self._noise = NoiseSource()
+        self._constants: dict[tuple, Tensor] = {}
+
+    @property
+    def num_skipped(self) -> int:
+        return self._skips.total
+
+    @property
+    def consecutive_skipped(self) -> int:
+        return self._skips.consecutive
 
     def _tensors(self) -> list[tuple[dict, Tensor]]:
         return [(group, p) for group in self.param_groups for p in group["params"]]
@@ -106,14 +156,20 @@ class ZOSGD(Optimizer):
         for p, z, alpha in zip(tensors, self._noise.directions(tensors, seed), alphas):
             _axpy(p, z, alpha)
 
-    def _vector(self, values: Scales | list[float]) -> Tensor:
-        """Per-tensor values as a float32 vector on the parameters' device (a fill, not a copy, when uniform)."""
+    def _vector(self, values: Scales | list[float], dtype: torch.dtype = torch.float32) -> Tensor:
+        """Per-tensor values as a vector on the parameters' device (host lists: built once, reused)."""
         device = self.param_groups[0]["params"][0].device
         if torch.is_tensor(values):
-            return values.to(device=device, dtype=torch.float32)
-        if values and all(v == values[0] for v in values):
-            return torch.full((len(values),), values[0], dtype=torch.float32, device=device)
-        return torch.tensor(values, dtype=torch.float32, device=device)
+            return values.to(device=device, dtype=dtype)
+        key = (dtype, *values)
+        if key not in self._constants:
+            if len(self._constants) > 16:  # changing values (lr schedules): keep the cache small
+                self._constants.clear()
+            values = torch.tensor(values, dtype=dtype)
+            # a plain host-to-GPU copy waits for all queued GPU work; a pinned, non-blocking one does not
+            pinned = values.pin_memory() if device.type == "cuda" else values
+            self._constants[key] = pinned.to(device, non_blocking=True)
+        return self._constants[key]
 
     def _philox_shift(
         self, seed: int, scales: Scales, offset: float, update: tuple[Tensor, Tensor] | None = None
@@ -185,10 +241,29 @@ class ZOSGD(Optimizer):
         return [s if math.isfinite(s) else 0.0 for s in scales], finite
 
     def _skip(self, loss_plus: float = math.nan, loss_minus: float = math.nan) -> ZOStepOutput:
-        self.num_skipped += 1
-        self.consecutive_skipped += 1
+        self._skips.add(True)
         self.num_steps += 1
         return ZOStepOutput((loss_plus + loss_minus) / 2, math.nan, loss_plus, loss_minus, True)
+
+    def _step_on_device(self, seed: int, scales: Scales, closure: Callable[[], Tensor | float]) -> ZOStepOutput:
+        """The step with g kept on the device: a skipped step is an update pass with mult 1 and step 0."""
+        device = self.param_groups[0]["params"][0].device
+        self._perturb(seed, +1.0, scales)
+        loss_plus = torch.as_tensor(closure(), device=device).detach().float()
+        self._perturb(seed, -2.0, scales)
+        loss_minus = torch.as_tensor(closure(), device=device).detach().float()
+        g = (loss_plus.double() - loss_minus.double()) / (2 * self.eps)  # float64 like the host path: same steps
+        ok = torch.isfinite(g)
+        lrs, mults = [], []
+        for group in self.param_groups:
+            lrs += [group["lr"]] * len(group["params"])
+            mults += [1.0 - group["lr"] * group["weight_decay"]] * len(group["params"])
+        step = (self._vector(lrs, torch.float64) * torch.where(ok, -g, 0.0)).float()
+        mult = torch.where(ok, self._vector(mults), 1.0)
+        self._philox_shift(seed, scales, 0.0, (mult, step))
+        self._skips.add(~ok)
+        self.num_steps += 1
+        return ZOStepOutput((loss_plus + loss_minus) / 2, g.float(), loss_plus, loss_minus, ~ok)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor | float]) -> ZOStepOutput:  # type: ignore[override]
@@ -202,6 +277,8 @@ class ZOSGD(Optimizer):
             raise ValueError("ZOSGD.step needs a closure returning the loss; it never reads .grad")
         seed = step_seed(self.seed, self.num_steps)
         scales, all_finite = self._scales([p for _, p in self._tensors()])
+        if not self.sync:
+            return self._step_on_device(seed, scales, closure)
         self._perturb(seed, +1.0, scales)
         loss_plus = float(closure())
         self._perturb(seed, -2.0, scales)
@@ -214,7 +291,7 @@ class ZOSGD(Optimizer):
         if self.block_scales:
             self.block_scales.observe(loss_plus, loss_minus)
         self.num_steps += 1
-        self.consecutive_skipped = 0
+        self._skips.add(False)
         return ZOStepOutput((loss_plus + loss_minus) / 2, g, loss_plus, loss_minus, False)
 
     def state_dict(self) -> dict:
@@ -236,9 +313,9 @@ class ZOSGD(Optimizer):
         zo = state_dict.pop("zo", None)
         super().load_state_dict(state_dict)
         if zo is not None:
-            self.num_steps, self.num_skipped = zo["num_steps"], zo["num_skipped"]
+            self.num_steps = zo["num_steps"]
+            self._skips = SkipCounter(zo["num_skipped"], zo.get("consecutive_skipped", 0))
             self.seed, self.eps = zo["seed"], zo["eps"]
-            self.consecutive_skipped = zo.get("consecutive_skipped", 0)
             trained_with = zo.get("noise", "generator")
             if trained_with != self.noise:
                 raise ValueError(f"the checkpoint was trained with noise={trained_with!r}, this run has {self.noise!r}")
