@@ -98,8 +98,11 @@ def test_resume_from_checkpoint_is_bitwise_identical(tmp_path, tiny_data, noise)
     assert not all(torch.equal(a, b) for a, b in zip(_weights(straight), _weights(crashed)))
 
 
-def test_bf16_with_philox_noise_and_stochastic_rounding_trains_without_the_warning(tmp_path, tiny_data, caplog):
-    module = ZOFineTuneModule(model="tiny-llama", dtype="bfloat16", lr=1e-3, noise="philox", stochastic_rounding=True)
+@pytest.mark.parametrize("stochastic_rounding", [False, True])
+def test_bf16_with_philox_noise_trains_without_the_warning(tmp_path, tiny_data, caplog, stochastic_rounding):
+    module = ZOFineTuneModule(
+        model="tiny-llama", dtype="bfloat16", lr=1e-3, noise="philox", stochastic_rounding=stochastic_rounding
+    )
     before = _weights(module)
     trainer = _trainer(tmp_path, max_steps=4, precision="bf16-true")
     trainer.fit(module, datamodule=tiny_data())
