@@ -61,7 +61,8 @@ class ZOFineTuneModule(L.LightningModule):
             one fused Triton kernel per pass on CUDA; weights recovered on their dtype grid before updates).
             With `philox` and isotropic variance, steps never wait for the GPU (`ZOSGD(sync=False)`): losses
             and skips are read only when logged, and `perf/step_seconds` is the time between step starts.
-        stochastic_rounding: with `noise: philox`, round bf16 weights stochastically in the update pass.
+        stochastic_rounding: with `noise: philox`, round bf16 weights stochastically in the update pass
+            (on SST-2 it fell behind fp32 while nearest rounding did not: docs/benchmarks.md).
         fast_forward: score batches with the model's trunk compiled (`torch.compile`; CUDA graphs on CUDA)
             for sequence lengths padded to multiples of `fast_forward_bucket` (see `fast_forward.py`).
         fast_forward_bucket: the padding multiple of `fast_forward`, in tokens.
