@@ -12,39 +12,24 @@ what the alternatives would buy (docs/benchmarks.md).
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 from triton.testing import do_bench
 
 import zolightning.optim.fused as f
-
-
-@triton.jit
-def _philox_r(k0, k1, c0, c1, c2, c3, ROUNDS: tl.constexpr):
-    for _ in tl.static_range(ROUNDS):
-        hi0 = tl.umulhi(0xD2511F53, c0)
-        hi1 = tl.umulhi(0xCD9E8D57, c2)
-        lo0 = c0 * 0xD2511F53
-        lo1 = c2 * 0xCD9E8D57
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0 = k0 + 0x9E3779B9
-        k1 = k1 + 0xBB67AE85
-    return c0, c1, c2, c3
+from zolightning.optim.fused import _box_muller, _philox, _uniform
 
 
 @triton.jit
 def _unif(x, BITS: tl.constexpr):
-    if BITS:  # 23-bit mantissa trick, exact (Sterbenz)
+    if BITS:  # 23-bit uniforms by a bit trick (no int -> float conversion), exact by Sterbenz
         return ((x >> 9) | 0x3F800000).to(tl.float32, bitcast=True) - 0.99999994039535522
     else:
-        return ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        return _uniform(x)
 
 
 @triton.jit
 def _bm(u0, u1, BM: tl.constexpr):
     if BM:
-        angle = 6.283185307179586 * u1
-        radius = tl.sqrt(-1.3862943611198906 * libdevice.fast_log2f(u0))
-        return radius * libdevice.fast_cosf(angle), radius * libdevice.fast_sinf(angle)
+        return _box_muller(u0, u1, True)
     else:
         return u0 * 2.0 - 1.0, u1 * 2.0 - 1.0
 
@@ -55,7 +40,7 @@ def _z4(k0, k1, q, key, ROUNDS: tl.constexpr, BITS: tl.constexpr, BM: tl.constex
     c1 = (q >> 32).to(tl.uint32)
     c2 = tl.zeros_like(c0) + key
     if ROUNDS > 0:
-        x0, x1, x2, x3 = _philox_r(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
+        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
     else:  # a cheap hash instead (cost of Box-Muller alone)
         x0 = c0 * 0x9E3779B9 ^ k0
         x1 = c0 * 0x85EBCA6B ^ k1
@@ -109,7 +94,7 @@ def lab_kernel(
         c0 = (q & 0xFFFFFFFF).to(tl.uint32)
         c1 = (q >> 32).to(tl.uint32)
         c2 = tl.zeros_like(c0) + key
-        x0, x1, x2, x3 = _philox_r(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
+        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
         a0, a1 = _bm(_unif16(x0, 0), _unif16(x1, 0), BM)
         a2, a3 = _bm(_unif16(x2, 0), _unif16(x3, 0), BM)
         b0, b1 = _bm(_unif16(x0, 1), _unif16(x1, 1), BM)

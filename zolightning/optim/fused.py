@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from zolightning.optim.philox import ROUNDS
+
 try:
     import triton
     import triton.language as tl
@@ -51,8 +53,8 @@ if triton is not None:
     _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
     @triton.jit
-    def _philox(k0, k1, c0, c1, c2, c3):
-        for _ in tl.static_range(10):
+    def _philox(k0, k1, c0, c1, c2, c3, ROUNDS: tl.constexpr):
+        for _ in tl.static_range(ROUNDS):
             hi0 = tl.umulhi(0xD2511F53, c0)
             hi1 = tl.umulhi(0xCD9E8D57, c2)
             lo0 = c0 * 0xD2511F53
@@ -63,9 +65,11 @@ if triton is not None:
         return c0, c1, c2, c3
 
     @triton.jit
-    def _normals(x0, x1, FAST: tl.constexpr):
-        u0 = ((x0 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
-        u1 = ((x1 >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    def _uniform(x):
+        return ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+
+    @triton.jit
+    def _box_muller(u0, u1, FAST: tl.constexpr):
         angle = 6.283185307179586 * u1
         if FAST:  # -2 ln u = -2 ln(2) log2(u)
             radius = tl.sqrt(-1.3862943611198906 * libdevice.fast_log2f(u0))
@@ -83,7 +87,7 @@ if triton is not None:
     def _shift_kernel(
         pointers, program_tensor, program_start, numels, keys, pre, alpha, mult, seed_lo, seed_hi, partials,
         DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, STATS: tl.constexpr, BLOCK: tl.constexpr,
-        FAST: tl.constexpr,
+        FAST: tl.constexpr, ROUNDS: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         t = tl.load(program_tensor + pid)
@@ -97,9 +101,9 @@ if triton is not None:
         c0 = (q & 0xFFFFFFFF).to(tl.uint32)
         c1 = (q >> 32).to(tl.uint32)
         c2 = tl.zeros_like(c0) + key
-        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0))
-        n0, n1 = _normals(x0, x1, FAST)
-        n2, n3 = _normals(x2, x3, FAST)
+        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
+        n0, n1 = _box_muller(_uniform(x0), _uniform(x1), FAST)
+        n2, n3 = _box_muller(_uniform(x2), _uniform(x3), FAST)
         z = _interleave4(n0, n1, n2, n3)
 
         offsets = start + tl.arange(0, BLOCK).to(tl.int64)
@@ -108,7 +112,7 @@ if triton is not None:
         base = (w - tl.load(pre + t) * z).to(DTYPE).to(tl.float32)
         value = tl.load(mult + t) * base + tl.load(alpha + t) * z
         if STOCHASTIC:
-            r0, r1, r2, r3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0) + 1)
+            r0, r1, r2, r3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0) + 1, ROUNDS)
             bits = _interleave4(r0, r1, r2, r3) & 0xFFFF
             raw = (value.to(tl.uint32, bitcast=True) + bits) & 0xFFFF0000
             stored = raw.to(tl.float32, bitcast=True).to(DTYPE)
@@ -195,7 +199,8 @@ def shift(
             *(v.float().contiguous() for v in per_tensor),
             seed & 0xFFFFFFFF, seed >> 32, partials if partials is not None else pre,
             DTYPE=_TL_DTYPES[dtype], STOCHASTIC=stochastic_rounding and dtype == torch.bfloat16,
-            STATS=partials is not None, BLOCK=BLOCK, FAST=not INTERPRET, num_warps=8,
+            STATS=partials is not None, BLOCK=BLOCK, FAST=not INTERPRET, ROUNDS=ROUNDS,
+            num_warps=8,
         )  # fmt: skip
         if partials is not None:
             running = torch.cat([partials.new_zeros(1, 2, dtype=torch.float64), partials.double().cumsum(0)])

@@ -201,14 +201,22 @@ class ZOSGD(Optimizer):
         else:
             self._apply(seed, [factor * self.eps * s for s in scales])
 
+    def _philox_update(self, seed: int, scales: Scales, g: float | Tensor, ok: Tensor | None = None) -> None:
+        """The restore-and-update pass: theta_new = k theta - lr g s z, k = 1 - lr wd per group. With a device
+        flag `ok`, a False makes it a plain restore (mult 1, step 0), decided on the device."""
+        lrs, mults = [], []
+        for group in self.param_groups:
+            lrs += [group["lr"]] * len(group["params"])
+            mults += [1.0 - group["lr"] * group["weight_decay"]] * len(group["params"])
+        minus_g = -g if ok is None else torch.where(ok, -g, 0.0)
+        step = (self._vector(lrs, torch.float64) * minus_g).float()  # lr * g in float64, rounded once
+        mult = self._vector(mults) if ok is None else torch.where(ok, self._vector(mults), 1.0)
+        self._philox_shift(seed, scales, 0.0, (mult, step))
+
     def _restore_and_update(self, seed: int, g: float, scales: Scales) -> None:
         # Currently at theta - eps s z; theta_new = k theta - lr g s z with k = 1 - lr wd, per group.
         if self.noise == "philox":
-            mult, step = [], []
-            for group in self.param_groups:
-                mult += [1.0 - group["lr"] * group["weight_decay"]] * len(group["params"])
-                step += [-group["lr"] * g] * len(group["params"])
-            self._philox_shift(seed, scales, 0.0, (self._vector(mult), self._vector(step)))
+            self._philox_update(seed, scales, g)
             return
         coefficients = []
         for group in self.param_groups:
@@ -254,13 +262,7 @@ class ZOSGD(Optimizer):
         loss_minus = torch.as_tensor(closure(), device=device).detach().float()
         g = (loss_plus.double() - loss_minus.double()) / (2 * self.eps)  # float64 like the host path: same steps
         ok = torch.isfinite(g)
-        lrs, mults = [], []
-        for group in self.param_groups:
-            lrs += [group["lr"]] * len(group["params"])
-            mults += [1.0 - group["lr"] * group["weight_decay"]] * len(group["params"])
-        step = (self._vector(lrs, torch.float64) * torch.where(ok, -g, 0.0)).float()
-        mult = torch.where(ok, self._vector(mults), 1.0)
-        self._philox_shift(seed, scales, 0.0, (mult, step))
+        self._philox_update(seed, scales, g, ok)
         self._skips.add(~ok)
         self.num_steps += 1
         return ZOStepOutput((loss_plus + loss_minus) / 2, g.float(), loss_plus, loss_minus, ~ok)
