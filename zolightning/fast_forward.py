@@ -1,10 +1,15 @@
-"""Fast scoring forwards: the model's trunk compiled for a few fixed shapes.
+"""Fast scoring forwards: the model's trunk compiled once, for a few planned shapes.
 
 A small model's eager forward is launch-bound (SmolLM2: 30 thin layers, ~35 ms on an H100 for 0.28 TFLOP),
 and a ZO step is two forwards. `torch.compile` fuses the trunk's kernels and, on CUDA with the default
-mode `reduce-overhead`, replays each compiled shape as a CUDA graph (one launch). Shapes are made few by
-padding every batch on the right up to a multiple of `bucket` tokens; right padding does not change the
-hidden states of the real tokens under causal attention, and they are sliced back before the LM head.
+mode `reduce-overhead`, replays each shape as a CUDA graph (one launch). Every batch is padded up to a shape of
+the `ShapePlan` (`shape_plan.py`): rows of padding and tokens of padding on the right, neither of which changes
+the hidden states of the real tokens under causal attention; they are sliced away before the LM head.
+
+Compilation is bounded: the dimensions the plan varies are marked dynamic, so one compiled graph serves every
+planned shape, and `warm_up` runs each shape before training so that no compile or graph capture happens
+later. After warm-up, any new graph dynamo builds is counted in `recompiles` and reported once. A batch
+outside the plan, or a compiler failure, is said once in the log and scored by the eager trunk.
 
 The weights are read by the compiled code at every call (they are graph inputs, not constants), so the
 in-place updates of a ZO step are seen by the next forward; a test checks it.
@@ -12,48 +17,148 @@ in-place updates of a ZO step are seen by the next forward; a test checks it.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._dynamo.utils import counters
 
 from zolightning.scoring import _hidden_then_head
+from zolightning.shape_plan import ShapePlan
+
+log = logging.getLogger(__name__)
 
 
-class BucketedTrunk:
-    """`trunk(input_ids, attention_mask)` compiled, inputs right-padded to a multiple of `bucket` tokens."""
+def compiled_graph_count() -> int:
+    """Graphs dynamo has built in this process (a recompile adds one)."""
+    return counters["stats"]["unique_graphs"]
 
-    def __init__(self, trunk: nn.Module, bucket: int = 32, mode: str | None = None):
+
+class CompiledTrunk:
+    """`trunk(input_ids, attention_mask)` compiled, inputs padded to the plan's shapes (or, without a plan,
+    lengths to a multiple of `bucket`)."""
+
+    def __init__(self, trunk: nn.Module, plan: ShapePlan | None = None, bucket: int = 32, mode: str | None = None):
         if bucket < 1:
             raise ValueError(f"bucket must be >= 1, got {bucket}")
-        self.bucket, self.graphs = bucket, mode == "reduce-overhead"
-        self.compiled = torch.compile(trunk, mode=mode, dynamic=False)
+        self.trunk, self.plan, self.bucket = trunk, plan, bucket
+        self.graphs = mode == "reduce-overhead"
+        self.compiled = torch.compile(trunk, mode=mode)
+        self.eager_reason: str | None = None  # set when compilation failed: every batch then runs eagerly
+        self.eager_batches = 0  # batches scored eagerly (outside the plan, or after a failure)
+        self.recompiles = 0  # graphs built after warm-up
+        self._graphs_after_warm_up: int | None = None
+        if plan is not None:
+            # Each shape is one graph of dynamo's cache in the worst case (a dimension the model specialises).
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(plan.shapes) + 2)
+
+    def _padded_shape(self, rows: int, length: int) -> tuple[int, int] | None:
+        if self.plan is None:
+            return rows, length + (-length % self.bucket)
+        return self.plan.bucket(rows, length)
+
+    def _dynamic_dims(self) -> list[int]:
+        """Dimensions the plan varies (and never at size 1, which dynamo would specialise)."""
+        if self.plan is None:
+            return []
+        sizes = (self.plan.rows, self.plan.lengths)
+        return [d for d, values in enumerate(sizes) if len(values) > 1 and min(values) > 1]
+
+    def _eager(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        self.eager_batches += 1
+        return self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> SimpleNamespace:
-        length = input_ids.shape[1]
-        pad = -length % self.bucket
-        if pad:
-            input_ids = F.pad(input_ids, (0, pad), value=0)
-            attention_mask = F.pad(attention_mask, (0, pad), value=0)
-        if self.graphs:  # each call is a new step for CUDA-graph trees: the last call's outputs are dead by now
-            torch.compiler.cudagraph_mark_step_begin()
-        hidden = self.compiled(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return SimpleNamespace(last_hidden_state=hidden[:, :length])
+        rows, length = input_ids.shape
+        target = None if self.eager_reason else self._padded_shape(rows, length)
+        if target is None:
+            if self.eager_reason is None and self.eager_batches == 0:
+                log.warning(
+                    "a %dx%d batch is outside the compiled shapes (%s): scored eagerly",
+                    rows,
+                    length,
+                    self.plan.describe(),
+                )
+            return SimpleNamespace(last_hidden_state=self._eager(input_ids, attention_mask))
+        try:
+            hidden = self._compiled(input_ids, attention_mask, target)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: say why once, then run eagerly
+            self.eager_reason = f"{type(error).__name__}: {error}"
+            log.warning("compiled scoring forward failed, continuing eagerly: %s", self.eager_reason)
+            hidden = self._eager(input_ids, attention_mask)
+        return SimpleNamespace(last_hidden_state=hidden[:rows, :length])
+
+    def _compiled(self, input_ids: Tensor, attention_mask: Tensor, target: tuple[int, int]) -> Tensor:
+        rows, length = input_ids.shape
+        pad_rows, pad_tokens = target[0] - rows, target[1] - length
+        # Validation runs under inference mode, a different grad state for dynamo's guards: one state always.
+        with torch.inference_mode(False), torch.no_grad():
+            input_ids = F.pad(input_ids, (0, pad_tokens, 0, pad_rows), value=0)
+            attention_mask = F.pad(attention_mask, (0, pad_tokens, 0, pad_rows), value=0)
+            if pad_rows:
+                attention_mask[rows:, 0] = 1  # padding rows attend to one token: no fully masked softmax
+            for dim in self._dynamic_dims():
+                torch._dynamo.maybe_mark_dynamic(input_ids, dim)
+                torch._dynamo.maybe_mark_dynamic(attention_mask, dim)
+            if self.graphs:  # each call is a new step for CUDA-graph trees: the last call's outputs are dead by now
+                torch.compiler.cudagraph_mark_step_begin()
+            hidden = self.compiled(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        self._count_recompiles()
+        return hidden
+
+    def _count_recompiles(self) -> None:
+        if self._graphs_after_warm_up is None:
+            return
+        new = compiled_graph_count() - self._graphs_after_warm_up
+        if new > self.recompiles:
+            if self.recompiles == 0:
+                log.warning(
+                    "the scoring forward recompiled after warm-up (%d graph(s)): a shape or guard the "
+                    "plan did not foresee",
+                    new,
+                )
+            self.recompiles = new
+
+    def warm_up(self, device: torch.device, progress: Callable[[str], None] = log.info) -> float:
+        """Compile (and on CUDA capture) every planned shape now; seconds taken. Later graphs count as recompiles."""
+        start = time.perf_counter()
+        shapes = self.plan.shapes if self.plan is not None else []
+        for i, (rows, length) in enumerate(shapes, 1):
+            shape_start = time.perf_counter()
+            ids = torch.zeros(rows, length, dtype=torch.long, device=device)
+            # CUDA-graph trees run a shape eagerly, then record it, then replay: three calls reach the replay.
+            for _ in range(3 if self.graphs else 1):
+                self(ids, torch.ones_like(ids))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            progress(
+                f"compiling the scoring forward: shape {i}/{len(shapes)} ({rows} rows x {length} tokens) "
+                f"in {time.perf_counter() - shape_start:.1f} s"
+            )
+            if self.eager_reason:
+                break
+        self._graphs_after_warm_up = compiled_graph_count()
+        self.recompiles = 0
+        return time.perf_counter() - start
 
 
 class FastScoringModel:
-    """Stands in for a causal LM in `scoring.py`: the compiled, bucketed trunk, then the model's own LM head.
+    """Stands in for a causal LM in `scoring.py`: the compiled, padded trunk, then the model's own LM head.
 
     Args:
         model: a causal LM whose logits are `head(trunk(x))` (Llama and most decoder LMs).
-        bucket: sequence lengths are padded up to a multiple of this.
+        bucket: without a plan, sequence lengths are padded up to a multiple of this.
         mode: `torch.compile` mode; default `reduce-overhead` (CUDA graphs) on CUDA, `default` elsewhere.
+        plan: the shapes to compile for (`shape_plan.plan_shapes`); batches are padded up to them.
     """
 
     base_model_prefix = "trunk"
 
-    def __init__(self, model: nn.Module, bucket: int = 32, mode: str | None = None):
+    def __init__(self, model: nn.Module, bucket: int = 32, mode: str | None = None, plan: ShapePlan | None = None):
         split = _hidden_then_head(model)
         if split is None:
             raise ValueError(f"{type(model).__name__} post-processes its logits; fast_forward cannot split it")
@@ -61,7 +166,7 @@ class FastScoringModel:
         if mode is None:
             mode = "reduce-overhead" if next(model.parameters()).is_cuda else "default"
         self.config = model.config
-        self.trunk = BucketedTrunk(trunk, bucket, mode)
+        self.trunk = CompiledTrunk(trunk, plan, bucket, mode)
 
     def get_output_embeddings(self) -> nn.Module:
         return self._head

@@ -16,11 +16,13 @@ from zolightning.data.encoding import (
     collate,
     collate_generation,
     encode_example,
+    scoring_rows,
 )
 from zolightning.data.sampling import StepIndexedStream, sample_splits
 from zolightning.data.sources import load_split
 from zolightning.data.tasks import get_task
 from zolightning.models import load_tokenizer
+from zolightning.shape_plan import LoaderShapes, sampled_batch_widths, sequential_batch_widths
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,22 @@ class TaskDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_fn,
         )
+
+    def scoring_shapes(self) -> list[LoaderShapes]:
+        """The batch shapes of every loader scored by a forward (generation batches decode instead): what the
+        compiled forward is planned for (`shape_plan.py`)."""
+        shapes = []
+        examples, _ = self._train_examples_and_collate()
+        if self.objective != "f1":
+            per_example, widths = scoring_rows(examples)
+            batch_widths = sampled_batch_widths(widths, self.batch_size, seed=self.seed)
+            shapes.append(LoaderShapes("train", self.batch_size * per_example, tuple(batch_widths)))
+        if not self.task.generation:
+            for split in dict.fromkeys(["dev", "eval"]):  # both can be validated or tested
+                per_example, widths = scoring_rows(self.splits[split])
+                batch_widths = sequential_batch_widths(widths, self.eval_batch_size)
+                shapes.append(LoaderShapes(split, self.eval_batch_size * per_example, tuple(batch_widths)))
+        return shapes
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._scoring_loader(s) for s in self.val_split_names()]

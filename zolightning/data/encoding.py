@@ -139,3 +139,11 @@ def collate_generation(
         "attention_mask": attention_mask,
         "references": [list(e.references) for e in examples],
     }
+
+
+def scoring_rows(examples: list[EncodedExample]) -> tuple[int, list[int]]:
+    """(the most rows one example adds to a `collate` batch, each example's widest row): what shape planning
+    needs to know. Rows fold to one per example only when every example of the batch shares its prefix."""
+    if all(e.shares_prefix for e in examples):
+        return 1, [len(e.sequences[0]) - 1 for e in examples]
+    return max(len(e.sequences) for e in examples), [max(len(s) for s in e.sequences) for e in examples]

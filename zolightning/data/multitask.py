@@ -85,6 +85,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         )
         return DataLoader(stream, batch_size=None, collate_fn=_unbatched)
 
+    def scoring_shapes(self) -> list:
+        """Every member's scoring loaders (see `TaskDataModule.scoring_shapes`)."""
+        return [shape for member in self.members.values() for shape in member.scoring_shapes()]
+
     def val_dataloader(self) -> list[DataLoader]:
         return [member._scoring_loader("dev") for member in self.members.values()]
 

@@ -17,10 +17,14 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 
 from zolightning.fast_forward import FastScoringModel
+from zolightning.fast_path import ZOPath, choose_path, describe
 from zolightning.generation import greedy_answers, negative_f1, update_squad
 from zolightning.models import load_causal_lm, load_tokenizer
+from zolightning.modules.timing import FitTimer
 from zolightning.optim import ZOSGD
 from zolightning.scoring import batch_loss, negative_accuracy
+from zolightning.shape_plan import plan_shapes
+from zolightning.stopping import GracefulStop
 from zolightning.variance.learned import LearnedVariance, learned_variance_for, sigma_by_kind
 
 log = logging.getLogger(__name__)
@@ -57,15 +61,19 @@ class ZOFineTuneModule(L.LightningModule):
         objective: what the two ZO evaluations measure: `loss` (cross-entropy), or a non-differentiable
             objective: `accuracy` (minus candidate accuracy) or `f1` (minus greedy-decoding F1, SQuAD/DROP).
             `train/loss` logs the objective's value.
-        noise: `generator` (per-tensor torch generator, the reference path) or `philox` (counter-based noise,
-            one fused Triton kernel per pass on CUDA; weights recovered on their dtype grid before updates).
-            With `philox` and isotropic variance, steps never wait for the GPU (`ZOSGD(sync=False)`): losses
-            and skips are read only when logged, and `perf/step_seconds` is the time between step starts.
+        noise: `auto` (philox where the fused Triton pass runs, i.e. CUDA weights with Triton; generator
+            elsewhere; a resumed run keeps its checkpoint's), `generator` (per-tensor torch generator, the
+            reference path) or `philox` (counter-based noise, one fused Triton kernel per pass on CUDA; weights
+            recovered on their dtype grid before updates). With `philox` and isotropic variance, steps never
+            wait for the GPU (`ZOSGD(sync=False)`): losses and skips are read only when logged, and
+            `perf/step_seconds` is the time between step starts.
         stochastic_rounding: with `noise: philox`, round bf16 weights stochastically in the update pass
             (on SST-2 it fell behind fp32 while nearest rounding did not: docs/benchmarks.md).
-        fast_forward: score batches with the model's trunk compiled (`torch.compile`; CUDA graphs on CUDA)
-            for sequence lengths padded to multiples of `fast_forward_bucket` (see `fast_forward.py`).
-        fast_forward_bucket: the padding multiple of `fast_forward`, in tokens.
+        fast_forward: score batches with the model's trunk compiled (`torch.compile`; CUDA graphs on CUDA),
+            every batch padded to one of a few shapes planned from the data and compiled before step 1
+            (`fast_forward.py`, `shape_plan.py`). `auto`: on for CUDA, off on the CPU.
+        fast_forward_bucket: planned sequence lengths are multiples of this, in tokens.
+        fast_forward_lengths: at most this many planned sequence lengths (chosen to minimise padding).
     """
 
     def __init__(
@@ -83,10 +91,11 @@ class ZOFineTuneModule(L.LightningModule):
         normalize: bool = True,
         max_consecutive_skips: int = 20,
         objective: Literal["loss", "accuracy", "f1"] = "loss",
-        noise: Literal["generator", "philox"] = "generator",
+        noise: Literal["auto", "generator", "philox"] = "auto",
         stochastic_rounding: bool = False,
-        fast_forward: bool = False,
+        fast_forward: bool | Literal["auto"] = "auto",
         fast_forward_bucket: int = 32,
+        fast_forward_lengths: int = 4,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -98,8 +107,34 @@ class ZOFineTuneModule(L.LightningModule):
         self._tokenizer = None  # loaded on first use: only generation tasks decode text
         self._generated: dict[str, SQuAD] = {}
         self._fast_scorer: FastScoringModel | None = None  # built on first use, once the model is on its device
+        self._path: ZOPath | None = None  # resolved once the model is on its device
+        self._recorded_noise: str | None = None  # a resumed checkpoint's
+        self._timer = FitTimer()
         self._last_step_start: float | None = None
         self._skips_reported = 0
+
+    # ---- which path runs --------------------------------------------------------------------------
+    @property
+    def path(self) -> ZOPath:
+        """The resolved noise and forward (see `fast_path.py`); needs the model on its device."""
+        if self._path is None:
+            self._path = choose_path(self.model, self.hparams.noise, self.hparams.fast_forward, self._recorded_noise)
+            log.info(describe(self._path, self.device))
+        return self._path
+
+    def configure_callbacks(self):
+        return [GracefulStop()]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["zo_noise"] = self.path.noise
+        checkpoint["zo_noise_definition"] = self.path.noise_definition
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        recorded = checkpoint.get("zo_noise")
+        if recorded is None:  # checkpoints of earlier versions: the optimizer's own record
+            states = checkpoint.get("optimizer_states") or [{}]
+            recorded = states[0].get("zo", {}).get("noise")
+        self._recorded_noise, self._path = recorded, None
 
     # ---- optimization -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -115,10 +150,12 @@ class ZOFineTuneModule(L.LightningModule):
             weight_decay=self.hparams.weight_decay,
             seed=self.hparams.zo_seed,
             block_scales=block_scales,
-            noise=self.hparams.noise,
+            noise=self.path.noise,
             stochastic_rounding=self.hparams.stochastic_rounding,
-            sync=self.hparams.noise != "philox" or block_scales is not None,
+            sync=self.path.noise != "philox" or block_scales is not None,
         )
+        if not optimizer.sync:
+            log.info("ZO steps keep g on the device: a step never waits for the GPU")
         if self.hparams.lr_schedule == "constant":
             return optimizer
         total = self.trainer.max_steps
@@ -140,7 +177,7 @@ class ZOFineTuneModule(L.LightningModule):
         if self.device.type == "cuda":  # perf/peak_mem_gib: the training peak, not set-up's broadcasts
             torch.cuda.reset_peak_memory_stats(self.device)
         dtypes = {p.dtype for p in self.model.parameters()}
-        if dtypes & {torch.bfloat16, torch.float16} and self.hparams.noise == "generator":
+        if dtypes & {torch.bfloat16, torch.float16} and self.path.noise == "generator":
             log.warning(
                 "ZO training with %s weights and noise=generator: +eps/-2eps/+eps does not restore half-precision "
                 "weights exactly, and the rounding errors swamp the updates; use noise=philox, which recovers "
@@ -185,8 +222,33 @@ class ZOFineTuneModule(L.LightningModule):
         )
         self.log("train/loss_step", out.loss, prog_bar=True, logger=False)
         self._log_sigma(optimizer.optimizer.block_scales)
+        self._log_perf()
+
+    def _log_perf(self) -> None:
+        first = self._timer.step_done(self.global_step)
+        if first is not None:
+            self.log("perf/first_step_seconds", first)
+            self.log("perf/compile_seconds", self._timer.compile_seconds)
+            log.info(
+                "first step done %.1f s after the fit started (compilation %.1f s)", first, self._timer.compile_seconds
+            )
+        if self.global_step % max(self.trainer.log_every_n_steps, 1):
+            return
+        if self._fast_scorer is not None:
+            self.log("perf/recompiles", float(self._fast_scorer.trunk.recompiles))
+            self.log("perf/eager_batches", float(self._fast_scorer.trunk.eager_batches))
         if self.device.type == "cuda":
             self.log("perf/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30)
+
+    def on_train_end(self) -> None:
+        rate = self._timer.steady_steps_per_second(self.global_step, self.device)
+        if rate is not None:
+            log.info(
+                "trained to step %d: %.2f steps/s after the first step (validation excluded: %.1f s)",
+                self.global_step,
+                rate,
+                self._timer.val_seconds_total,
+            )
 
     def _objective(self, batch: dict) -> torch.Tensor:
         if self.hparams.objective == "accuracy":
@@ -197,12 +259,42 @@ class ZOFineTuneModule(L.LightningModule):
 
     @property
     def scorer(self):
-        """What scores batches: the model, or its compiled trunk + head when `fast_forward` is on."""
-        if not self.hparams.fast_forward:
+        """What scores batches: the model, or its compiled trunk + head when the fast forward is on."""
+        if not self.path.fast_forward:
             return self.model
         if self._fast_scorer is None:
-            self._fast_scorer = FastScoringModel(self.model, self.hparams.fast_forward_bucket)
+            self._fast_scorer = self._build_fast_scorer()
         return self._fast_scorer
+
+    def _build_fast_scorer(self) -> FastScoringModel:
+        """Plan the shapes from the data module's loaders and compile them all now, before any step."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        plan = None
+        if hasattr(datamodule, "scoring_shapes"):
+            loaders = datamodule.scoring_shapes()
+            if loaders:
+                plan = plan_shapes(loaders, self.hparams.fast_forward_bucket, self.hparams.fast_forward_lengths)
+        scorer = FastScoringModel(self.model, self.hparams.fast_forward_bucket, plan=plan)
+        if plan is not None:
+            log.info("compiling the scoring forward for %s", plan.describe())
+            seconds = scorer.trunk.warm_up(self.device)
+            log.info(
+                "scoring forward compiled in %.1f s%s",
+                seconds,
+                f" (failed, eager: {scorer.trunk.eager_reason})" if scorer.trunk.eager_reason else "",
+            )
+            self._timer.compile_seconds = seconds
+        return scorer
+
+    def on_fit_start(self) -> None:
+        self._timer.fit_started()
+        _ = self.scorer  # compile before the sanity check and step 1, where a signal can still stop it at once
+
+    def on_validation_start(self) -> None:
+        _ = self.scorer  # `zolightning validate` / `test` compile here
+
+    def on_test_start(self) -> None:
+        _ = self.scorer
 
     def _get_tokenizer(self):
         if self._tokenizer is None:
@@ -282,6 +374,9 @@ class ZOFineTuneModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_generation()
+        seconds = self._timer.validation_ended(self.device)
+        if not self.trainer.sanity_checking:
+            self.log("perf/val_seconds", seconds)
 
     def on_test_epoch_end(self) -> None:
         self._log_generation()
@@ -314,6 +409,7 @@ class ZOFineTuneModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._metrics_in_float32()
+        self._timer.validation_started(self.device)
 
     def on_test_epoch_start(self) -> None:
         self._metrics_in_float32()

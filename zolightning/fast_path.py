@@ -1,0 +1,71 @@
+"""Which ZO path a run takes (`noise: auto`, `fast_forward: auto`), and the words that say why.
+
+On CUDA with Triton the fast path is the measured one (docs/benchmarks.md): counter-based philox noise through
+the fused Triton pass, steps that never wait for the GPU, and the compiled, CUDA-graphed scoring forward.
+Elsewhere (CPU) the reference path is faster: the philox reference is PyTorch ops, and compiling a forward
+on a CPU costs more than it saves over a short test run.
+
+The noise is part of a run's definition (the same seed with another noise is another run), so a checkpoint
+records it as `noise_definition` and a resumed run takes it over (`auto`) or refuses a different one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zolightning.optim import fused
+
+NOISE_DEFINITIONS = {"philox": "philox-v1", "generator": "torch-generator"}
+
+
+@dataclass(frozen=True)
+class ZOPath:
+    noise: str  # generator | philox
+    fast_forward: bool
+    why: str
+
+    @property
+    def noise_definition(self) -> str:
+        return NOISE_DEFINITIONS[self.noise]
+
+
+def _fused_pass_usable(model: nn.Module) -> bool:
+    return fused.usable([p for p in model.parameters() if p.requires_grad])
+
+
+def choose_path(model: nn.Module, noise: str, fast_forward: bool | str, recorded_noise: str | None = None) -> ZOPath:
+    """Resolve `auto` settings for the device the model is on; `recorded_noise` is a resumed checkpoint's."""
+    reasons = []
+    if recorded_noise is not None:
+        if noise not in ("auto", recorded_noise):
+            raise ValueError(
+                f"the checkpoint was trained with noise={recorded_noise!r} ({NOISE_DEFINITIONS[recorded_noise]}); "
+                f"this run asks for noise={noise!r}: resuming would change the run's perturbations. Drop "
+                f"--model.noise (auto takes the checkpoint's) or start a new run"
+            )
+        if noise == "auto":
+            reasons.append(f"noise={recorded_noise} from the checkpoint")
+        noise = recorded_noise
+    on_cuda = next(model.parameters()).is_cuda
+    if noise == "auto":
+        fused_ok = _fused_pass_usable(model)
+        noise = "philox" if fused_ok else "generator"
+        reasons.append(
+            "noise=philox: CUDA weights and Triton, one fused pass per perturbation"
+            if fused_ok
+            else f"noise=generator: {'no Triton fused pass for these weights' if on_cuda else 'weights on the CPU'}"
+        )
+    if fast_forward == "auto":
+        fast_forward = on_cuda
+        reasons.append(
+            "fast_forward=on: compiled, CUDA-graphed scoring forward" if on_cuda else "fast_forward=off: CPU"
+        )
+    return ZOPath(noise, bool(fast_forward), "; ".join(reasons) or "as configured")
+
+
+def describe(path: ZOPath, device: torch.device) -> str:
+    forward = "compiled forward" if path.fast_forward else "eager forward"
+    return f"ZO path on {device}: noise={path.noise} ({path.noise_definition}), {forward} [{path.why}]"
