@@ -78,3 +78,23 @@ def test_learned_variance_reads_the_fused_pass_statistics_in_its_cuda_graph(tmp_
         optimizer.step(lambda: batch_loss(model, batch)[0])
     assert scales._sums_current(params)
     torch.testing.assert_close(scales.features(params, from_sums=True), scales.features(params), rtol=1e-4, atol=1e-6)
+
+
+def test_planned_cuda_graph_forward_has_no_recompiles_after_warm_up(tiny_data):
+    from zolightning.fast_forward import FastScoringModel, compiled_graph_count
+    from zolightning.shape_plan import plan_shapes
+
+    data = tiny_data(num_eval=12, eval_batch_size=8)
+    model = load_causal_lm("tiny-llama").cuda()
+    fast = FastScoringModel(model, plan=plan_shapes(data.scoring_shapes(), multiple=32, max_lengths=2))
+    fast.trunk.warm_up(torch.device("cuda"))
+    graphs = compiled_graph_count()
+    stream = data.train_dataloader().dataset
+    batches = [stream.batch(step) for step in range(8)] + list(data._scoring_loader("eval"))
+    for grad_mode in (torch.no_grad, torch.inference_mode):
+        with grad_mode():
+            for batch in batches:
+                batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+                expected = batch_loss(model, batch)[0]
+                torch.testing.assert_close(batch_loss(fast, batch)[0], expected, rtol=0, atol=1e-5)
+    assert compiled_graph_count() == graphs and fast.trunk.recompiles == 0 and fast.trunk.eager_batches == 0

@@ -213,3 +213,14 @@ def test_philox_steps_run_without_host_sync_and_still_stop_on_non_finite_losses(
     assert not optimizer.sync and 3 <= optimizer.consecutive_skipped <= 4  # read at every logging step
     for a, b in zip(before, _weights(module)):  # restored (to fp32 rounding), never updated
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_fast_fit_compiles_every_shape_before_step_one_and_never_again(tmp_path, tiny_data):
+    module = ZOFineTuneModule(model="tiny-llama", lr=1e-3, fast_forward=True, fast_forward_lengths=2)
+    trainer = _trainer(tmp_path, max_steps=6, limit_val_batches=None, log_every_n_steps=1)
+    trainer.fit(module, datamodule=tiny_data(num_eval=12))  # partial last eval batch: padded, not recompiled
+    trunk = module._fast_scorer.trunk
+    assert trunk.recompiles == 0 and trunk.eager_batches == 0 and trunk.eager_reason is None
+    metrics = trainer.callback_metrics
+    assert metrics["perf/recompiles"] == 0 and metrics["perf/val_seconds"] > 0
+    assert metrics["perf/first_step_seconds"] >= metrics["perf/compile_seconds"] > 0

@@ -36,6 +36,10 @@ def _fused_pass_usable(model: nn.Module) -> bool:
     return fused.usable([p for p in model.parameters() if p.requires_grad])
 
 
+def _on_cuda(model: nn.Module) -> bool:
+    return next(model.parameters()).is_cuda
+
+
 def choose_path(model: nn.Module, noise: str, fast_forward: bool | str, recorded_noise: str | None = None) -> ZOPath:
     """Resolve `auto` settings for the device the model is on; `recorded_noise` is a resumed checkpoint's."""
     reasons = []
@@ -49,7 +53,7 @@ def choose_path(model: nn.Module, noise: str, fast_forward: bool | str, recorded
         if noise == "auto":
             reasons.append(f"noise={recorded_noise} from the checkpoint")
         noise = recorded_noise
-    on_cuda = next(model.parameters()).is_cuda
+    on_cuda = _on_cuda(model)
     if noise == "auto":
         fused_ok = _fused_pass_usable(model)
         noise = "philox" if fused_ok else "generator"

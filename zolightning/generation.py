@@ -15,6 +15,7 @@ def greedy_answers(model: nn.Module, tokenizer, batch: dict, max_new_tokens: int
         attention_mask=batch["attention_mask"],
         max_new_tokens=max_new_tokens,
         do_sample=False,
+        use_cache=True,  # one token of work per new token, batched over the prompts
         pad_token_id=tokenizer.pad_token_id,
         stop_strings=["\n"],
         tokenizer=tokenizer,

@@ -10,8 +10,9 @@ weights sit perturbed between its two forwards). `GracefulStop` therefore acts b
   lost that a checkpoint could have held;
 - a second signal always stops at once.
 
-`AtomicCheckpointIO` writes each checkpoint to a temporary file and renames it over the old one, so even a
-kill in the middle of a save leaves the previous checkpoint intact.
+Checkpoints themselves are written atomically by Lightning (a file-system transaction: a temporary file moved
+over the old one), so even a kill in the middle of a save leaves the previous checkpoint intact; a test holds
+that.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
@@ -35,25 +34,10 @@ class StopRequested(KeyboardInterrupt):
     """Raised by the signal handler where stopping at once is safe; Lightning shuts down as for Ctrl-C."""
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """`torch.save` to `<path>.tmp`, then an atomic rename over `<path>` (local paths)."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        if "://" in str(path):  # remote file systems: no rename to rely on
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        try:
-            super().save_checkpoint(checkpoint, temporary, storage_options)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-
-
 class GracefulStop(Callback):
     """Stop on SIGTERM / SIGINT: at the end of the current ZO step (saving `last.ckpt`), or at once where no
-    step is running. Exits with 128 + the signal number."""
+    step is running. Exits with 128 + the signal number. Also saves `last.ckpt` when training ends between
+    two validations (ModelCheckpoint saves only at validations)."""
 
     def __init__(self):
         self.received: int | None = None
@@ -70,8 +54,6 @@ class GracefulStop(Callback):
         raise StopRequested(f"{name} received")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if self._previous:
             return
         for signum in SIGNALS:
@@ -81,6 +63,12 @@ class GracefulStop(Callback):
                 return
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()  # Lightning skips `teardown` after an exception
+
+    def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
@@ -103,6 +91,11 @@ class GracefulStop(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._deferring = False
+        # A run that ends between validations would otherwise leave its last steps out of last.ckpt.
+        callback, path = trainer.checkpoint_callback, self._last_checkpoint_path(trainer)
+        saved_at = getattr(callback, "_last_global_step_saved", None)
+        if path is not None and callback.save_last and saved_at != trainer.global_step and trainer.global_step > 0:
+            trainer.save_checkpoint(path)
 
     def _stop_if_requested(self, trainer: L.Trainer) -> None:
         if self.received is None:

@@ -377,6 +377,7 @@ class ZOFineTuneModule(L.LightningModule):
         seconds = self._timer.validation_ended(self.device)
         if not self.trainer.sanity_checking:
             self.log("perf/val_seconds", seconds)
+            log.info("validation at step %d took %.1f s", self.global_step, seconds)
 
     def on_test_epoch_end(self) -> None:
         self._log_generation()

@@ -1,0 +1,119 @@
+"""SIGTERM / Ctrl-C stop a run within seconds, at any point, and checkpoints are never half written."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from fsspec.implementations.local import LocalFileOpener
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from zolightning.fast_forward import CompiledTrunk
+from zolightning.modules import ZOFineTuneModule
+from zolightning.stopping import GracefulStop
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_save_cut_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    io, path = TorchCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+    write = LocalFileOpener.write
+
+    def torn_write(self, data):
+        write(self, data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(LocalFileOpener, "write", torn_write)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2, "weights": torch.ones(1000)}, path)
+    assert torch.load(path)["step"] == 1
+
+
+def test_a_signal_is_deferred_inside_the_training_loop_and_immediate_elsewhere():
+    stop = GracefulStop()
+    stop._deferring = True
+    stop._handle(signal.SIGTERM, None)  # noted: the step in flight finishes first
+    assert stop.received == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):  # a second one stops at once
+        stop._handle(signal.SIGTERM, None)
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        GracefulStop()._handle(signal.SIGINT, None)  # outside the loop: at once
+
+
+def test_sigterm_while_compiling_stops_the_fit_at_once(tmp_path, tiny_data, monkeypatch):
+    def slow_compilation(self, device, progress=None):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # a long compilation; the signal must cut it short
+
+    monkeypatch.setattr(CompiledTrunk, "warm_up", slow_compilation)
+    module = ZOFineTuneModule(model="tiny-llama", fast_forward=True)
+    trainer = L.Trainer(
+        max_steps=5, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    start = time.perf_counter()
+    with pytest.raises(SystemExit):
+        trainer.fit(module, datamodule=tiny_data())
+    assert time.perf_counter() - start < 10 and trainer.global_step == 0
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers given back after the exception
+
+
+def _read_until(stream, needle: str, seen: list[str], found: threading.Event) -> None:
+    for line in stream:
+        seen.append(line)
+        if needle in line:
+            found.set()
+
+
+def test_sigterm_during_training_saves_the_step_and_the_run_resumes(tmp_path, data_dir):
+    args = [
+        sys.executable,
+        "-m",
+        "zolightning",
+        "fit",
+        "--config",
+        "configs/tiny/sst2_mezo.yaml",
+        "--data.data_dir",
+        str(data_dir),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.max_steps",
+        "100000",
+        "--trainer.val_check_interval",
+        "50000",
+        "--trainer.limit_val_batches",
+        "1",
+    ]
+    process = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    seen, started = [], threading.Event()
+    reader = threading.Thread(target=_read_until, args=(process.stderr, "first step done", seen, started))
+    reader.start()
+    try:
+        assert started.wait(120), "".join(seen[-20:])
+        time.sleep(1.0)  # some steps into the run
+        sent = time.perf_counter()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+        stopped_in = time.perf_counter() - sent
+    finally:
+        process.kill()
+        reader.join()
+    assert code == 128 + signal.SIGTERM, "".join(seen[-20:])
+    assert stopped_in < 10
+    last = tmp_path / "tiny-sst2-mezo" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=False)
+    assert saved["global_step"] > 1 and any("stopped at step" in line for line in seen)
+    from zolightning.cli import main
+
+    step = saved["global_step"]
+    main(["fit", *args[4:], "--trainer.max_steps", str(step + 2), "--ckpt_path", str(last)])
+    resumed = tmp_path / "tiny-sst2-mezo" / "version_1" / "checkpoints" / "last.ckpt"  # saved at the end
+    assert torch.load(resumed, weights_only=False)["global_step"] == step + 2
