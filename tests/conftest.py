@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "data"
+DATA_DIR = Path(os.environ.get("ZOLIGHTNING_TEST_DATA", REPO.parent / "shared" / "data"))  # GPU machine: its copy
 
 
 @pytest.fixture(scope="session")

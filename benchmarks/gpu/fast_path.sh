@@ -6,7 +6,7 @@ set -o pipefail
 mkdir -p "$OUT"
 tiny="--config configs/tiny/sst2_mezo.yaml --data.data_dir $DATA --trainer.accelerator gpu --trainer.enable_progress_bar false"
 if [ "$1" = check ]; then  # GPU tests, then the tiny model through the auto path on CUDA (no GGUF needed)
-  python3 -m pytest -q tests/test_gpu.py 2>&1 | tail -5
+  ZOLIGHTNING_TEST_DATA=$DATA python3 -m pytest -q tests/test_gpu.py 2>&1 | tail -5
   timeout -k 10 240 python3 -m zolightning fit $tiny --trainer.max_steps 60 --trainer.logger.init_args.save_dir /tmp/logs \
     2>&1 | grep -E "ZO path|compil|first step|steps/s|validation|recompil|Error|error" | tee "$OUT/check.log"
   python3 -m benchmarks.read_curves /tmp/logs/tiny-sst2-mezo/version_0 --tags perf/recompiles perf/eager_batches val/acc
