@@ -57,11 +57,11 @@ def test_sigterm_while_compiling_stops_the_fit_at_once(tmp_path, tiny_data, monk
     trainer = L.Trainer(
         max_steps=5, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
     )
-    start = time.perf_counter()
+    before, start = signal.getsignal(signal.SIGTERM), time.perf_counter()
     with pytest.raises(SystemExit):
         trainer.fit(module, datamodule=tiny_data())
     assert time.perf_counter() - start < 10 and trainer.global_step == 0
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers given back after the exception
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers given back after the exception
 
 
 def _read_until(stream, needle: str, seen: list[str], found: threading.Event) -> None:
