@@ -43,8 +43,11 @@ class GracefulStop(Callback):
         self.received: int | None = None
         self._deferring = False  # True inside the training loop: stop at the next step boundary
         self._previous: dict[int, object] = {}
+        self._active = False
 
     def _handle(self, signum, frame) -> None:
+        if not self._active:  # Lightning may put this handler back after an exception: behave as before it
+            return self._delegate(signum, frame)
         first = self.received is None
         self.received = signum
         name = signal.Signals(signum).name
@@ -54,12 +57,14 @@ class GracefulStop(Callback):
         raise StopRequested(f"{name} received")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._previous:
+        if self._active:
             return
+        self._active, self._previous = True, {}
         for signum in SIGNALS:
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread: leave signals to the caller
+                self._active = False
                 return
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -69,9 +74,20 @@ class GracefulStop(Callback):
         self._restore_handlers()  # Lightning skips `teardown` after an exception
 
     def _restore_handlers(self) -> None:
+        self._active = False
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        self._previous = {}
+
+    def _delegate(self, signum, frame) -> None:
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        if callable(previous):
+            return previous(signum, frame)
+        if previous == signal.SIG_IGN:
+            return None
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._deferring = True
