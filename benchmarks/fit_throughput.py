@@ -100,8 +100,13 @@ def finish(run: Launched, reader: threading.Thread, timeout: float) -> int:
 
 
 def fit_case(args, case: str, logs: Path) -> dict:
+    launched_at = time.strftime("%H:%M:%S")
     run, reader = launch(case, fit_command(args, case, logs, args.steps))
     code = finish(run, reader, args.timeout)
+    if args.log_dir:  # the fit's own log lines (timestamps of each phase), progress bars left out
+        Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+        lines = [line for line in run.lines if re.match(r"\d\d:\d\d:\d\d ", line)]
+        (Path(args.log_dir) / f"{case}.log").open("a").write(f"launched {launched_at}\n" + "".join(lines))
     curves = events(sorted((logs / case).glob("version_*"))[-1])
     steps_per_s = float((run.found("steps_per_s") or ["nan"])[0])
     val = [float(v) for v in run.found("val_s")]
@@ -183,6 +188,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--timeout", type=float, default=400, help="seconds per launched process")
     parser.add_argument("--no-isolated", action="store_true", help="skip the isolated step measurement")
+    parser.add_argument("--log-dir", help="append each fit's log lines to <log-dir>/<case>.log")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="fit_throughput_"))
     for case in args.cases:

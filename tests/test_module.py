@@ -62,7 +62,7 @@ def test_zosgd_lowers_the_loss_of_the_tiny_lm(tiny_data):
 
 def test_global_step_counts_zo_steps_and_metrics_are_logged(tmp_path, tiny_data):
     module = ZOFineTuneModule(model="tiny-llama", lr=1e-3)
-    trainer = _trainer(tmp_path, max_steps=7)
+    trainer = _trainer(tmp_path, max_steps=7, log_every_n_steps=7)  # host numbers: at logging steps
     trainer.fit(module, datamodule=tiny_data())
     assert trainer.global_step == 7
     assert trainer.optimizers[0].num_steps == 7

@@ -76,7 +76,9 @@ def main(args: list[str] | None = None) -> None:
         from zolightning.optimizer_cli import main as optimizer_main
 
         raise SystemExit(optimizer_main(argv[1:]))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     _quiet_known_warnings()
     if argv[:1] == ["meta"]:
         MetaCLI(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -31,6 +32,16 @@ from zolightning.scoring import _hidden_then_head
 from zolightning.shape_plan import ShapePlan
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def compiled_graph_count() -> int:
@@ -95,8 +106,9 @@ class CompiledTrunk:
     def _compiled(self, input_ids: Tensor, attention_mask: Tensor, target: tuple[int, int]) -> Tensor:
         rows, length = input_ids.shape
         pad_rows, pad_tokens = target[0] - rows, target[1] - length
-        # Validation runs under inference mode, a different grad state for dynamo's guards: one state always.
-        with torch.inference_mode(False), torch.no_grad():
+        # Dynamo guards on global state: validation runs under inference mode, and bf16-true training sets the
+        # default dtype to bfloat16 around steps. One state always, or each of them would compile again.
+        with torch.inference_mode(False), torch.no_grad(), _default_dtype(torch.float32):
             input_ids = F.pad(input_ids, (0, pad_tokens, 0, pad_rows), value=0)
             attention_mask = F.pad(attention_mask, (0, pad_tokens, 0, pad_rows), value=0)
             if pad_rows:

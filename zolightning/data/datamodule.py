@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
 from typing import Literal
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from zolightning.data.encoding import (
@@ -29,6 +31,12 @@ log = logging.getLogger(__name__)
 
 def _unbatched(batch):
     return batch
+
+
+def pin_memory() -> bool:
+    """Page-locked batches on CUDA machines: a copy from pageable memory waits for all queued GPU work, which
+    would make every ZO step wait for the last one."""
+    return torch.cuda.is_available()
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -89,6 +97,7 @@ class TaskDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        start = time.perf_counter()
         tokenizer = load_tokenizer(self.tokenizer_name)
         self.pad_id, self.bos_id = tokenizer.pad_token_id, tokenizer.bos_token_id
         train_rows = load_split(self.task, "train", self.data_dir)
@@ -120,6 +129,7 @@ class TaskDataModule(L.LightningDataModule):
                 )
             self.left_out[name] = unfit
         self.truncated = {name: sum(e.truncated for e in split) for name, split in self.splits.items()}
+        log.info("%s data ready (%.1f s)", self.task.name, time.perf_counter() - start)
 
     def _encode(self, tokenizer, rows: list[dict], indices: list[int]) -> tuple[list[EncodedExample], list[int]]:
         encoded, unfit = [], []
@@ -159,7 +169,7 @@ class TaskDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )
-        return DataLoader(stream, batch_size=None, collate_fn=_unbatched)
+        return DataLoader(stream, batch_size=None, collate_fn=_unbatched, pin_memory=pin_memory())
 
     def _scoring_loader(self, split: str) -> DataLoader:
         collate_fn = self._generation_collate() if self.task.generation else partial(collate, pad_id=self.pad_id)
@@ -169,6 +179,7 @@ class TaskDataModule(L.LightningDataModule):
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=collate_fn,
+            pin_memory=pin_memory(),
         )
 
     def scoring_shapes(self) -> list[LoaderShapes]:

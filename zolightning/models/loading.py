@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def load_causal_lm(name: str, dtype: str = "float32", seed: int = 0) -> nn.Modul
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    start = time.perf_counter()
     source = resolve_model(name)
     if source.kind == "tiny":
         model = build_tiny_llama(name, seed=seed)
@@ -131,6 +133,7 @@ def load_causal_lm(name: str, dtype: str = "float32", seed: int = 0) -> nn.Modul
             raise ModelNotFoundError(f"could not load model {name!r} from {source.location}: {err}") from err
     model.to(DTYPES[dtype])
     disable_dropout(model)
+    log.info("model %s ready (%s, %.1f s)", name, dtype, time.perf_counter() - start)
     return model.eval()
 
 

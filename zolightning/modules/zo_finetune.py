@@ -203,28 +203,18 @@ class ZOFineTuneModule(L.LightningModule):
 
         start = time.perf_counter()
         out = optimizer.step(closure=closure)
-        seconds = time.perf_counter() - (start if optimizer.optimizer.sync else self._last_step_start or start)
-        self._last_step_start = start
         self._check_skips(optimizer.optimizer, out)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        examples = len(batch["input_ids"] if batch["kind"] == "generate" else batch["gold"]) * self.trainer.world_size
-        self.log_dict(
-            {
-                "train/loss": out.loss,
-                "zo/projected_grad": out.projected_grad,
-                "lr": optimizer.param_groups[0]["lr"],
-                "perf/step_seconds": seconds,
-                "perf/examples_per_sec": examples / seconds,
-            },
-            prog_bar=False,
-        )
+        # Device values are logged every step (no sync); host numbers only at logging steps, since each one
+        # becomes a tensor copied to the GPU, which waits for every step queued before it.
+        self.log_dict({"train/loss": out.loss, "zo/projected_grad": out.projected_grad})
         self.log("train/loss_step", out.loss, prog_bar=True, logger=False)
         self._log_sigma(optimizer.optimizer.block_scales)
-        self._log_perf()
+        self._log_perf(batch, start)
 
-    def _log_perf(self) -> None:
+    def _log_perf(self, batch: dict, start: float) -> None:
         first = self._timer.step_done(self.global_step)
         if first is not None:
             self.log("perf/first_step_seconds", first)
@@ -232,13 +222,22 @@ class ZOFineTuneModule(L.LightningModule):
             log.info(
                 "first step done %.1f s after the fit started (compilation %.1f s)", first, self._timer.compile_seconds
             )
-        if self.global_step % max(self.trainer.log_every_n_steps, 1):
+        every = max(self.trainer.log_every_n_steps, 1)
+        if self.global_step % every:
             return
+        # The mean over the steps since the last logging step: with steps that never wait for the GPU, a
+        # single step's host time says little.
+        seconds = (start - self._last_step_start) / every if self._last_step_start else time.perf_counter() - start
+        self._last_step_start = start
+        examples = len(batch["input_ids"] if batch["kind"] == "generate" else batch["gold"]) * self.trainer.world_size
+        perf = {"lr": self.optimizers().param_groups[0]["lr"], "perf/step_seconds": seconds}
+        perf["perf/examples_per_sec"] = examples / seconds
         if self._fast_scorer is not None:
-            self.log("perf/recompiles", float(self._fast_scorer.trunk.recompiles))
-            self.log("perf/eager_batches", float(self._fast_scorer.trunk.eager_batches))
+            perf["perf/recompiles"] = float(self._fast_scorer.trunk.recompiles)
+            perf["perf/eager_batches"] = float(self._fast_scorer.trunk.eager_batches)
         if self.device.type == "cuda":
-            self.log("perf/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30)
+            perf["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.log_dict(perf)
 
     def on_train_end(self) -> None:
         rate = self._timer.steady_steps_per_second(self.global_step, self.device)
