@@ -14,6 +14,7 @@ from zolightning.scoring import batch_loss
 
 def _trainer(tmp_path, max_steps, callbacks=(), **kwargs):
     kwargs.setdefault("limit_val_batches", 1)
+    kwargs.setdefault("log_every_n_steps", 1)  # train/loss, lr, perf/* are logged at logging steps
     return L.Trainer(
         max_steps=max_steps,
         accelerator="cpu",
@@ -62,7 +63,7 @@ def test_zosgd_lowers_the_loss_of_the_tiny_lm(tiny_data):
 
 def test_global_step_counts_zo_steps_and_metrics_are_logged(tmp_path, tiny_data):
     module = ZOFineTuneModule(model="tiny-llama", lr=1e-3)
-    trainer = _trainer(tmp_path, max_steps=7, log_every_n_steps=7)  # host numbers: at logging steps
+    trainer = _trainer(tmp_path, max_steps=7)
     trainer.fit(module, datamodule=tiny_data())
     assert trainer.global_step == 7
     assert trainer.optimizers[0].num_steps == 7
@@ -224,3 +225,15 @@ def test_fast_fit_compiles_every_shape_before_step_one_and_never_again(tmp_path,
     metrics = trainer.callback_metrics
     assert metrics["perf/recompiles"] == 0 and metrics["perf/val_seconds"] > 0
     assert metrics["perf/first_step_seconds"] >= metrics["perf/compile_seconds"] > 0
+
+
+def test_interval_mean_leaves_out_skipped_steps_on_device_and_host():
+    from zolightning.modules.training_log import IntervalMean
+
+    mean = IntervalMean()
+    for value in (torch.tensor(1.0), torch.tensor(float("nan")), torch.tensor(3.0)):
+        mean.add(value)
+    assert mean.pop().item() == 2.0
+    mean.add(5.0), mean.add(float("inf")), mean.add(7.0)
+    assert mean.pop() == 6.0
+    assert mean.pop() != mean.pop()  # nothing added: NaN

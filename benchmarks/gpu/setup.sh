@@ -1,15 +1,17 @@
 # Source on the GPU machine: installs carried wheels, reassembles the SmolLM2 GGUF, sets paths.
 #   call 1 (carry .whl .carry/a):  source benchmarks/gpu/setup.sh stash
 #   call 2 (carry .whl .carry/b):  source benchmarks/gpu/setup.sh join
-# The GGUF (98 MB) is over one call's 64 MiB, so it travels in two halves kept under ~/zo; .carry/a also holds
-# data.tar.xz, a copy of ../shared/data (tar cJf .carry/a/data.tar.xz -C .. shared/data/<task> ...).
+# The GGUF (98 MB) is over one call's 64 MiB, so it travels in two halves kept under ~/zo; carry .carry/d too:
+# data.tar.xz, a copy of ../shared/data (tar cJf .carry/d/data.tar.xz -C .. shared/data/<task> ...).
 mkdir -p ~/zo
 if [ "$1" = stash ]; then
   mv .carry/a/gguf.* ~/zo/
-  tar xJf .carry/a/data.tar.xz -C ~/zo --strip-components=1  # shared/data/<task> -> ~/zo/data/<task>
 elif [ "$1" = join ] && [ ! -f ~/zo/smollm2.gguf ]; then
   cat ~/zo/gguf.part0 .carry/b/gguf.part1 > ~/zo/smollm2.gguf
   echo "$(cat ~/zo/gguf.sha256)  $HOME/zo/smollm2.gguf" | sha256sum -c - || return 1
+fi
+if [ -f .carry/d/data.tar.xz ] && [ ! -d ~/zo/data ]; then
+  tar xJf .carry/d/data.tar.xz -C ~/zo --strip-components=1  # shared/data/<task> -> ~/zo/data/<task>
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || return 1

@@ -7,7 +7,7 @@ from typing import Literal
 import lightning as L
 from torch.utils.data import DataLoader
 
-from zolightning.data.datamodule import TaskDataModule, _unbatched, pin_memory
+from zolightning.data.datamodule import TaskDataModule, training_loader
 from zolightning.data.sampling import MultiTaskStream, StepIndexedStream
 
 
@@ -83,7 +83,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         stream = MultiTaskStream(
             streams, self.seed, self.order == "shuffled", start_step=trainer.global_step if trainer else 0
         )
-        return DataLoader(stream, batch_size=None, collate_fn=_unbatched, pin_memory=pin_memory())
+        return training_loader(stream)
 
     def scoring_shapes(self) -> list:
         """Every member's scoring loaders (see `TaskDataModule.scoring_shapes`)."""

@@ -20,12 +20,12 @@ from zolightning.fast_forward import FastScoringModel
 from zolightning.fast_path import ZOPath, choose_path, describe
 from zolightning.generation import greedy_answers, negative_f1, update_squad
 from zolightning.models import load_causal_lm, load_tokenizer
-from zolightning.modules.timing import FitTimer
+from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import ZOSGD
 from zolightning.scoring import batch_loss, negative_accuracy
 from zolightning.shape_plan import plan_shapes
 from zolightning.stopping import GracefulStop
-from zolightning.variance.learned import LearnedVariance, learned_variance_for, sigma_by_kind
+from zolightning.variance.learned import LearnedVariance, learned_variance_for
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,7 @@ class ZOFineTuneModule(L.LightningModule):
         self._fast_scorer: FastScoringModel | None = None  # built on first use, once the model is on its device
         self._path: ZOPath | None = None  # resolved once the model is on its device
         self._recorded_noise: str | None = None  # a resumed checkpoint's
-        self._timer = FitTimer()
-        self._last_step_start: float | None = None
-        self._skips_reported = 0
+        self._train_log = TrainingLog()
 
     # ---- which path runs --------------------------------------------------------------------------
     @property
@@ -203,50 +201,19 @@ class ZOFineTuneModule(L.LightningModule):
 
         start = time.perf_counter()
         out = optimizer.step(closure=closure)
-        self._check_skips(optimizer.optimizer, out)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        # Device values are logged every step (no sync); host numbers only at logging steps, since each one
-        # becomes a tensor copied to the GPU, which waits for every step queued before it.
-        self.log_dict({"train/loss": out.loss, "zo/projected_grad": out.projected_grad})
-        self.log("train/loss_step", out.loss, prog_bar=True, logger=False)
-        self._log_sigma(optimizer.optimizer.block_scales)
-        self._log_perf(batch, start)
-
-    def _log_perf(self, batch: dict, start: float) -> None:
-        first = self._timer.step_done(self.global_step)
-        if first is not None:
-            self.log("perf/first_step_seconds", first)
-            self.log("perf/compile_seconds", self._timer.compile_seconds)
-            log.info(
-                "first step done %.1f s after the fit started (compilation %.1f s)", first, self._timer.compile_seconds
-            )
-        every = max(self.trainer.log_every_n_steps, 1)
-        if self.global_step % every:
-            return
-        # The mean over the steps since the last logging step: with steps that never wait for the GPU, a
-        # single step's host time says little.
-        seconds = (start - self._last_step_start) / every if self._last_step_start else time.perf_counter() - start
-        self._last_step_start = start
-        examples = len(batch["input_ids"] if batch["kind"] == "generate" else batch["gold"]) * self.trainer.world_size
-        perf = {"lr": self.optimizers().param_groups[0]["lr"], "perf/step_seconds": seconds}
-        perf["perf/examples_per_sec"] = examples / seconds
-        if self._fast_scorer is not None:
-            perf["perf/recompiles"] = float(self._fast_scorer.trunk.recompiles)
-            perf["perf/eager_batches"] = float(self._fast_scorer.trunk.eager_batches)
-        if self.device.type == "cuda":
-            perf["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        self.log_dict(perf)
+        self._train_log.after_step(self, out, batch, start)
 
     def on_train_end(self) -> None:
-        rate = self._timer.steady_steps_per_second(self.global_step, self.device)
+        rate = self._train_log.timer.steady_steps_per_second(self.global_step, self.device)
         if rate is not None:
             log.info(
                 "trained to step %d: %.2f steps/s after the first step (validation excluded: %.1f s)",
                 self.global_step,
                 rate,
-                self._timer.val_seconds_total,
+                self._train_log.timer.val_seconds_total,
             )
 
     def _objective(self, batch: dict) -> torch.Tensor:
@@ -282,11 +249,11 @@ class ZOFineTuneModule(L.LightningModule):
                 seconds,
                 f" (failed, eager: {scorer.trunk.eager_reason})" if scorer.trunk.eager_reason else "",
             )
-            self._timer.compile_seconds = seconds
+            self._train_log.timer.compile_seconds = seconds
         return scorer
 
     def on_fit_start(self) -> None:
-        self._timer.fit_started()
+        self._train_log.timer.fit_started()
         _ = self.scorer  # compile before the sanity check and step 1, where a signal can still stop it at once
 
     def on_validation_start(self) -> None:
@@ -302,46 +269,6 @@ class ZOFineTuneModule(L.LightningModule):
 
     def _max_new_tokens(self) -> int:
         return getattr(getattr(self.trainer, "datamodule", None), "max_new_tokens", 50)
-
-    def _check_skips(self, optimizer: ZOSGD, out) -> None:
-        if torch.is_tensor(out.skipped):  # steps without host sync: read the device counters when logging
-            if self.global_step % max(self.trainer.log_every_n_steps, 1):
-                return
-            total = optimizer.num_skipped
-            self.log("zo/skipped_steps", float(total))
-            if total == self._skips_reported:
-                return
-            log.warning("%d steps skipped so far (non-finite loss); %d in a row", total, optimizer.consecutive_skipped)
-            self._skips_reported = total
-        else:
-            self.log("zo/skipped_steps", float(optimizer.num_skipped))
-            if not out.skipped:
-                return
-            log.warning(
-                "step %d skipped: non-finite loss or block scale (L+ %s, L- %s); %d in a row",
-                self.global_step,
-                out.loss_plus,
-                out.loss_minus,
-                optimizer.consecutive_skipped,
-            )
-        if optimizer.consecutive_skipped >= self.hparams.max_consecutive_skips:
-            raise RuntimeError(
-                f"{optimizer.consecutive_skipped} consecutive ZO steps had a non-finite loss or block scale "
-                f"(last: L+ {out.loss_plus}, L- {out.loss_minus}); stopping. The weights never took those "
-                "steps; lower lr or eps, or check the learned-optimizer file. Last good checkpoint: see checkpoints/."
-            )
-
-    def _log_sigma(self, scales: LearnedVariance | None) -> None:
-        if scales is None or self.global_step % max(self.trainer.log_every_n_steps, 1):
-            return
-        sigma = scales.last_sigma.float()
-        metrics = {"zo/norm_factor": scales.last_c}
-        for kind, mean in sigma_by_kind(sigma, [b.kind for b in scales.blocks]).items():
-            metrics[f"sigma/{kind}"] = mean
-        self.log_dict(metrics)
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_histogram"):
-            experiment.add_histogram("sigma/all_blocks", sigma.cpu(), self.global_step)
 
     # ---- evaluation ---------------------------------------------------------------------------------
     def _split_name(self, dataloader_idx: int, stage: str) -> str:
@@ -373,7 +300,7 @@ class ZOFineTuneModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_generation()
-        seconds = self._timer.validation_ended(self.device)
+        seconds = self._train_log.timer.validation_ended(self.device)
         if not self.trainer.sanity_checking:
             self.log("perf/val_seconds", seconds)
             log.info("validation at step %d took %.1f s", self.global_step, seconds)
@@ -409,7 +336,7 @@ class ZOFineTuneModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._metrics_in_float32()
-        self._timer.validation_started(self.device)
+        self._train_log.timer.validation_started(self.device)
 
     def on_test_epoch_start(self) -> None:
         self._metrics_in_float32()

@@ -1,0 +1,131 @@
+"""What a ZO fit logs after each step, at a cost the step can afford.
+
+A fast ZO step takes a few milliseconds of GPU time, and with `ZOSGD(sync=False)` the host queues it without
+waiting. Logging must not undo that: every `LightningModule.log` call costs about a millisecond of host time,
+and a host number logged as a metric becomes a tensor copied to the GPU, which waits for all queued work.
+So per-step values are summed where they live (on the device, no sync) and logged once per logging interval:
+`train/loss` is the mean over the interval (non-finite, skipped steps left out), `zo/projected_grad` the last
+step's g; host numbers (lr, timing, memory, skips) are read at logging steps only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from zolightning.modules.timing import FitTimer
+from zolightning.variance.learned import LearnedVariance, sigma_by_kind
+
+log = logging.getLogger(__name__)
+
+
+class IntervalMean:
+    """Mean of the finite values added since the last `pop`, kept on the values' device (or on the host)."""
+
+    def __init__(self):
+        self._sum: Tensor | float = 0.0
+        self._count: Tensor | float = 0.0
+
+    def add(self, value: Tensor | float) -> None:
+        if torch.is_tensor(value):
+            finite = torch.isfinite(value)
+            self._sum = self._sum + torch.where(finite, value, 0.0)
+            self._count = self._count + finite
+        elif value == value and abs(value) != float("inf"):
+            self._sum, self._count = self._sum + value, self._count + 1
+
+    def pop(self) -> Tensor | float:
+        mean = self._sum / self._count if torch.is_tensor(self._count) else self._sum / max(self._count, 1)
+        if not torch.is_tensor(self._count) and self._count == 0:
+            mean = float("nan")
+        self._sum, self._count = 0.0, 0.0
+        return mean
+
+
+class TrainingLog:
+    """Per-step bookkeeping of `ZOFineTuneModule`: losses, skips, σ, timing and memory."""
+
+    def __init__(self):
+        self.timer = FitTimer()
+        self.loss = IntervalMean()
+        self._last_log_start: float | None = None
+        self._skips_reported = 0
+
+    def after_step(self, module: L.LightningModule, out, batch: dict, start: float) -> None:
+        self.loss.add(out.loss)
+        first = self.timer.step_done(module.global_step)
+        if first is not None:
+            module.log_dict({"perf/first_step_seconds": first, "perf/compile_seconds": self.timer.compile_seconds})
+            log.info(
+                "first step done %.1f s after the fit started (compilation %.1f s)", first, self.timer.compile_seconds
+            )
+        optimizer = module.optimizers().optimizer
+        self._check_skips(module, optimizer, out)
+        every = max(module.trainer.log_every_n_steps, 1)
+        if module.global_step % every:
+            return
+        module.log("train/loss", self.loss.pop(), prog_bar=True)
+        metrics = {"zo/projected_grad": out.projected_grad, "zo/skipped_steps": float(optimizer.num_skipped)}
+        metrics |= self._perf(module, batch, start, every)
+        module.log_dict(metrics)
+        self._log_sigma(module, optimizer.block_scales)
+
+    def _perf(self, module: L.LightningModule, batch: dict, start: float, every: int) -> dict:
+        # Mean seconds per step since the last logging step: one step's host time says little when steps
+        # never wait for the GPU.
+        since = self._last_log_start
+        seconds = (start - since) / every if since is not None else time.perf_counter() - start
+        self._last_log_start = start
+        examples = len(batch["input_ids"] if batch["kind"] == "generate" else batch["gold"]) * module.trainer.world_size
+        perf = {"lr": module.optimizers().param_groups[0]["lr"], "perf/step_seconds": seconds}
+        perf["perf/examples_per_sec"] = examples / seconds
+        fast = module._fast_scorer
+        if fast is not None:
+            perf["perf/recompiles"] = float(fast.trunk.recompiles)
+            perf["perf/eager_batches"] = float(fast.trunk.eager_batches)
+        if module.device.type == "cuda":
+            perf["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(module.device) / 2**30
+        return perf
+
+    def _check_skips(self, module: L.LightningModule, optimizer, out) -> None:
+        if torch.is_tensor(out.skipped):  # steps without host sync: read the device counters when logging
+            if module.global_step % max(module.trainer.log_every_n_steps, 1):
+                return
+            total = optimizer.num_skipped
+            if total == self._skips_reported:
+                return
+            log.warning("%d steps skipped so far (non-finite loss); %d in a row", total, optimizer.consecutive_skipped)
+            self._skips_reported = total
+        else:
+            if not out.skipped:
+                return
+            log.warning(
+                "step %d skipped: non-finite loss or block scale (L+ %s, L- %s); %d in a row",
+                module.global_step,
+                out.loss_plus,
+                out.loss_minus,
+                optimizer.consecutive_skipped,
+            )
+        if optimizer.consecutive_skipped >= module.hparams.max_consecutive_skips:
+            raise RuntimeError(
+                f"{optimizer.consecutive_skipped} consecutive ZO steps had a non-finite loss or block scale "
+                f"(last: L+ {out.loss_plus}, L- {out.loss_minus}); stopping. The weights never took those "
+                "steps; lower lr or eps, or check the learned-optimizer file. Last good checkpoint: see checkpoints/."
+            )
+
+    @staticmethod
+    def _log_sigma(module: L.LightningModule, scales: LearnedVariance | None) -> None:
+        if scales is None:
+            return
+        sigma = scales.last_sigma.float()
+        metrics = {"zo/norm_factor": scales.last_c}
+        for kind, mean in sigma_by_kind(sigma, [b.kind for b in scales.blocks]).items():
+            metrics[f"sigma/{kind}"] = mean
+        module.log_dict(metrics)
+        experiment = getattr(module.logger, "experiment", None)
+        if hasattr(experiment, "add_histogram"):
+            experiment.add_histogram("sigma/all_blocks", sigma.cpu(), module.global_step)
