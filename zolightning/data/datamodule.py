@@ -34,17 +34,9 @@ def _unbatched(batch):
 
 
 def training_loader(stream) -> DataLoader:
-    """The endless training stream; on CUDA machines batches are collated by one background worker and pinned,
-    so that the host's time per step goes to queueing GPU work, not to building batches."""
-    workers = 1 if pin_memory() else 0
-    return DataLoader(
-        stream,
-        batch_size=None,
-        collate_fn=_unbatched,
-        pin_memory=pin_memory(),
-        num_workers=workers,
-        persistent_workers=workers > 0,
-    )
+    """The endless training stream, batches pinned on CUDA machines. (A background worker for collation was
+    measured slower on an H100: 12.8 vs 8.7 ms per tiny-model step, docs/benchmarks.md.)"""
+    return DataLoader(stream, batch_size=None, collate_fn=_unbatched, pin_memory=pin_memory())
 
 
 def pin_memory() -> bool:
