@@ -14,6 +14,7 @@ import torch
 from fsspec.implementations.local import LocalFileOpener
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from tests.test_cli import _tiny_args as tiny_args
 from zolightning.fast_forward import CompiledTrunk
 from zolightning.modules import ZOFineTuneModule
 from zolightning.stopping import GracefulStop
@@ -77,26 +78,20 @@ def _read_until(stream, needle: str, seen: list[str], found: threading.Event) ->
 
 
 def test_sigterm_during_training_saves_the_step_and_the_run_resumes(tmp_path, data_dir):
-    args = [
-        sys.executable,
-        "-m",
-        "zolightning",
+    command = [
         "fit",
-        "--config",
-        "configs/tiny/sst2_mezo.yaml",
-        "--data.data_dir",
-        str(data_dir),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.max_steps",
-        "100000",
-        "--trainer.val_check_interval",
-        "50000",
-        "--trainer.limit_val_batches",
-        "1",
+        *tiny_args(
+            tmp_path,
+            data_dir,
+            "--trainer.max_steps",
+            "100000",
+            "--trainer.val_check_interval",
+            "50000",
+            "--trainer.limit_val_batches",
+            "1",
+        ),
     ]
+    args = [sys.executable, "-m", "zolightning", *command]
     process = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     seen, started = [], threading.Event()
     reader = threading.Thread(target=_read_until, args=(process.stderr, "first step done", seen, started))
@@ -119,6 +114,6 @@ def test_sigterm_during_training_saves_the_step_and_the_run_resumes(tmp_path, da
     from zolightning.cli import main
 
     step = saved["global_step"]
-    main(["fit", *args[4:], "--trainer.max_steps", str(step + 2), "--ckpt_path", str(last)])
+    main([*command, "--trainer.max_steps", str(step + 2), "--ckpt_path", str(last)])
     resumed = tmp_path / "tiny-sst2-mezo" / "version_1" / "checkpoints" / "last.ckpt"  # saved at the end
     assert torch.load(resumed, weights_only=False)["global_step"] == step + 2
