@@ -62,3 +62,18 @@ def test_the_guard_is_enabled_from_the_command_line(capsys):
         )
     printed = capsys.readouterr().out
     assert "zolightning.divergence.DivergenceGuard" in printed and "action: cut_lr" in printed
+
+
+def test_the_defaults_stay_quiet_on_six_real_sst2_curves():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs/runs/fast_vs_reference_sst2_h100.md").read_text()
+    curves = [
+        [float(v) for v in re.findall(r"^\| \d+ \| \S+ \| \S+ \| (\S+) \|$", block, re.M)]
+        for block in text.split("## ")[1:]
+    ]
+    assert len(curves) == 6 and all(len(c) == 200 for c in curves)  # 2,000 steps, logged every 10
+    for losses in curves:
+        guard = DivergenceGuard()
+        assert not any(guard.observe(v) for v in losses)
