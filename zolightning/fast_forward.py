@@ -63,6 +63,7 @@ class CompiledTrunk:
         self.eager_batches = 0  # batches scored eagerly (outside the plan, or after a failure)
         self.recompiles = 0  # graphs built after warm-up
         self._graphs_after_warm_up: int | None = None
+        self.dynamic_dims = self._dynamic_dims()
         if plan is not None:
             # Each shape is one graph of dynamo's cache in the worst case (a dimension the model specialises).
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(plan.shapes) + 2)
@@ -113,7 +114,7 @@ class CompiledTrunk:
             attention_mask = F.pad(attention_mask, (0, pad_tokens, 0, pad_rows), value=0)
             if pad_rows:
                 attention_mask[rows:, 0] = 1  # padding rows attend to one token: no fully masked softmax
-            for dim in self._dynamic_dims():
+            for dim in self.dynamic_dims:
                 torch._dynamo.maybe_mark_dynamic(input_ids, dim)
                 torch._dynamo.maybe_mark_dynamic(attention_mask, dim)
             if self.graphs:  # each call is a new step for CUDA-graph trees: the last call's outputs are dead by now
