@@ -3,6 +3,7 @@
 zolightning fit --config configs/sst2/mezo.yaml --data.data_dir ../shared/data
 zolightning validate --config configs/sst2/mezo.yaml        # zero-shot accuracy, no training
 zolightning fit --config ... --trainer.devices 2 --trainer.strategy ddp
+zolightning compare run GRID.yaml          # a grid of fits with seeds; `compare table` tabulates it
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def main(args: list[str] | None = None) -> None:
         from zolightning.optimizer_cli import main as optimizer_main
 
         raise SystemExit(optimizer_main(argv[1:]))
+    if argv[:1] == ["compare"]:
+        from zolightning.compare.cli import main as compare_main
+
+        raise SystemExit(compare_main(argv[1:]))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )

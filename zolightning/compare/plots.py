@@ -1,0 +1,95 @@
+"""PNG curves of a grid: loss and accuracy with a band of ± one std over seeds, and σ per block type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from zolightning.compare.grid import Grid, RunSpec
+from zolightning.compare.results import main_metric, read_scalars
+
+
+def _smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's exponential smoothing, de-biased so the first points are not pulled towards 0."""
+    out, average = np.empty_like(values), 0.0
+    for i, value in enumerate(values):
+        average = weight * average + (1 - weight) * value
+        out[i] = average / (1 - weight ** (i + 1))
+    return out
+
+
+def _band(curves: list[dict[int, float]], smoothing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Steps every seed logged, the mean over seeds and the std (0 with one seed)."""
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if not steps:
+        return None
+    values = np.array([[c[s] for s in steps] for c in curves], dtype=float)
+    if smoothing:
+        values = np.stack([_smooth(row, smoothing) for row in values])
+    return np.array(steps) + 1, values.mean(0), values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(steps))
+
+
+def _group(grid: Grid, task: str) -> dict[str, list[RunSpec]]:
+    groups: dict[str, list[RunSpec]] = {}
+    for run in grid.runs():
+        if run.task == task:
+            label = run.method if len(grid.lrs) == 1 else f"{run.method}, lr {run.lr:g}"
+            groups.setdefault(label, []).append(run)
+    return groups
+
+
+def plot_task(grid: Grid, task: str, out_dir: Path, smoothing: float = 0.9) -> list[Path]:
+    """`<task>_curves.png` (loss, dev and eval metric) and, for learned variance, `<task>_sigma.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {label: [read_scalars(r.log_dir) for r in runs] for label, runs in _group(grid, task).items()}
+    groups = {label: [c for c in curves if c] for label, curves in groups.items()}
+    groups = {label: curves for label, curves in groups.items() if curves}
+    if not groups:
+        return []
+    metric = main_metric(next(iter(groups.values()))[0])
+    panels = [("train/loss", "training loss (smoothed)", smoothing), (f"val/{metric}", f"dev {metric}", 0.0)]
+    panels.append((f"eval/{metric}", f"eval {metric}", 0.0))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for axis, (tag, title, weight) in zip(axes, panels):
+        for label, curves in groups.items():
+            band = _band([c.get(tag, {}) for c in curves], weight)
+            if band is not None:
+                steps, mean, std = band
+                axis.plot(steps, mean, label=f"{label} (n={len(curves)})", marker="o" if len(steps) < 40 else None)
+                axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        axis.set(title=title, xlabel="step")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"{grid.name}: {task} (mean ± std over seeds)")
+    figure.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{task}_curves.png"]
+    figure.savefig(written[0], dpi=80)
+    plt.close(figure)
+    sigma = _plot_sigma(grid, task, groups, out_dir, plt)
+    return written + ([sigma] if sigma else [])
+
+
+def _plot_sigma(grid: Grid, task: str, groups: dict, out_dir: Path, plt) -> Path | None:
+    with_sigma = {label: curves for label, curves in groups.items() if any(t.startswith("sigma/") for t in curves[0])}
+    if not with_sigma:
+        return None
+    figure, axes = plt.subplots(1, len(with_sigma), figsize=(6 * len(with_sigma), 4.2), squeeze=False)
+    for axis, (label, curves) in zip(axes[0], with_sigma.items()):
+        for tag in sorted(t for t in curves[0] if t.startswith("sigma/")):
+            band = _band([c.get(tag, {}) for c in curves], 0.0)
+            if band is not None:
+                axis.plot(band[0], band[1], label=tag.removeprefix("sigma/"))
+        axis.set(title=f"{label}: mean σ per block type", xlabel="step", yscale="log")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = out_dir / f"{task}_sigma.png"
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path

@@ -1,0 +1,141 @@
+"""A grid's results, regenerated from its TensorBoard logs: per-run figures, mean ± std, paired tests.
+
+The final training loss is the paper's metric: the mean of the logged `train/loss` (each point already an
+interval mean) over the last `tail` fraction of the run's steps. Accuracy (or F1 for generation tasks) is
+reported on the dev split (`val/*`, the one that picks checkpoints) and the eval split (`eval/*`): the best
+dev value, eval at that step (what a best-by-dev checkpoint gives), and both at the last evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from zolightning.compare.grid import Grid, RunSpec
+
+FIGURES = ("final_loss", "best_val", "eval_at_best", "last_val", "last_eval")
+
+
+def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
+    """tag → {step: value}; a resumed run's later events replace the earlier ones at the same step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not log_dir.is_dir():
+        return {}
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    curves: dict[str, dict[int, float]] = {}
+    for tag in events.Tags()["scalars"]:
+        for event in events.Scalars(tag):
+            curves.setdefault(tag, {})[event.step] = event.value
+    return curves
+
+
+def main_metric(curves: dict[str, dict[int, float]]) -> str:
+    return "acc" if "val/acc" in curves else "f1"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run: RunSpec
+    steps: int
+    figures: dict[str, float]  # FIGURES; nan where the run has no such value
+
+
+def summarize(run: RunSpec, tail: float = 0.1) -> RunResult:
+    curves = read_scalars(run.log_dir)
+    loss = curves.get("train/loss", {})
+    steps = max(loss, default=-1) + 1
+    figures = dict.fromkeys(FIGURES, math.nan)
+    if loss:
+        start = steps * (1 - tail)
+        figures["final_loss"] = statistics.fmean(v for s, v in loss.items() if s + 1 >= start)
+    metric = main_metric(curves)
+    val, evaluation = curves.get(f"val/{metric}", {}), curves.get(f"eval/{metric}", {})
+    if val:
+        best_step = max(val, key=lambda s: (val[s], -s))  # the first step with the best value, as a checkpoint
+        last_step = max(val)
+        figures.update(best_val=val[best_step], last_val=val[last_step])
+        figures.update(eval_at_best=evaluation.get(best_step, math.nan), last_eval=evaluation.get(last_step, math.nan))
+    return RunResult(run, steps, figures)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan, 0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan, len(values)
+
+
+def _cell(values: Iterable[float], scale: float, digits: int) -> str:
+    mean, std, n = mean_std(values)
+    if n == 0:
+        return "–"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" if n > 1 else f"{mean * scale:.{digits}f}"
+
+
+def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """Mean of (a - b) over the seeds both have, and the two-sided p of a paired t-test (nan below 2 pairs)."""
+    from scipy.stats import ttest_rel
+
+    seeds = sorted(s for s in set(a) & set(b) if not (math.isnan(a[s]) or math.isnan(b[s])))
+    if not seeds:
+        return math.nan, math.nan, 0
+    diffs = [a[s] - b[s] for s in seeds]
+    if len(seeds) < 2 or all(d == diffs[0] for d in diffs):
+        return statistics.fmean(diffs), math.nan, len(seeds)
+    return statistics.fmean(diffs), float(ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue), len(seeds)
+
+
+def table(grid: Grid, results: list[RunResult]) -> str:
+    """Markdown: one row per task × method × lr (mean ± std over seeds), then paired tests vs the baseline."""
+    groups: dict[tuple[str, str, float], list[RunResult]] = {}
+    for result in results:
+        groups.setdefault((result.run.task, result.run.method, result.run.lr), []).append(result)
+    lines = [
+        f"## {grid.name}: mean ± std over seeds",
+        "",
+        "| task | method | lr | seeds | steps | final train loss | best dev | eval at best dev | last dev | last eval |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (task, method, lr), group in groups.items():
+        cells = [_cell((r.figures["final_loss"] for r in group), 1, 4)]
+        cells += [_cell((r.figures[f] for r in group), 100, 1) for f in FIGURES[1:]]
+        steps = "/".join(sorted({str(r.steps) for r in group}))
+        lines.append(f"| {task} | {method} | {lr:g} | {len(group)} | {steps} | " + " | ".join(cells) + " |")
+    lines += ["", *_paired_lines(grid, groups)]
+    return "\n".join(lines) + "\n"
+
+
+def _paired_lines(grid: Grid, groups: dict[tuple[str, str, float], list[RunResult]]) -> list[str]:
+    lines = [
+        f"### Paired by seed: each method − {grid.baseline} (t-test, two-sided p)",
+        "",
+        "| task | lr | method | pairs | Δ final train loss | p | Δ last eval (points) | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    by_seed = {
+        key: {r.run.seed: r.figures for r in group} for key, group in groups.items()
+    }  # (task, method, lr) → seed → figures
+    names = [m.name for m in grid.methods]
+    pairs = [(m, grid.baseline) for m in names if m != grid.baseline] or list(combinations(names, 2))
+    for task in grid.tasks:
+        for lr in grid.lrs:
+            for method, baseline in pairs:
+                a, b = by_seed.get((task, method, lr), {}), by_seed.get((task, baseline, lr), {})
+                loss = paired_test(*({s: f["final_loss"] for s, f in x.items()} for x in (a, b)))
+                acc = paired_test(*({s: f["last_eval"] * 100 for s, f in x.items()} for x in (a, b)))
+                if loss[2] or acc[2]:
+                    lines.append(
+                        f"| {task} | {lr:g} | {method} | {max(loss[2], acc[2])} | {loss[0]:+.4f} | {_p(loss[1])} "
+                        f"| {acc[0]:+.1f} | {_p(acc[1])} |"
+                    )
+    return lines
+
+
+def _p(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.3f}"

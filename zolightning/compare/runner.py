@@ -1,0 +1,166 @@
+"""Run a grid's fits as subprocesses, several per device, resuming what a cut left behind.
+
+Each run owns `run_dir/`: `tb/` (TensorBoard events, `config.yaml`, `checkpoints/`), `fit.log` (its output)
+and `status.json` (written when the fit exits). A run whose status says `done` is never started again; a run
+that was stopped (SIGTERM/Ctrl-C, or the grid's own stop) resumes from its `last.ckpt`; a failed run is left
+alone unless `retry_failed` is set. SIGTERM/SIGINT to the runner are passed on once to every fit, which saves
+its step and exits (zolightning's GracefulStop); the runner then waits for them and stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from zolightning.compare.grid import Grid, RunSpec
+
+STOPPED_CODES = {128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT}
+
+
+def read_status(run: RunSpec) -> dict | None:
+    path = run.run_dir / "status.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fit_command(run: RunSpec, extra_args: Sequence[str] = ()) -> list[str]:
+    """The `zolightning fit` call of a run: its config, its options, its log folder, and a resume if cut."""
+    command = [sys.executable, "-m", "zolightning", "fit", "--config", str(run.config), *run.args, *extra_args]
+    command += [
+        "--trainer.logger.class_path=lightning.pytorch.loggers.TensorBoardLogger",
+        f"--trainer.logger.init_args.save_dir={run.run_dir}",
+        "--trainer.logger.init_args.name=",
+        "--trainer.logger.init_args.version=tb",
+    ]
+    last = run.log_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        command += ["--ckpt_path", str(last)]
+    return command
+
+
+@dataclass
+class _Running:
+    run: RunSpec
+    process: subprocess.Popen
+    device: int | None
+    started: float
+    resumed: bool
+
+
+class GridRunner:
+    """Starts the grid's pending runs into free slots (`parallel` per device) until all have exited."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        extra_args: Sequence[str] = (),
+        retry_failed: bool = False,
+        only: str | None = None,
+        say: Callable[[str], None] = print,
+        poll_seconds: float = 1.0,
+        status_every: float = 300.0,
+    ) -> None:
+        self.grid, self.extra_args, self.say = grid, tuple(extra_args), say
+        self.retry_failed, self.only = retry_failed, only
+        self.poll_seconds, self.status_every = poll_seconds, status_every
+        self.running: list[_Running] = []
+        self.stop_signal: int | None = None
+        self.threads = "1"
+
+    def pending(self) -> list[RunSpec]:
+        runs = [r for r in self.grid.runs() if self.only is None or self.only in r.run_id]
+        todo = []
+        for run in runs:
+            state = (read_status(run) or {}).get("state")
+            if state == "done" or (state == "failed" and not self.retry_failed):
+                continue
+            todo.append(run)
+        return todo
+
+    def run(self) -> int:
+        """Run everything pending; 0 when every run of the grid is done, 1 if some failed, 128+sig if stopped."""
+        self.grid.check_configs()
+        todo = self.pending()
+        total = len(todo)
+        slots = [d for d in (self.grid.devices or (None,)) for _ in range(self.grid.parallel)]
+        self.threads = str(max(1, (os.cpu_count() or 1) // len(slots)))
+        self.say(f"grid {self.grid.name}: {total} run(s) to go, {len(slots)} at a time, in {self.grid.out_dir}")
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        finished, last_status = 0, time.monotonic()
+        try:
+            while (todo and self.stop_signal is None) or self.running:
+                busy = [r.device for r in self.running]
+                while todo and self.stop_signal is None and len(self.running) < len(slots):
+                    free = next(d for d in slots if busy.count(d) < slots.count(d))
+                    busy.append(free)
+                    self._start(todo.pop(0), free)
+                for item in self._exited():
+                    finished += 1
+                    self._record(item, finished, total)
+                if time.monotonic() - last_status > self.status_every:
+                    last_status = time.monotonic()
+                    self._say_status()
+                time.sleep(self.poll_seconds)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self._exit_code()
+
+    def _start(self, run: RunSpec, device: int | None) -> None:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "status.json").unlink(missing_ok=True)
+        command = fit_command(run, self.extra_args)
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", self.threads)  # fits sharing a machine must not oversubscribe its cores
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(device)
+        log = open(run.run_dir / "fit.log", "a")  # noqa: SIM115 - closed by the child's exit
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        # A session of its own: a signal to the runner's process group must not reach the fit twice.
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        resumed = "--ckpt_path" in command
+        where = "CPU" if device is None else f"GPU {device}"
+        self.say(f"start {run.run_id} on {where}{' (resuming from last.ckpt)' if resumed else ''}")
+        self.running.append(_Running(run, process, device, time.monotonic(), resumed))
+
+    def _exited(self) -> list[_Running]:
+        done = [r for r in self.running if r.process.poll() is not None]
+        self.running = [r for r in self.running if r.process.poll() is None]
+        return done
+
+    def _record(self, item: _Running, finished: int, total: int) -> None:
+        code, seconds = item.process.returncode, time.monotonic() - item.started
+        state = "done" if code == 0 else "stopped" if code in STOPPED_CODES else "failed"
+        status = {"state": state, "returncode": code, "seconds": round(seconds, 1), "resumed": item.resumed}
+        (item.run.run_dir / "status.json").write_text(json.dumps(status, indent=1) + "\n")
+        note = "" if state != "failed" else f" (exit {code}; see {item.run.run_dir / 'fit.log'})"
+        self.say(f"[{finished}/{total}] {item.run.run_id}: {state} after {seconds:.0f} s{note}")
+
+    def _say_status(self) -> None:
+        now = time.monotonic()
+        running = ", ".join(f"{r.run.run_id} ({now - r.started:.0f} s)" for r in self.running)
+        self.say(f"running: {running or 'none'}")
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.stop_signal is not None:
+            return  # one signal per fit: a second would make it stop without saving its step
+        self.stop_signal = signum
+        self.say(f"{signal.Signals(signum).name}: stopping {len(self.running)} run(s) at the end of their step")
+        for item in self.running:
+            item.process.send_signal(signal.SIGTERM)
+
+    def _exit_code(self) -> int:
+        if self.stop_signal is not None:
+            return 128 + self.stop_signal
+        states = [(read_status(r) or {}).get("state") for r in self.grid.runs()]
+        if self.only is None and any(s == "failed" for s in states):
+            return 1
+        return 0
