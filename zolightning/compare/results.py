@@ -118,15 +118,18 @@ def _paired_lines(grid: Grid, groups: dict[tuple[str, str, float], list[RunResul
         "| task | lr | method | pairs | Δ final train loss | p | Δ last eval (points) | p |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    by_seed = {
-        key: {r.run.seed: r.figures for r in group} for key, group in groups.items()
-    }  # (task, method, lr) → seed → figures
+    # (task, method, lr) → seed → figures; a pair counts only where both runs reached the same step
+    by_seed = {key: {r.run.seed: (r.steps, r.figures) for r in group} for key, group in groups.items()}
     names = [m.name for m in grid.methods]
+    uneven = 0
     pairs = [(m, grid.baseline) for m in names if m != grid.baseline] or list(combinations(names, 2))
     for task in grid.tasks:
         for lr in grid.lrs:
             for method, baseline in pairs:
                 a, b = by_seed.get((task, method, lr), {}), by_seed.get((task, baseline, lr), {})
+                equal = {s for s in set(a) & set(b) if a[s][0] == b[s][0]}
+                uneven += len(set(a) & set(b)) - len(equal)
+                a, b = ({s: x[s][1] for s in equal} for x in (a, b))
                 loss = paired_test(*({s: f["final_loss"] for s, f in x.items()} for x in (a, b)))
                 acc = paired_test(*({s: f["last_eval"] * 100 for s, f in x.items()} for x in (a, b)))
                 if loss[2] or acc[2]:
@@ -134,6 +137,8 @@ def _paired_lines(grid: Grid, groups: dict[tuple[str, str, float], list[RunResul
                         f"| {task} | {lr:g} | {method} | {max(loss[2], acc[2])} | {loss[0]:+.4f} | {_p(loss[1])} "
                         f"| {acc[0]:+.1f} | {_p(acc[1])} |"
                     )
+    if uneven:
+        lines += ["", f"{uneven} pair(s) left out: the two runs stopped at different steps (unfinished runs)."]
     return lines
 
 
