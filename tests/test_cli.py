@@ -10,7 +10,9 @@ from zolightning.data import TaskDataModule
 from zolightning.modules import ZOFineTuneModule
 from zolightning.strategies import ZODDPStrategy
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = sorted(
+    p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if p.parent.name != "compare"
+)
 
 
 def test_there_are_configs():

@@ -49,11 +49,12 @@ class RunResult:
 def summarize(run: RunSpec, tail: float = 0.1) -> RunResult:
     curves = read_scalars(run.log_dir)
     loss = curves.get("train/loss", {})
-    steps = max(loss, default=-1) + 1
+    steps = max((max(curve) for curve in curves.values() if curve), default=-1) + 1
     figures = dict.fromkeys(FIGURES, math.nan)
     if loss:
         start = steps * (1 - tail)
-        figures["final_loss"] = statistics.fmean(v for s, v in loss.items() if s + 1 >= start)
+        tail_points = [v for s, v in loss.items() if s + 1 >= start] or [loss[max(loss)]]
+        figures["final_loss"] = statistics.fmean(tail_points)
     metric = main_metric(curves)
     val, evaluation = curves.get(f"val/{metric}", {}), curves.get(f"eval/{metric}", {})
     if val:
@@ -99,7 +100,8 @@ def table(grid: Grid, results: list[RunResult]) -> str:
     lines = [
         f"## {grid.name}: mean ± std over seeds",
         "",
-        "| task | method | lr | seeds | steps | final train loss | best dev | eval at best dev | last dev | last eval |",
+        "| task | method | lr | seeds | steps | final train loss | best dev | eval at best dev | last dev "
+        "| last eval |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (task, method, lr), group in groups.items():

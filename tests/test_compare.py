@@ -1,0 +1,218 @@
+"""The comparison harness: grid files, the resumable runner, the table, paired statistics and plots."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scipy.stats import ttest_rel
+from torch.utils.tensorboard import SummaryWriter
+
+from zolightning.compare import Grid, GridError, GridRunner
+from zolightning.compare.cli import main as compare_main
+from zolightning.compare.results import summarize, table
+from zolightning.compare.runner import fit_command, read_status
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "configs/tiny/{task}_mezo.yaml"
+
+
+def _grid(tmp_path, **overrides) -> Grid:
+    raw = {
+        "name": "t",
+        "out_dir": str(tmp_path / "out"),
+        "tasks": ["sst2"],
+        "methods": {"const": {"config": TINY}, "linear": {"config": TINY, "args": {"model.lr_schedule": "linear"}}},
+        "lrs": [1e-3],
+        "seeds": [0, 1, 2],
+        "args": {"trainer.max_steps": 4, "model.lr_schedule": "constant"},
+        "baseline": "const",
+    }
+    raw.update(overrides)
+    return Grid.from_dict(raw, tmp_path / "grid.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "compare").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_grid_loads_and_names_existing_configs(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    grid = Grid.load(path)
+    grid.check_configs()
+    assert len(grid.seeds) >= 3 and grid.runs()
+
+
+def test_a_grid_expands_into_seeded_runs_with_the_methods_options_last(tmp_path):
+    runs = _grid(tmp_path).runs()
+    assert [r.run_id for r in runs[:4]] == [
+        "sst2/const/lr0.001/seed0",
+        "sst2/const/lr0.001/seed1",
+        "sst2/const/lr0.001/seed2",
+        "sst2/linear/lr0.001/seed0",
+    ]
+    flags = dict(zip(runs[4].args[::2], runs[4].args[1::2]))
+    assert flags["--model.lr_schedule"] == "linear"  # the method's value beats the grid's
+    assert flags["--model.lr"] == "0.001" and flags["--trainer.max_steps"] == "4"
+    assert flags["--seed_everything"] == flags["--model.zo_seed"] == flags["--data.seed"] == "1"
+    assert runs[4].config == Path("configs/tiny/sst2_mezo.yaml")
+    assert runs[4].run_dir == tmp_path / "out" / "sst2" / "linear" / "lr0.001" / "seed1"
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"tasks": []}, "tasks"),
+        ({"colour": 1}, "colour"),
+        ({"baseline": "adam"}, "baseline"),
+        ({"methods": {"m": {"args": {}}}}, "methods.m"),
+        ({"methods": {"m": {"config": TINY, "lr": 1}}}, "methods.m.lr"),
+        ({"lrs": ["fast"]}, "lrs"),
+        ({"lrs": [-1.0]}, "lrs"),
+        ({"parallel": 0}, "parallel"),
+    ],
+)
+def test_a_bad_grid_names_the_file_and_the_key(tmp_path, change, key):
+    with pytest.raises(GridError, match=rf"grid\.yaml: key '{key}'"):
+        _grid(tmp_path, **change)
+
+
+def test_a_grid_file_with_a_missing_config_is_refused_before_anything_runs(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("name: t\ntasks: [sst2]\nmethods: {m: {config: 'nowhere/{task}.yaml'}}\nlrs: [1]\nseeds: [0]\n")
+    assert compare_main(["run", str(path)]) == 2
+    with pytest.raises(GridError, match="no config nowhere/sst2.yaml"):
+        Grid.load(path).check_configs()
+
+
+def test_a_run_with_a_last_checkpoint_resumes_from_it(tmp_path):
+    run = _grid(tmp_path).runs()[0]
+    assert "--ckpt_path" not in fit_command(run)
+    last = run.log_dir / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.touch()
+    command = fit_command(run, ["--data.data_dir", "D"])
+    assert command[-2:] == ["--ckpt_path", str(last)] and "--data.data_dir" in command
+    assert f"--trainer.logger.init_args.save_dir={run.run_dir}" in command
+
+
+def _write_curves(run, losses: dict[int, float], val: dict[int, float], evaluation: dict[int, float]) -> None:
+    with SummaryWriter(str(run.log_dir)) as writer:
+        for tag, curve in (("train/loss", losses), ("val/acc", val), ("eval/acc", evaluation)):
+            for step, value in curve.items():
+                writer.add_scalar(tag, value, step)
+
+
+def test_the_table_and_paired_tests_follow_synthetic_curves(tmp_path):
+    grid = _grid(tmp_path)
+    finals = {"const": [0.50, 0.52, 0.47], "linear": [0.40, 0.45, 0.41]}
+    evals = {"const": [0.80, 0.79, 0.81], "linear": [0.83, 0.80, 0.84]}
+    for run in grid.runs():
+        i, final = run.seed, finals[run.method][run.seed]
+        losses = {s: (1.0 if s < 90 else final) for s in range(0, 100, 10)}  # steps 0..99: the last 10% is step 90
+        val = {49: 0.74 + i / 100, 99: 0.75}  # best dev: step 99 for seed 0, a tie for seed 1, step 49 for seed 2
+        _write_curves(run, losses, val, {49: 0.6, 99: evals[run.method][i]})
+    results = [summarize(run) for run in grid.runs()]
+    assert results[0].steps == 100 and results[0].figures["final_loss"] == pytest.approx(0.50)
+    assert results[2].figures["best_val"] == pytest.approx(0.76, abs=1e-6) and results[2].figures[
+        "eval_at_best"
+    ] == pytest.approx(0.6, abs=1e-6)
+    assert results[1].figures["eval_at_best"] == pytest.approx(
+        0.6, abs=1e-6
+    )  # a tie goes to the first step, as a best checkpoint would
+    assert results[0].figures["eval_at_best"] == pytest.approx(0.80, abs=1e-6) == results[0].figures["last_eval"]
+    text = table(grid, results)
+    assert "| sst2 | linear | 0.001 | 3 | 100 | 0.4200 ± 0.0265 |" in text
+    expected = ttest_rel(finals["linear"], finals["const"]).pvalue
+    delta_eval = 100 * (sum(evals["linear"]) - sum(evals["const"])) / 3
+    assert f"| sst2 | 0.001 | linear | 3 | -0.0767 | {expected:.3f} | {delta_eval:+.1f} |" in text
+
+
+def test_pairs_of_unequal_length_are_left_out(tmp_path):
+    grid = _grid(tmp_path, seeds=[0, 1])
+    for run in grid.runs():
+        end = 100 if run.method == "const" or run.seed == 0 else 50
+        _write_curves(run, {s: 0.5 for s in range(0, end, 10)}, {end - 1: 0.7}, {end - 1: 0.7})
+    text = table(grid, [summarize(r) for r in grid.runs()])
+    assert "| sst2 | 0.001 | linear | 1 |" in text and "1 pair(s) left out" in text
+
+
+def test_the_table_command_writes_results_and_plots(tmp_path):
+    grid = _grid(tmp_path)
+    for run in grid.runs():
+        _write_curves(run, {s: 1 / (s + 1) for s in range(0, 50, 5)}, {24: 0.6, 49: 0.7}, {24: 0.6, 49: 0.7})
+        with SummaryWriter(str(run.log_dir)) as writer:
+            writer.add_scalar("sigma/attention", 1.0 + run.seed, 9)
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps({**_raw_of(grid)}))
+    assert compare_main(["table", str(path)]) == 0
+    out = tmp_path / "out"
+    assert "mean ± std" in (out / "results.md").read_text()
+    assert (out / "sst2_curves.png").stat().st_size > 10_000 and (out / "sst2_sigma.png").is_file()
+
+
+def _raw_of(grid: Grid) -> dict:
+    methods = {m.name: {"config": m.config, "args": m.args} for m in grid.methods}
+    return {
+        "name": grid.name,
+        "out_dir": str(grid.out_dir),
+        "tasks": list(grid.tasks),
+        "methods": methods,
+        "lrs": list(grid.lrs),
+        "seeds": list(grid.seeds),
+        "args": grid.args,
+        "baseline": grid.baseline,
+        "parallel": 2,
+    }
+
+
+def test_a_tiny_grid_runs_once_and_a_rerun_does_nothing(tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(REPO)
+    grid = _with_bad_method(_grid(tmp_path, seeds=[0], parallel=2))
+    fit_args = ["--data.data_dir", str(data_dir), "--trainer.limit_val_batches", "1"]
+    assert GridRunner(grid, fit_args, say=print).run() == 1
+    states = {r.method: read_status(r)["state"] for r in grid.runs()}
+    assert states == {"const": "done", "linear": "done", "bad": "failed"}
+    again: list[str] = []
+    assert GridRunner(grid, fit_args, say=again.append).run() == 1  # the failed run is left alone
+    assert again[0].startswith("grid t: 0 run(s) to go")
+
+
+def _with_bad_method(grid: Grid) -> Grid:
+    raw = _raw_of(grid)
+    raw["methods"]["bad"] = {"config": TINY, "args": {"model.lr_schedule": "cosine"}}  # not a schedule: fails
+    return Grid.from_dict(raw, grid.source)
+
+
+def test_sigterm_stops_the_grid_and_the_next_call_resumes_it(tmp_path, data_dir):
+    raw = _raw_of(_grid(tmp_path, seeds=[0]))
+    raw.update(methods={"const": {"config": TINY}}, args={"trainer.max_steps": 100000})
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps(raw))
+    fit_args = ["--", "--data.data_dir", str(data_dir), "--trainer.val_check_interval", "50000"]
+    command = [sys.executable, "-m", "zolightning", "compare", "run", str(path), *fit_args]
+    runner = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    log = tmp_path / "out" / "sst2" / "const" / "lr0.001" / "seed0" / "fit.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "first step done" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.5)
+    time.sleep(1.0)
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(60) == 128 + signal.SIGTERM, runner.stdout.read()
+    run = Grid.load(path).runs()[0]
+    assert read_status(run)["state"] == "stopped"
+    import torch
+
+    step = torch.load(run.log_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert step >= 1
+    finish = ["--trainer.max_steps", str(step + 2)]
+    assert compare_main(["run", str(path), *fit_args, *finish]) == 0
+    assert read_status(run) == {
+        "state": "done",
+        "returncode": 0,
+        "seconds": read_status(run)["seconds"],
+        "resumed": True,
+    }
+    assert torch.load(run.log_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step + 2
+    assert not math.isnan(summarize(run).figures["final_loss"])
