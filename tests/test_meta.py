@@ -1,6 +1,7 @@
 """Meta-training the variance networks on the tiny model (method.md §2.4)."""
 
 import lightning as L
+import pytest
 import torch
 
 from zolightning.data.encoding import collate
@@ -122,3 +123,27 @@ def test_a_meta_trained_file_loads_in_the_zo_module(tmp_path, tiny_data):
     trainer = _cpu_trainer(2)
     trainer.fit(module, datamodule=tiny_data())
     assert trainer.global_step == 2 and trainer.optimizers[0].block_scales is not None
+
+
+def test_the_lookahead_step_is_the_downstream_lr_or_drawn_from_a_range(tmp_path):
+    fixed = MetaVarianceModule(model="tiny-llama", lr_update=1e-5)
+    assert fixed.lookahead_lr() == 1e-5
+    ranged = MetaVarianceModule(model="tiny-llama", lr_update_range=(1e-6, 3e-5))
+    draws = []
+    for step in range(200):
+        ranged.meta_steps = step
+        draws.append(ranged.lookahead_lr())
+    assert all(1e-6 <= d <= 3e-5 for d in draws) and len(set(draws)) == 200
+    ranged.meta_steps = 7
+    assert ranged.lookahead_lr() == draws[7]  # a resumed run draws the same steps
+    below = sum(d < (1e-6 * 3e-5) ** 0.5 for d in draws)  # log-uniform: half below the geometric middle
+    assert 70 < below < 130
+    with pytest.raises(ValueError, match="lr_update_range"):
+        MetaVarianceModule(model="tiny-llama", lr_update_range=(1e-5, 1e-6))
+
+
+def test_meta_training_logs_the_gap_between_zo_and_lookahead_losses(tmp_path, tiny_data):
+    module = _fit_meta(tmp_path, tiny_data, max_steps=2, lr_update_range=(1e-4, 1e-2))
+    logged = module.trainer.callback_metrics
+    assert {"meta/gap", "meta/lr_update"} <= set(logged)
+    assert 1e-4 <= float(logged["meta/lr_update"]) <= 1e-2

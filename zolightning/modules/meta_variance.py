@@ -12,6 +12,7 @@ number of meta steps.
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import lightning as L
@@ -43,7 +44,10 @@ class MetaVarianceModule(L.LightningModule):
     Args:
         model: the base model (same names as `ZOFineTuneModule.model`).
         lr_mlp: SGD learning rate of the networks.
-        lr_update: look-ahead step size (the ZO learning rate the networks are trained for).
+        lr_update: look-ahead step size: the ZO learning rate the networks will be used with downstream
+            (method.md: networks trained for a much smaller step than their use learn little).
+        lr_update_range: `[low, high]`: sample the look-ahead step log-uniformly in this range at every meta
+            step instead (robustness across the downstream lrs of a sweep); `lr_update` is then unused.
         lr_llm: first-order learning rate of the LM at the start of each restart window.
         momentum: first-order SGD momentum.
         grad_clip: gradient-norm clip of the first-order step.
@@ -60,7 +64,8 @@ class MetaVarianceModule(L.LightningModule):
         self,
         model: str = "smollm2-135m-instruct",
         lr_mlp: float = 0.1,
-        lr_update: float = 1e-6,
+        lr_update: float = 1e-5,
+        lr_update_range: tuple[float, float] | None = None,
         lr_llm: float = 0.01,
         momentum: float = 0.8,
         grad_clip: float = 1.0,
@@ -73,6 +78,8 @@ class MetaVarianceModule(L.LightningModule):
         init_seed: int = 0,
     ):
         super().__init__()
+        if lr_update_range is not None and not 0 < lr_update_range[0] <= lr_update_range[1]:
+            raise ValueError(f"lr_update_range must be [low, high] with 0 < low <= high, got {lr_update_range}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.model = load_causal_lm(model, seed=init_seed)
@@ -104,6 +111,14 @@ class MetaVarianceModule(L.LightningModule):
         self.effective_sizes = torch.tensor(
             [b.effective_size for b in self.blocks], dtype=torch.float64, device=self.device
         )
+
+    def lookahead_lr(self) -> float:
+        """This meta step's look-ahead step size: fixed, or drawn from the range by (zo_seed, step)."""
+        if self.hparams.lr_update_range is None:
+            return self.hparams.lr_update
+        low, high = (math.log(v) for v in self.hparams.lr_update_range)
+        draw = random.Random(step_seed(self.hparams.zo_seed + 1, self.meta_steps)).random()
+        return math.exp(low + draw * (high - low))
 
     def _history(self, task: str) -> dict[str, Tensor]:
         if task not in self.history:
@@ -140,7 +155,7 @@ class MetaVarianceModule(L.LightningModule):
             _loss,
             batch,
             self.hparams.eps,
-            self.hparams.lr_update,
+            lookahead_lr := self.lookahead_lr(),
             step_seed(self.hparams.zo_seed, self.meta_steps),
             self._noise,
             self.hparams.normalize,
@@ -169,6 +184,9 @@ class MetaVarianceModule(L.LightningModule):
             {
                 "meta/loss": result.meta_loss.detach(),
                 "meta/zo_loss": (result.loss_plus + result.loss_minus) / 2,
+                # how much the look-ahead step lowers the loss: near 0 means the networks get little signal
+                "meta/gap": (result.loss_plus + result.loss_minus) / 2 - result.meta_loss.detach(),
+                "meta/lr_update": lookahead_lr,
                 "meta/projected_grad": result.projected_grad,
                 "meta/norm_factor": result.c,
                 "train/loss": loss.detach(),
