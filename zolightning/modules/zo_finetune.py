@@ -21,7 +21,7 @@ from zolightning.fast_path import ZOPath, choose_path, describe
 from zolightning.generation import greedy_answers, negative_f1, update_squad
 from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.modules.training_log import TrainingLog
-from zolightning.optim import ZOSGD
+from zolightning.optim import build_zo_optimizer
 from zolightning.scoring import batch_loss, negative_accuracy
 from zolightning.shape_plan import plan_shapes
 from zolightning.stopping import GracefulStop
@@ -74,6 +74,13 @@ class ZOFineTuneModule(L.LightningModule):
             (`fast_forward.py`, `shape_plan.py`). `auto`: on for CUDA, off on the CPU.
         fast_forward_bucket: planned sequence lengths are multiples of this, in tokens.
         fast_forward_lengths: at most this many planned sequence lengths (chosen to minimise padding).
+        optimizer: the ZO update rule (`zolightning/optim/estimated.py`): `zo_sgd` (MeZO), `zo_sgd_momentum`,
+            `zo_sgd_sign`, `zo_sgd_conserve` (keeps a step only if it lowers the minibatch loss; 2-3 more
+            forwards) or `zo_adam`. All share the noise, learned variance and skip rules; only `zo_sgd` with one
+            query has the fused restore-and-update pass and steps that never wait for the GPU.
+        queries: directions averaged per step (q > 1: 2q forward passes a step; compare at equal forwards).
+        momentum: `zo_sgd_momentum`'s factor.
+        betas: `zo_adam`'s moment factors.
     """
 
     def __init__(
@@ -96,6 +103,10 @@ class ZOFineTuneModule(L.LightningModule):
         fast_forward: bool | Literal["auto"] = "auto",
         fast_forward_bucket: int = 32,
         fast_forward_lengths: int = 4,
+        optimizer: Literal["zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam"] = "zo_sgd",
+        queries: int = 1,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -141,8 +152,13 @@ class ZOFineTuneModule(L.LightningModule):
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
         block_scales = self._block_scales(decay + no_decay)
-        optimizer = ZOSGD(
+        fused = self.hparams.optimizer == "zo_sgd" and self.hparams.queries == 1
+        optimizer = build_zo_optimizer(
+            self.hparams.optimizer,
             [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+            queries=self.hparams.queries,
+            momentum=self.hparams.momentum,
+            betas=self.hparams.betas,
             lr=self.hparams.lr,
             eps=self.hparams.eps,
             weight_decay=self.hparams.weight_decay,
@@ -150,7 +166,7 @@ class ZOFineTuneModule(L.LightningModule):
             block_scales=block_scales,
             noise=self.path.noise,
             stochastic_rounding=self.hparams.stochastic_rounding,
-            sync=self.path.noise != "philox" or block_scales is not None,
+            sync=self.path.noise != "philox" or block_scales is not None or not fused,
         )
         if not optimizer.sync:
             log.info("ZO steps keep g on the device: a step never waits for the GPU")

@@ -1,0 +1,210 @@
+"""ZO optimizers that turn the two-point estimate into an update rule with state: the ZO-Bench family.
+
+ZO-Bench (Zhang et al., "Revisiting Zeroth-Order Optimization for Memory-Efficient LLM Fine-Tuning: A
+Benchmark", arXiv 2402.11592) compares ZO-SGD, ZO-SGD with momentum, ZO-SGD-Sign, ZO-SGD-Conserve and
+ZO-Adam. All of them share ZOSGD's perturbation engine (the seeded or counter-based noise, learned block
+scales, the skip of non-finite steps); they differ only in what they do with the estimate
+
+    ĝ = (1/q) Σ_i g_i s ⊙ z_i,   g_i = (L(θ + ε s⊙z_i) − L(θ − ε s⊙z_i)) / (2ε),
+
+which is regenerated tensor by tensor from the seeds (never stored whole). q > 1 (`queries`) averages q
+directions per step (2q forward passes); query 0 uses the seed plain ZOSGD would use, so with q = 1 the
+directions are MeZO's. Weight decay is decoupled, as in ZOSGD: θ ← (1 − lr·wd) θ before the update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from zolightning.optim.noise import NoiseSource, step_seed
+from zolightning.optim.philox import philox_normal
+from zolightning.optim.zo_sgd import ZOSGD, ZOStepOutput
+
+
+class EstimatedZO(ZOSGD):
+    """Base: q two-point queries at θ, weights restored after each, then `update(group, p, grad, state)`.
+
+    Args (beyond ZOSGD's):
+        queries: directions averaged per step (q; 2q forward passes a step).
+    """
+
+    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, queries: int = 1, **kwargs):
+        if queries < 1:
+            raise ValueError(f"queries must be >= 1, got {queries}")
+        if kwargs.pop("sync", True) is not True:
+            raise ValueError(f"{type(self).__name__} reads g on the host (sync=True)")
+        super().__init__(params, lr=lr, eps=eps, **kwargs)
+        self.queries = queries
+
+    # ---- the estimate, tensor by tensor ----------------------------------------------------------
+    def _directions(self, seed: int) -> Iterator[Tensor]:
+        tensors = [p for _, p in self._tensors()]
+        if self.noise == "philox":
+            return (philox_normal(seed, i, p.numel(), device=p.device).view(p.shape) for i, p in enumerate(tensors))
+        return NoiseSource().directions(tensors, seed)  # a source of its own: streams of several seeds interleave
+
+    def gradient_estimates(self, estimates: list[tuple[int, float]], scales) -> Iterator[tuple[dict, Tensor, Tensor]]:
+        """(group, p, ĝ_p in float32, or float64 for float64 weights) for every tensor, from each query's (seed, g)."""
+        streams = [self._directions(seed) for seed, _ in estimates]
+        scale_list = scales.tolist() if torch.is_tensor(scales) else scales
+        for (group, p), s in zip(self._tensors(), scale_list):
+            grad = torch.zeros(p.shape, dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
+            for (_, g), stream in zip(estimates, streams):
+                grad.add_(next(stream), alpha=g)
+            yield group, p, grad.mul_(s / len(estimates))
+
+    # ---- the step ------------------------------------------------------------------------------------
+    def query_seeds(self) -> list[int]:
+        first = step_seed(self.seed, self.num_steps)
+        return [first] + [step_seed(first, i) for i in range(1, self.queries)]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor | float]) -> ZOStepOutput:  # type: ignore[override]
+        if closure is None:
+            raise ValueError(f"{type(self).__name__}.step needs a closure returning the loss")
+        scales, all_finite = self._scales([p for _, p in self._tensors()])
+        estimates, plus, minus = [], [], []
+        for seed in self.query_seeds():
+            self._perturb(seed, +1.0, scales)
+            plus.append(float(closure()))
+            self._perturb(seed, -2.0, scales)
+            minus.append(float(closure()))
+            self._perturb(seed, +1.0, scales)  # back at θ before the next query and the update
+            estimates.append((seed, (plus[-1] - minus[-1]) / (2 * self.eps)))
+            if not math.isfinite(estimates[-1][1]):
+                return self._skip(plus[-1], minus[-1])
+        loss_plus, loss_minus = sum(plus) / len(plus), sum(minus) / len(minus)
+        if not bool(all_finite):
+            return self._skip(loss_plus, loss_minus)
+        self.apply_update(estimates, scales, closure)
+        if self.block_scales:
+            self.block_scales.observe(loss_plus, loss_minus)
+        self.num_steps += 1
+        self._skips.add(False)
+        g = sum(g for _, g in estimates) / len(estimates)
+        return ZOStepOutput((loss_plus + loss_minus) / 2, g, loss_plus, loss_minus, False)
+
+    def apply_update(self, estimates: list[tuple[int, float]], scales, closure: Callable) -> None:
+        for group, p, grad in self.gradient_estimates(estimates, scales):
+            wide = p.detach().to(torch.promote_types(p.dtype, torch.float32))
+            if group["weight_decay"]:
+                wide.mul_(1.0 - group["lr"] * group["weight_decay"])
+            wide.sub_(self.update(group, grad, self.state[p]), alpha=group["lr"])
+            p.copy_(wide)
+
+    def update(self, group: dict, grad: Tensor, state: dict) -> Tensor:
+        """The step direction d (θ ← θ − lr·d) from this tensor's estimate; may update `state`."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["zo"]["queries"] = self.queries
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        queries = state_dict.get("zo", {}).get("queries", self.queries)
+        if queries != self.queries:
+            raise ValueError(f"the checkpoint was trained with queries={queries}, this run has {self.queries}")
+        super().load_state_dict(state_dict)
+
+
+class ZOSGDMomentum(EstimatedZO):
+    """ZO-SGD with heavy-ball momentum (ZO-Bench's ZO-SGD-MMT): m ← μ m + ĝ, θ ← θ − lr m.
+
+    With `momentum=0` it is plain ZO-SGD on the q-query estimate (no state). The buffer is float32, one
+    model-sized tensor: the memory MeZO saves is spent here.
+    """
+
+    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, momentum: float = 0.9, **kwargs):
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        super().__init__(params, lr=lr, eps=eps, **kwargs)
+        for group in self.param_groups:
+            group.setdefault("momentum", momentum)
+
+    def update(self, group: dict, grad: Tensor, state: dict) -> Tensor:
+        if group["momentum"] == 0:
+            return grad
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = grad.clone()
+        else:
+            state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+        return state["momentum_buffer"]
+
+
+class ZOSGDSign(EstimatedZO):
+    """ZO-SGD-Sign (signSGD on the ZO estimate; ZO-Bench, after Liu et al. 2019): θ ← θ − lr sign(ĝ)."""
+
+    def update(self, group: dict, grad: Tensor, state: dict) -> Tensor:
+        return grad.sign_()
+
+
+class ZOAdam(EstimatedZO):
+    """ZO-Adam (ZO-AdaMM, Chen et al. 2019; ZO-Bench): Adam's moments and bias correction on ĝ.
+
+    Two float32 states per weight (m, v): twice the memory of the model in fp32.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-6,
+        eps: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+        **kwargs,
+    ):
+        if not all(0 <= b < 1 for b in betas) or adam_eps <= 0:
+            raise ValueError(f"need 0 <= betas < 1 and adam_eps > 0, got {betas}, {adam_eps}")
+        super().__init__(params, lr=lr, eps=eps, **kwargs)
+        for group in self.param_groups:
+            group.setdefault("betas", tuple(betas))
+            group.setdefault("adam_eps", adam_eps)
+
+    def update(self, group: dict, grad: Tensor, state: dict) -> Tensor:
+        beta1, beta2 = group["betas"]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(grad), torch.zeros_like(grad)
+        state["step"] += 1
+        state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        m_hat = state["exp_avg"] / (1 - beta1 ** state["step"])
+        v_hat = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
+        return m_hat / (v_hat.sqrt() + group["adam_eps"])
+
+
+class ZOSGDConserve(EstimatedZO):
+    """ZO-SGD-Conserve (ZO-Bench): take the ZO-SGD step only if it lowers the minibatch loss.
+
+    After the estimate: L0 = L(θ); try θ − lr ĝ (L1); if L1 > L0 try the opposite θ + lr ĝ (L2); if that is
+    no better than L0 either, stay at θ. 2q + 2 or 2q + 3 forward passes a step.
+    """
+
+    def update(self, group: dict, grad: Tensor, state: dict) -> Tensor:
+        return grad
+
+    def _move(self, estimates, scales, factor: float) -> None:
+        for group, p, grad in self.gradient_estimates(estimates, scales):
+            wide = p.detach().to(torch.promote_types(p.dtype, torch.float32))
+            p.copy_(wide.sub_(grad, alpha=factor * group["lr"]))
+
+    def apply_update(self, estimates: list[tuple[int, float]], scales, closure: Callable) -> None:
+        before = float(closure())
+        self._move(estimates, scales, +1.0)
+        if float(closure()) <= before:
+            self.last_choice = "descent"
+        else:
+            self._move(estimates, scales, -2.0)
+            if float(closure()) <= before:
+                self.last_choice = "ascent"
+            else:
+                self._move(estimates, scales, +1.0)
+                self.last_choice = "stay"
+        for group in self.param_groups:  # decoupled decay after the choice
+            if group["weight_decay"]:
+                torch._foreach_mul_(group["params"], 1.0 - group["lr"] * group["weight_decay"])

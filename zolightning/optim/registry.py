@@ -1,0 +1,36 @@
+"""The ZO optimizers by name, as `--model.optimizer` selects them."""
+
+from __future__ import annotations
+
+from zolightning.optim.estimated import ZOAdam, ZOSGDConserve, ZOSGDMomentum, ZOSGDSign
+from zolightning.optim.zo_sgd import ZOSGD
+
+OPTIMIZER_NAMES = ("zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam")
+
+
+def build_zo_optimizer(
+    name: str,
+    params,
+    queries: int = 1,
+    momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
+    **common,
+) -> ZOSGD:
+    """`common` are ZOSGD's arguments (lr, eps, weight_decay, seed, block_scales, noise, ...).
+
+    `zo_sgd` is MeZO's ZOSGD (fused restore-and-update) with one query, the q-query estimate otherwise.
+    """
+    if name not in OPTIMIZER_NAMES:
+        raise ValueError(f"unknown ZO optimizer {name!r}; choose one of {', '.join(OPTIMIZER_NAMES)}")
+    if name == "zo_sgd" and queries == 1:
+        return ZOSGD(params, **common)
+    common.pop("sync", None)  # the estimate's update rules read g on the host
+    if common.pop("stochastic_rounding", False):
+        raise ValueError(f"stochastic_rounding is supported by zo_sgd with one query only, not {name}")
+    if name == "zo_sgd":
+        return ZOSGDMomentum(params, momentum=0.0, queries=queries, **common)
+    if name == "zo_sgd_momentum":
+        return ZOSGDMomentum(params, momentum=momentum, queries=queries, **common)
+    if name == "zo_adam":
+        return ZOAdam(params, betas=betas, queries=queries, **common)
+    return {"zo_sgd_sign": ZOSGDSign, "zo_sgd_conserve": ZOSGDConserve}[name](params, queries=queries, **common)
