@@ -42,11 +42,13 @@ def test_a_signal_is_deferred_inside_the_training_loop_and_immediate_elsewhere()
     stop._active = stop._deferring = True
     stop._handle(signal.SIGTERM, None)  # noted: the step in flight finishes first
     assert stop.received == signal.SIGTERM
-    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):  # a second one stops at once
+    with pytest.raises(SystemExit, match="SIGTERM") as stopped:  # a second one stops at once
         stop._handle(signal.SIGTERM, None)
+    assert stopped.value.code == 128 + signal.SIGTERM
     stop._deferring = False
-    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
-        stop._handle(signal.SIGINT, None)  # outside the loop: at once
+    with pytest.raises(SystemExit, match="SIGINT") as stopped:
+        stop._handle(signal.SIGINT, None)  # outside the loop: at once, with the exit code of a stop
+    assert stopped.value.code == 128 + signal.SIGINT
     stop._active = False  # after the fit: the handler passes signals on as before it
     with pytest.raises(KeyboardInterrupt):
         stop._handle(signal.SIGINT, None)
@@ -63,8 +65,9 @@ def test_sigterm_while_compiling_stops_the_fit_at_once(tmp_path, tiny_data, monk
         max_steps=5, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
     )
     before, start = signal.getsignal(signal.SIGTERM), time.perf_counter()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stopped:
         trainer.fit(module, datamodule=tiny_data())
+    assert stopped.value.code == 128 + signal.SIGTERM  # a stop, not a failure (Lightning's Ctrl-C path exits 1)
     assert time.perf_counter() - start < 10 and trainer.global_step == 0
     handler = signal.getsignal(signal.SIGTERM)  # given back, or left by Lightning but passing signals on
     assert handler is before or not handler.__self__._active

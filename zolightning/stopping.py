@@ -30,8 +30,17 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class StopRequested(KeyboardInterrupt):
-    """Raised by the signal handler where stopping at once is safe; Lightning shuts down as for Ctrl-C."""
+class StopRequested(SystemExit):
+    """Raised by the signal handler where stopping at once is safe. A SystemExit, not a KeyboardInterrupt:
+    Lightning turns the latter into exit code 1, and a stopped run must exit 128 + the signal number so that
+    whoever launched it (a scheduler, `zolightning compare`) can tell a stop from a failure."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+    def __str__(self) -> str:
+        return f"{self.signal_name} received"
 
 
 class GracefulStop(Callback):
@@ -54,7 +63,7 @@ class GracefulStop(Callback):
         if first and self._deferring:
             log.warning("%s received: stopping after the current step (again to stop at once)", name)
             return
-        raise StopRequested(f"{name} received")
+        raise StopRequested(signum)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._active:
@@ -96,7 +105,7 @@ class GracefulStop(Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._deferring = False
         if self.received is not None:
-            raise StopRequested(f"{signal.Signals(self.received).name} received")
+            raise StopRequested(self.received)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # back in the training loop, unless this was the sanity check before it
