@@ -155,6 +155,8 @@ def test_meta_fit_writes_a_learned_optimizer_file(tmp_path, data_dir, monkeypatc
             "256",
             "--trainer.max_steps",
             "6",
+            "--data.order",
+            "round_robin",  # the first three tasks of the config, in turn
             "--model.output",
             str(out),
             "--trainer.logger.init_args.save_dir",

@@ -77,6 +77,10 @@ def main(args: list[str] | None = None) -> None:
         from zolightning.optimizer_cli import main as optimizer_main
 
         raise SystemExit(optimizer_main(argv[1:]))
+    if argv[:1] == ["export"]:
+        from zolightning.export_cli import main as export_main
+
+        raise SystemExit(export_main(argv[1:]))
     if argv[:1] == ["compare"]:
         from zolightning.compare.cli import main as compare_main
 

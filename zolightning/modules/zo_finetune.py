@@ -20,6 +20,7 @@ from zolightning.fast_forward import FastScoringModel
 from zolightning.fast_path import ZOPath, choose_path, describe
 from zolightning.generation import greedy_answers, negative_f1, update_squad
 from zolightning.models import load_causal_lm, load_tokenizer
+from zolightning.models.lora import adapter_summary, add_lora
 from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import build_zo_optimizer
 from zolightning.scoring import batch_loss, negative_accuracy
@@ -81,6 +82,12 @@ class ZOFineTuneModule(L.LightningModule):
         queries: directions averaged per step (q > 1: 2q forward passes a step; compare at equal forwards).
         momentum: `zo_sgd_momentum`'s factor.
         betas: `zo_adam`'s moment factors.
+        peft: `none` (every weight is trained) or `lora`: LoRA adapters through peft; ZO perturbs and updates
+            only the adapter tensors (and learned variance's blocks are those tensors). `zolightning export`
+            writes the merged model.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is alpha / r · B A).
+        lora_target_modules: names of the linear layers that get adapters (default: q_proj, v_proj, as MeZO).
     """
 
     def __init__(
@@ -107,6 +114,10 @@ class ZOFineTuneModule(L.LightningModule):
         queries: int = 1,
         momentum: float = 0.9,
         betas: tuple[float, float] = (0.9, 0.999),
+        peft: Literal["none", "lora"] = "none",
+        lora_r: int = 8,
+        lora_alpha: float = 16,
+        lora_target_modules: list[str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -114,6 +125,11 @@ class ZOFineTuneModule(L.LightningModule):
         if variance == "learned" and not variance_file:
             raise ValueError("variance=learned needs variance_file (a learned-optimizer .safetensors)")
         self.model = load_causal_lm(model, dtype=dtype, seed=init_seed)
+        self._peft: tuple = ()  # the PeftModel around self.model, outside the module tree (weights saved once)
+        if peft == "lora":
+            self.model, wrapper = add_lora(self.model, lora_r, lora_alpha, lora_target_modules)
+            self._peft = (wrapper,)
+            log.info(adapter_summary(self.model))
         self.split_metrics = torch.nn.ModuleDict()  # one set per split, created on first use
         self._tokenizer = None  # loaded on first use: only generation tasks decode text
         self._generated: dict[str, SQuAD] = {}
@@ -121,6 +137,13 @@ class ZOFineTuneModule(L.LightningModule):
         self._path: ZOPath | None = None  # resolved once the model is on its device
         self._recorded_noise: str | None = None  # a resumed checkpoint's
         self._train_log = TrainingLog()
+
+    def export_pretrained(self, out_dir: str) -> None:
+        """Write a Hugging Face model directory (weights, config, tokenizer), LoRA merged into the weights.
+        Merging changes this module's model in place: export at the end."""
+        model = self._peft[0].merge_and_unload() if self._peft else self.model
+        model.save_pretrained(out_dir)
+        load_tokenizer(self.hparams.model).save_pretrained(out_dir)
 
     # ---- which path runs --------------------------------------------------------------------------
     @property

@@ -1,0 +1,54 @@
+"""LoRA through peft: ZO trains only the adapters, and the export merges them into plain weights."""
+
+import lightning as L
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from zolightning.export_cli import main as export_main
+from zolightning.models.lora import LoraConfigError
+from zolightning.modules import ZOFineTuneModule
+
+
+def _fit(tmp_path, tiny_data, steps=3, **kwargs):
+    module = ZOFineTuneModule(model="tiny-llama", peft="lora", lr=1e-2, **kwargs)
+    base = {n: p.detach().clone() for n, p in module.model.named_parameters() if not p.requires_grad}
+    trainer = L.Trainer(
+        max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, datamodule=tiny_data())
+    return module, trainer, base
+
+
+def test_zo_moves_only_the_adapters(tmp_path, tiny_data):
+    module, trainer, base = _fit(tmp_path, tiny_data)
+    trained = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_A." in n or ".lora_B." in n for n in trained)
+    assert {"q_proj", "v_proj"} == {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trained}
+    walked = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
+    assert len(walked) == len(trained)
+    now = dict(module.model.named_parameters())
+    assert all(torch.equal(now[n], before) for n, before in base.items())  # frozen weights untouched
+    lora_b = [p for n, p in now.items() if ".lora_B." in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: the ZO steps moved it
+
+
+def test_the_export_merges_lora_and_reloads_with_transformers(tmp_path, tiny_data):
+    module, trainer, _ = _fit(tmp_path, tiny_data, lora_r=4, lora_target_modules=["q_proj", "o_proj"])
+    checkpoint = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    tokens = torch.randint(0, 200, (2, 12))
+    with torch.no_grad():
+        expected = module.model(input_ids=tokens).logits
+    out = tmp_path / "exported"
+    assert export_main([str(checkpoint), str(out)]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    assert not any("lora" in n for n, _ in exported.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids=tokens).logits, expected, rtol=1e-4, atol=1e-5)
+    assert export_main([str(checkpoint), str(out)]) == 2  # never over an existing export
+
+
+def test_a_target_the_model_lacks_is_named_with_the_layers_it_has():
+    with pytest.raises(LoraConfigError, match=r"lora_target_modules \['query'\].*q_proj"):
+        ZOFineTuneModule(model="tiny-llama", peft="lora", lora_target_modules=["query"])
