@@ -120,3 +120,21 @@ def test_sigterm_during_training_saves_the_step_and_the_run_resumes(tmp_path, da
     main([*command, "--trainer.max_steps", str(step + 2), "--ckpt_path", str(last)])
     resumed = tmp_path / "tiny-sst2-mezo" / "version_1" / "checkpoints" / "last.ckpt"  # saved at the end
     assert torch.load(resumed, weights_only=False)["global_step"] == step + 2
+
+
+class _SignalAfterTheCallbacks(ZOFineTuneModule):
+    """SIGTERM between GracefulStop's end-of-batch hook and Lightning's own check of its SIGTERM flag."""
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:  # module hooks run after callbacks'
+        if self.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_after_the_step_hooks_still_saves_and_exits_as_a_stop(tmp_path, tiny_data):
+    trainer = L.Trainer(
+        max_steps=50, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(SystemExit) as stopped:
+        trainer.fit(_SignalAfterTheCallbacks(model="tiny-llama"), datamodule=tiny_data())
+    assert stopped.value.code == 128 + signal.SIGTERM  # Lightning's own stop would exit 0 without a checkpoint
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3

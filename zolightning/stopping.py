@@ -24,6 +24,7 @@ import signal
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class GracefulStop(Callback):
         self._deferring = False  # True inside the training loop: stop at the next step boundary
         self._previous: dict[int, object] = {}
         self._active = False
+        self._trainer: L.Trainer | None = None
 
     def _handle(self, signum, frame) -> None:
         if not self._active:  # Lightning may put this handler back after an exception: behave as before it
@@ -62,10 +64,16 @@ class GracefulStop(Callback):
         name = signal.Signals(signum).name
         if first and self._deferring:
             log.warning("%s received: stopping after the current step (again to stop at once)", name)
+            # Lightning's own SIGTERM handler ran just before this one and set a flag that ends the fit after
+            # the batch without a checkpoint, exiting 0; the stop is ours to make (save, exit 128 + signal).
+            connector = getattr(self._trainer, "_signal_connector", None)
+            if connector is not None:
+                connector.received_sigterm = False
             return
         raise StopRequested(signum)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
         if self._active:
             return
         self._active, self._previous = True, {}
@@ -81,6 +89,8 @@ class GracefulStop(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()  # Lightning skips `teardown` after an exception
+        if isinstance(exception, SIGTERMException) and exception.code in (None, 0):
+            exception.code = 128 + signal.SIGTERM  # a stopped run must not look finished to whoever launched it
 
     def _restore_handlers(self) -> None:
         self._active = False
