@@ -1,7 +1,8 @@
 """Task definitions: the fields a row must have, its prompt, its candidate answers, how it trains.
 
 Prompts follow the MeZO protocol (docs/tasks.md). Each task is a small class registered by name; the
-DataModule looks it up, so adding a task is adding a class here.
+DataModule looks it up. A task can also be defined in a YAML file without touching the package
+(`task_config.py`).
 """
 
 from __future__ import annotations
@@ -58,10 +59,16 @@ def register(cls: type[Task]) -> type[Task]:
 
 
 def get_task(name: str) -> Task:
+    """A built-in task by name, or a task defined in a YAML file (`task_config.py`) by its path."""
+    if name.endswith((".yaml", ".yml")):
+        from zolightning.data.task_config import ConfigTask
+
+        return ConfigTask.load(name)
     try:
         return TASKS[name.lower()]()
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+        known = ", ".join(sorted(TASKS))
+        raise ValueError(f"unknown task {name!r}; known tasks: {known}, or a task file (.yaml)") from None
 
 
 @register

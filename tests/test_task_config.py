@@ -1,0 +1,114 @@
+"""Tasks defined in YAML: the same examples as the built-in tasks, new tasks from files, clear errors."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from zolightning.data import DataError, TaskDataModule, get_task
+from zolightning.data.sources import load_split
+from zolightning.data.task_config import ConfigTask, TaskConfigError
+from zolightning.modules import ZOFineTuneModule
+
+REPO = Path(__file__).resolve().parents[1]
+SST2_FILE = REPO / "configs" / "tasks" / "sst2.yaml"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "tasks").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_task_file_loads(path):
+    assert isinstance(get_task(str(path)), ConfigTask)
+
+
+def _module(task, data_dir, **kwargs):
+    options = dict(tokenizer="tiny-llama", data_dir=str(data_dir), num_train=32, num_dev=16, num_eval=24)
+    data = TaskDataModule(task=task, **{**options, **kwargs})
+    data.setup()
+    return data
+
+
+def test_the_yaml_sst2_gives_the_built_in_examples_and_accuracy(data_dir):
+    builtin, config = get_task("sst2"), get_task(str(SST2_FILE))
+    rows = load_split(builtin, "validation", str(data_dir))
+    assert rows == load_split(config, "validation", str(data_dir))  # read through datasets: same rows, same order
+    assert [builtin.render(r) for r in rows] == [config.render(r) for r in rows]
+    a, b = _module("sst2", data_dir), _module(str(SST2_FILE), data_dir)
+    assert a.splits == b.splits  # the same sampling and encoding: identical examples in every split
+    scores = []
+    for data in (a, b):
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+        scores.append(trainer.validate(ZOFineTuneModule(model="tiny-llama"), datamodule=data, verbose=False))
+    without_timing = [{k: v for k, v in score[0].items() if not k.startswith("perf/")} for score in scores]
+    assert without_timing[0] == without_timing[1]
+
+
+def test_a_squad_like_generation_task_matches_the_built_in_prompts(tmp_path, data_dir):
+    path = tmp_path / "squad.yaml"
+    path.write_text(
+        "name: squad\nmetric: f1\nstrip: false\nanswers_field: answers.text\n"
+        'template: "Title: {title}\\nContext: {context}\\nQuestion: {question}\\nAnswer:"\n'
+    )
+    builtin, config = get_task("squad"), get_task(str(path))
+    rows = load_split(builtin, "validation", str(data_dir))[:50]
+    assert [builtin.render(r) for r in rows] == [config.render(r) for r in rows]
+    assert config.generation and config.train_mode == "lm"
+
+
+def _topic_task(tmp_path, labels=(0, 1, 2, 1, 0, 2, 1, 0), extra: str = "") -> Path:
+    texts = ["stocks fell", "the match ended", "a new chip", "goal scored", "bank rates", "quantum bit", "won", "ipo"]
+    rows = "".join(f'"{t} today",{label}\n' for t, label in zip(texts, labels))
+    (tmp_path / "topic").mkdir(exist_ok=True)
+    for split in ("train", "test"):
+        (tmp_path / "topic" / f"{split}.csv").write_text("text,label\n" + rows)
+    path = tmp_path / "topic.yaml"
+    path.write_text(
+        "name: topic\n"
+        'template: "Article: {text}\\nTopic:"\n'
+        'candidates: [" business", " sports", " science"]\n'
+        "num_dev: 4\n"
+        "data: {format: csv, train: topic/train.csv, validation: topic/test.csv}\n" + extra
+    )
+    return path
+
+
+def test_a_new_csv_task_trains_from_its_file_alone(tmp_path):
+    from zolightning.cli import main
+
+    path = _topic_task(tmp_path)
+    args = ["fit", "--config", str(REPO / "configs/tiny/sst2_mezo.yaml"), "--data.task", str(path)]
+    args += ["--data.num_train", "4", "--data.num_dev", "4", "--data.batch_size", "2", "--trainer.max_steps", "2"]
+    args += ["--trainer.val_check_interval", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
+    main(args + ["--trainer.enable_progress_bar", "false"])
+    assert (tmp_path / "logs" / "tiny-sst2-mezo" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("name: t\ncandidates: [a, b]\n", "template"),
+        ('name: t\ntemplate: "{x}"\ncandidates: [a, b]\nmetric: bleu\n', "metric"),
+        ('name: t\ntemplate: "no fields"\ncandidates: [a, b]\n', "template"),
+        ('name: t\ntemplate: "{x}"\n', "candidates"),
+        ('name: t\ntemplate: "{x}"\ncandidates: [a, b]\nprompt: 1\n', "prompt"),
+        ('name: t\ntemplate: "{x}"\nmetric: f1\n', "answers_field"),
+        ('name: t\ntemplate: "{x}"\ncandidates: [a, b]\ndata: {format: xml, train: a, validation: b}\n', "data.format"),
+        ('name: t\ntemplate: "{x}"\ncandidates: [a, b]\ndata: {train: a}\n', "data.validation"),
+    ],
+)
+def test_a_bad_task_file_names_the_file_and_the_key(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(TaskConfigError, match=rf"bad\.yaml: key '{key}'"):
+        get_task(str(path))
+
+
+def test_a_label_outside_the_candidates_names_the_file_and_row(tmp_path):
+    path = _topic_task(tmp_path, labels=(0, 1, 2, 1, 0, 5, 1, 0))
+    with pytest.raises(DataError, match=r"topic/train\.csv row 6: label 5 is not one of \[0, 1, 2\]"):
+        load_split(get_task(str(path)), "train", None)
+
+
+def test_a_row_without_a_template_field_names_it(tmp_path):
+    path = _topic_task(tmp_path)
+    path.write_text(path.read_text().replace("{text}", "{headline}"))
+    with pytest.raises(DataError, match=r"row 1: missing field\(s\) headline"):
+        load_split(get_task(str(path)), "train", None)
