@@ -11,7 +11,9 @@ from zolightning.modules import ZOFineTuneModule
 from zolightning.strategies import ZODDPStrategy
 
 CONFIGS = sorted(
-    p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if p.parent.name != "compare"
+    p
+    for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")
+    if p.parent.name not in ("compare", "tasks")
 )
 
 
