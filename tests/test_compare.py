@@ -216,3 +216,21 @@ def test_sigterm_stops_the_grid_and_the_next_call_resumes_it(tmp_path, data_dir)
     }
     assert torch.load(run.log_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step + 2
     assert not math.isnan(summarize(run).figures["final_loss"])
+
+
+def test_methods_with_their_own_lrs_are_compared_at_their_best_dev_lr(tmp_path):
+    methods = {"const": {"config": TINY, "lrs": [1e-3]}, "linear": {"config": TINY, "lrs": [1e-3, 1e-2]}}
+    grid = _grid(tmp_path, methods=methods, lrs=None, seeds=[0, 1])
+    assert [r.run_id for r in grid.runs()][2:] == [
+        "sst2/linear/lr0.001/seed0",
+        "sst2/linear/lr0.001/seed1",
+        "sst2/linear/lr0.01/seed0",
+        "sst2/linear/lr0.01/seed1",
+    ]
+    for run in grid.runs():
+        dev = 0.8 if run.lr == 1e-2 else 0.7  # lr 1e-2 wins on dev
+        _write_curves(run, {s: 0.5 for s in range(0, 100, 10)}, {99: dev + run.seed / 100}, {99: dev})
+    text = table(grid, [summarize(r) for r in grid.runs()])
+    assert "| sst2 | best by dev: 0.01 vs 0.001 | linear | 2 | +0.0000 | – | +10.0 | – |" in text
+    with pytest.raises(GridError, match="key 'lrs'"):
+        _grid(tmp_path, methods={"m": {"config": TINY}}, lrs=None)

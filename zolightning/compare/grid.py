@@ -6,6 +6,7 @@
     methods:
       mezo:
         config: configs/{task}/mezo.yaml
+        lrs: [3.0e-6, 1.0e-5]              # optional: this method's own lrs (each tuned on its own range)
       learned:
         config: configs/{task}/zo_finetuner.yaml
         args: {model.variance_file: optimizers/x.safetensors}
@@ -41,6 +42,7 @@ class Method:
     name: str
     config: str  # a path pattern with {task}
     args: dict[str, Any] = field(default_factory=dict)
+    lrs: tuple[float, ...] = ()  # this method's own learning rates (else the grid's)
 
 
 @dataclass(frozen=True)
@@ -99,16 +101,18 @@ class Grid:
         unknown = sorted(set(raw) - KNOWN_KEYS)
         if unknown:
             raise fail(unknown[0], f"unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
-        for key in ("name", "tasks", "methods", "lrs", "seeds"):
+        for key in ("name", "tasks", "methods", "seeds"):
             if not raw.get(key):
                 raise fail(key, "missing or empty")
         methods = _methods(raw["methods"], fail)
+        if not raw.get("lrs") and not all(m.lrs for m in methods):
+            raise fail("lrs", "missing: give the grid's lrs, or lrs for every method")
         names = [m.name for m in methods]
         baseline = raw.get("baseline", names[0])
         if baseline not in names:
             raise fail("baseline", f"{baseline!r} is not one of the methods {names}")
-        lrs = _numbers(raw["lrs"], float, "lrs", fail)
-        if any(lr <= 0 for lr in lrs):
+        lrs = _numbers(raw.get("lrs") or [], float, "lrs", fail)
+        if any(lr <= 0 for lr in lrs + tuple(lr for m in methods for lr in m.lrs)):
             raise fail("lrs", "learning rates must be positive")
         parallel = raw.get("parallel", 1)
         if not isinstance(parallel, int) or parallel < 1:
@@ -136,13 +140,16 @@ class Grid:
         for task in self.tasks:
             for method in self.methods:
                 config = Path(method.config.format(task=task))
-                for lr in self.lrs:
+                for lr in method.lrs or self.lrs:
                     for seed in self.seeds:
                         run_dir = self.out_dir / task / method.name / f"lr{lr:g}" / f"seed{seed}"
                         options = {**self.args, **method.args, "model.lr": lr}
                         options.update({"seed_everything": seed, "model.zo_seed": seed, "data.seed": seed})
                         runs.append(RunSpec(task, method.name, lr, seed, config, run_dir, _flags(options)))
         return runs
+
+    def all_lrs(self) -> list[float]:
+        return sorted({lr for m in self.methods for lr in (m.lrs or self.lrs)})
 
     def check_configs(self) -> None:
         for run in self.runs():
@@ -170,12 +177,13 @@ def _methods(value: Any, fail) -> tuple[Method, ...]:
     for name, spec in value.items():
         if not isinstance(spec, dict) or "config" not in spec:
             raise fail(f"methods.{name}", "needs 'config' (a path; {task} is replaced by the task)")
-        unknown = sorted(set(spec) - {"config", "args"})
+        unknown = sorted(set(spec) - {"config", "args", "lrs"})
         if unknown:
-            raise fail(f"methods.{name}.{unknown[0]}", "unknown key (known: config, args)")
+            raise fail(f"methods.{name}.{unknown[0]}", "unknown key (known: config, args, lrs)")
         if "/" in str(name) or not str(name):
             raise fail(f"methods.{name}", "a method name is a folder name: no '/'")
-        methods.append(Method(str(name), str(spec["config"]), dict(spec.get("args") or {})))
+        lrs = _numbers(spec.get("lrs") or [], float, f"methods.{name}.lrs", fail)
+        methods.append(Method(str(name), str(spec["config"]), dict(spec.get("args") or {}), lrs))
     return tuple(methods)
 
 

@@ -114,34 +114,56 @@ def table(grid: Grid, results: list[RunResult]) -> str:
 
 
 def _paired_lines(grid: Grid, groups: dict[tuple[str, str, float], list[RunResult]]) -> list[str]:
+    """Each method against the baseline at every lr both ran, and at each one's best lr when there are several."""
     lines = [
         f"### Paired by seed: each method − {grid.baseline} (t-test, two-sided p)",
         "",
         "| task | lr | method | pairs | Δ final train loss | p | Δ last eval (points) | p |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    # (task, method, lr) → seed → figures; a pair counts only where both runs reached the same step
-    by_seed = {key: {r.run.seed: (r.steps, r.figures) for r in group} for key, group in groups.items()}
     names = [m.name for m in grid.methods]
-    uneven = 0
     pairs = [(m, grid.baseline) for m in names if m != grid.baseline] or list(combinations(names, 2))
+    uneven = 0
     for task in grid.tasks:
-        for lr in grid.lrs:
-            for method, baseline in pairs:
-                a, b = by_seed.get((task, method, lr), {}), by_seed.get((task, baseline, lr), {})
-                equal = {s for s in set(a) & set(b) if a[s][0] == b[s][0]}
-                uneven += len(set(a) & set(b)) - len(equal)
-                a, b = ({s: x[s][1] for s in equal} for x in (a, b))
-                loss = paired_test(*({s: f["final_loss"] for s, f in x.items()} for x in (a, b)))
-                acc = paired_test(*({s: f["last_eval"] * 100 for s, f in x.items()} for x in (a, b)))
-                if loss[2] or acc[2]:
-                    lines.append(
-                        f"| {task} | {lr:g} | {method} | {max(loss[2], acc[2])} | {loss[0]:+.4f} | {_p(loss[1])} "
-                        f"| {acc[0]:+.1f} | {_p(acc[1])} |"
-                    )
+        settings = [(lr, lr, f"{lr:g}") for lr in grid.all_lrs()]
+        for method, baseline in pairs:
+            if len(grid.all_lrs()) > 1:
+                la, lb = _best_lr(groups, task, method), _best_lr(groups, task, baseline)
+                settings_here = [*settings, (la, lb, f"best by dev: {la:g} vs {lb:g}")] if la and lb else settings
+            else:
+                settings_here = settings
+            for la, lb, label in settings_here:
+                row, left_out = _pair_row(groups.get((task, method, la), []), groups.get((task, baseline, lb), []))
+                uneven += left_out
+                if row:
+                    lines.append(f"| {task} | {label} | {method} | {row}")
     if uneven:
         lines += ["", f"{uneven} pair(s) left out: the two runs stopped at different steps (unfinished runs)."]
     return lines
+
+
+def _pair_row(runs_a: list[RunResult], runs_b: list[RunResult]) -> tuple[str | None, int]:
+    """The table cells of a paired comparison (None without pairs), and how many pairs had unequal steps."""
+    a, b = ({r.run.seed: r for r in runs} for runs in (runs_a, runs_b))
+    common = set(a) & set(b)
+    equal = sorted(s for s in common if a[s].steps == b[s].steps)
+    loss = paired_test(*({s: x[s].figures["final_loss"] for s in equal} for x in (a, b)))
+    acc = paired_test(*({s: x[s].figures["last_eval"] * 100 for s in equal} for x in (a, b)))
+    if not (loss[2] or acc[2]):
+        return None, len(common) - len(equal)
+    cells = f"{max(loss[2], acc[2])} | {loss[0]:+.4f} | {_p(loss[1])} | {acc[0]:+.1f} | {_p(acc[1])} |"
+    return cells, len(common) - len(equal)
+
+
+def _best_lr(groups: dict, task: str, method: str) -> float | None:
+    """The method's lr with the highest mean best-dev value over seeds (chosen on dev, never on eval)."""
+    scored = [
+        (mean_std(r.figures["best_val"] for r in group)[0], lr)
+        for (t, m, lr), group in groups.items()
+        if t == task and m == method
+    ]
+    scored = [(value, lr) for value, lr in scored if not math.isnan(value)]
+    return max(scored)[1] if scored else None
 
 
 def _p(value: float) -> str:
