@@ -1,0 +1,66 @@
+"""Step time and peak memory of every ZO update rule (and LoRA) beside MeZO's ZOSGD, in one run (GPU).
+
+    python -m benchmarks.optimizer_family --model $GGUF --noise philox          # SmolLM2, fp32, batch 16 x 64
+    python -m benchmarks.optimizer_family --model smollm2 --dtype bfloat16      # its shape, random weights
+
+Each rule steps the same model on the same random batch (eager forward: the comparison is of the update
+rules, not of the forward); medians after warm-up, and the peak allocated memory of one step with the rule's
+state in place. `ratio` is the step time over `zo_sgd`'s (issue #14: ≤ 1.15 on the fast path, ZO-Adam
+excepted).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks.step_time import build_model, random_batch
+from benchmarks.timing import peak_mib, timed
+from zolightning.models.lora import add_lora
+from zolightning.optim import OPTIMIZER_NAMES, build_zo_optimizer
+from zolightning.scoring import batch_loss
+
+
+def measure(model, batch, name: str, noise: str, repeats: int, queries: int = 1) -> tuple[float, float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    sync = not (name == "zo_sgd" and queries == 1 and noise == "philox")
+    optimizer = build_zo_optimizer(name, params, lr=1e-7, eps=1e-3, noise=noise, queries=queries, sync=sync)
+
+    def step():
+        optimizer.step(lambda: batch_loss(model, batch)[0])
+
+    seconds = timed(step, repeats)
+    return seconds, peak_mib(step)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--noise", default="philox", choices=["philox", "generator"])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    model = build_model(args.model, getattr(torch, args.dtype))
+    model.requires_grad_(True)
+    batch = random_batch(model.config.vocab_size, args.batch, args.length)
+    with torch.no_grad():
+        inference = peak_mib(lambda: batch_loss(model, batch))
+    print(f"{args.model} {args.dtype} noise={args.noise} batch {args.batch}x{args.length}: "
+          f"inference peak {inference:.0f} MiB")  # fmt: skip
+    print("| rule | step (ms) | ratio to zo_sgd | peak (MiB) |\n|---|---|---|---|")
+    base = None
+    for name, queries in [*((n, 1) for n in OPTIMIZER_NAMES), ("zo_sgd", 4)]:
+        seconds, peak = measure(model, batch, name, args.noise, args.repeats, queries)
+        base = base or seconds
+        label = name if queries == 1 else f"{name}, q={queries}"
+        print(f"| {label} | {1000 * seconds:.1f} | {seconds / base:.2f} | {peak:.0f} |", flush=True)
+    lora_model, _ = add_lora(model)
+    seconds, peak = measure(lora_model, batch, "zo_sgd", args.noise, args.repeats)
+    print(f"| zo_sgd, LoRA r 8 (q,v) | {1000 * seconds:.1f} | {seconds / base:.2f} | {peak:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
