@@ -1,5 +1,7 @@
 """Meta-training the variance networks on the tiny model (method.md §2.4)."""
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -147,3 +149,21 @@ def test_meta_training_logs_the_gap_between_zo_and_lookahead_losses(tmp_path, ti
     logged = module.trainer.callback_metrics
     assert {"meta/gap", "meta/lr_update"} <= set(logged)
     assert 1e-4 <= float(logged["meta/lr_update"]) <= 1e-2
+
+
+def test_meta_validation_keeps_the_best_file_and_records_no_history(tmp_path, tiny_data):
+    module = MetaVarianceModule(model="tiny-llama", output=str(tmp_path / "meta.safetensors"), save_every_n_steps=0)
+    trainer = L.Trainer(
+        max_steps=8,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        val_check_interval=2,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=tiny_data(task="copa", num_train=8, num_dev=8, max_length=256))
+    assert "meta_val/gap" in trainer.callback_metrics and math.isfinite(module.best_val_gap)
+    assert (tmp_path / "meta.best.safetensors").is_file() and (tmp_path / "meta.safetensors").is_file()
+    assert set(module.history) == {"default"}  # validation batches did not add a task's history

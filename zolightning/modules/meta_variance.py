@@ -11,6 +11,7 @@ number of meta steps.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from pathlib import Path
@@ -27,6 +28,8 @@ from zolightning.variance.file_format import LearnedOptimizerFile
 from zolightning.variance.learned import block_statistics, sigma_by_kind
 from zolightning.variance.meta import meta_step
 from zolightning.variance.networks import BlockVarianceNets
+
+log = logging.getLogger(__name__)
 
 
 def _model_label(model: str) -> str:
@@ -90,6 +93,7 @@ class MetaVarianceModule(L.LightningModule):
         self.pretrained = {n: p.detach().cpu().clone() for n, p in named}
         self.history: dict[str, dict[str, Tensor]] = {}  # per task: sigma_prev, losses_prev
         self.meta_steps = 0
+        self.best_val_gap = -math.inf
         self._noise = NoiseSource()
 
     @property
@@ -120,12 +124,15 @@ class MetaVarianceModule(L.LightningModule):
         draw = random.Random(step_seed(self.hparams.zo_seed + 1, self.meta_steps)).random()
         return math.exp(low + draw * (high - low))
 
+    def _fresh_history(self) -> dict[str, Tensor]:
+        return {
+            "sigma_prev": torch.ones(len(self.names), device=self.device),
+            "losses_prev": torch.zeros(2, device=self.device),
+        }
+
     def _history(self, task: str) -> dict[str, Tensor]:
         if task not in self.history:
-            self.history[task] = {
-                "sigma_prev": torch.ones(len(self.names), device=self.device),
-                "losses_prev": torch.zeros(2, device=self.device),
-            }
+            self.history[task] = self._fresh_history()
         return self.history[task]
 
     def restart_if_due(self) -> bool:
@@ -138,14 +145,11 @@ class MetaVarianceModule(L.LightningModule):
         self.optimizers()[1].optimizer.state.clear()
         return True
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_nets, opt_lm = self.optimizers()
-        restarted = self.restart_if_due()
-        history = self._history(batch.get("task", "default"))
+    def _meta_result(self, batch: dict, history: dict[str, Tensor], seed: int, lookahead_lr: float):
         mean, variance = block_statistics(self.params)
         losses = history["losses_prev"].expand(len(self.names), 2)
         features = torch.cat([mean[:, None], variance[:, None], losses, history["sigma_prev"][:, None]], dim=1)
-        result = meta_step(
+        return meta_step(
             self.model,
             self.names,
             self.params,
@@ -155,11 +159,18 @@ class MetaVarianceModule(L.LightningModule):
             _loss,
             batch,
             self.hparams.eps,
-            lookahead_lr := self.lookahead_lr(),
-            step_seed(self.hparams.zo_seed, self.meta_steps),
+            lookahead_lr,
+            seed,
             self._noise,
             self.hparams.normalize,
         )
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt_nets, opt_lm = self.optimizers()
+        restarted = self.restart_if_due()
+        history = self._history(batch.get("task", "default"))
+        lookahead_lr = self.lookahead_lr()
+        result = self._meta_result(batch, history, step_seed(self.hparams.zo_seed, self.meta_steps), lookahead_lr)
         opt_nets.zero_grad()
         self.manual_backward(result.meta_loss)
         opt_nets.step()
@@ -199,6 +210,38 @@ class MetaVarianceModule(L.LightningModule):
         every = self.hparams.save_every_n_steps
         if every and self.meta_steps % every == 0:
             self.save_optimizer()
+
+    # ---- meta-validation: the look-ahead gain on held-out examples picks the file -----------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_gaps: dict[str, list[float]] = {}
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """ZO loss − look-ahead loss on a dev batch with the current networks (no update; fixed directions per
+        batch so that validations compare like with like). Generation batches carry no answer to score."""
+        if batch.get("kind") == "generate":
+            return
+        members = list(getattr(self.trainer.datamodule, "members", {"default": None}))
+        task = members[dataloader_idx] if dataloader_idx < len(members) else "default"
+        seed = step_seed(self.hparams.zo_seed + 2, batch_idx)
+        history = self.history.get(task) or self._fresh_history()  # read only: validation records nothing
+        result = self._meta_result(batch, history, seed, self.lookahead_lr())
+        gap = (result.loss_plus + result.loss_minus) / 2 - float(result.meta_loss)
+        self._val_gaps.setdefault(task, []).append(gap)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_gaps or self.trainer.sanity_checking:
+            return
+        by_task = {task: sum(gaps) / len(gaps) for task, gaps in self._val_gaps.items()}
+        gap = sum(by_task.values()) / len(by_task)  # tasks weigh the same, whatever their batch counts
+        self.log_dict({"meta_val/gap": gap, **{f"meta_val/{t}/gap": v for t, v in by_task.items()}})
+        if gap > self.best_val_gap:
+            self.best_val_gap = gap
+            path = self.save_optimizer(self.best_output())
+            log.info("meta_val/gap %.3g is the best so far (meta step %d): %s", gap, self.meta_steps, path)
+
+    def best_output(self) -> str:
+        output = Path(self.hparams.output)
+        return str(output.with_name(output.stem + ".best" + output.suffix))
 
     def on_train_end(self) -> None:
         self.save_optimizer()
