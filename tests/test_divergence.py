@@ -77,3 +77,22 @@ def test_the_defaults_stay_quiet_on_six_real_sst2_curves():
     for losses in curves:
         guard = DivergenceGuard()
         assert not any(guard.observe(v) for v in losses)
+
+
+def test_the_defaults_stay_quiet_on_six_full_budget_sst2_curves(tmp_path):
+    """20,000 steps each, lr 1e-5 linear and constant (docs/results.md): neither diverges, and no alarm."""
+    import tarfile
+    from pathlib import Path
+
+    from zolightning.compare.results import read_scalars
+
+    archive = Path(__file__).resolve().parents[1] / "docs/runs/sst2_schedule_h100_runs.tgz"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    runs = sorted((tmp_path / "runs").glob("sst2-schedule/sst2/*/*/*/tb"))
+    assert len(runs) == 6
+    for run in runs:
+        losses = read_scalars(run)["train/loss"]
+        assert len(losses) >= 1990
+        guard = DivergenceGuard()
+        assert not any(guard.observe(losses[step]) for step in sorted(losses))
