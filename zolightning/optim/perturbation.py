@@ -63,20 +63,25 @@ def shift(
     mult: Tensor,
     stochastic_rounding: bool = False,
     statistics: Tensor | None = None,
+    offsets: Sequence[int] | None = None,
 ) -> None:
     """One pass over `params`: tensor i <- mult_i * base_i + alpha_i * z_i (per-tensor vectors, float32).
+
+    `offsets[i]`: the flat index in its full tensor of tensor i's first element, for shards (`shards.py`);
+    the fused kernel has no offsets yet, so shards take the reference path.
 
     With `statistics` (float64 [n, 2] on the parameters' device), row i receives the sum and the sum of
     squares of tensor i as written: the next step's block features, without another pass over the weights.
     """
     from zolightning.optim import fused
 
-    if fused.usable(params):
+    offsets = offsets or [0] * len(params)
+    if fused.usable(params) and not any(offsets):
         fused.shift(params, keys, seed, pre, alpha, mult, stochastic_rounding, statistics)
         return
     pre_l, alpha_l, mult_l = pre.tolist(), alpha.tolist(), mult.tolist()
     for i, (p, key) in enumerate(zip(params, keys)):
-        z = philox_normal(seed, key, p.numel(), device=p.device).view(p.shape)
+        z = philox_normal(seed, key, p.numel(), start=offsets[i], device=p.device).view(p.shape)
         bits = None
         if stochastic_rounding and p.dtype in STOCHASTIC_ROUNDING_DTYPES:
             bits = rounding_bits(seed, key, p.numel(), p.device).view(p.shape)

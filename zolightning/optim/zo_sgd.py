@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 
 from zolightning.optim import perturbation
 from zolightning.optim.noise import NoiseSource, step_seed
+from zolightning.optim.shards import is_sharded, local_shard
 
 NOISE_KINDS = ("generator", "philox")
 
@@ -131,6 +132,13 @@ class ZOSGD(Optimizer):
         if not sync and (noise != "philox" or block_scales is not None):
             raise ValueError("sync=False needs noise='philox' and no block_scales (their history reads the losses)")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+        if any(is_sharded(p) for _, p in self._tensors()) and (
+            noise != "philox" or block_scales or stochastic_rounding
+        ):
+            raise ValueError(
+                "sharded parameters (FSDP2) need noise='philox' (z indexed by element: each rank draws its own "
+                "rows), and do not support block_scales or stochastic_rounding yet"
+            )
         self.eps, self.seed, self.block_scales = eps, seed, block_scales
         self.noise, self.stochastic_rounding, self.sync = noise, stochastic_rounding, sync
         self._offset = 0.0  # philox: the weights currently sit at theta + offset * eps * s * z
@@ -176,7 +184,7 @@ class ZOSGD(Optimizer):
     ) -> None:
         """Weights at theta + self._offset eps s z -> theta + offset eps s z, or with update = (mult, step)
         -> mult theta + step s z (the restore-and-update pass, rounded stochastically if asked)."""
-        tensors = [p for _, p in self._tensors()]
+        tensors, starts = zip(*(local_shard(p) for _, p in self._tensors()))
         s = self._vector(scales)
         pre = s * (self._offset * self.eps)
         if update is None:
@@ -187,7 +195,7 @@ class ZOSGD(Optimizer):
         # The update pass can report each block's sums as it writes it (learned variance's next features).
         wants = update is not None and hasattr(self.block_scales, "observe_statistics")
         sums = torch.empty(len(tensors), 2, dtype=torch.float64, device=s.device) if wants else None
-        perturbation.shift(tensors, list(range(len(tensors))), seed, pre, alpha, mult, stochastic, sums)
+        perturbation.shift(tensors, list(range(len(tensors))), seed, pre, alpha, mult, stochastic, sums, starts)
         if wants:
             self.block_scales.observe_statistics(sums, tensors)
         self._offset = offset

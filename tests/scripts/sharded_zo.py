@@ -1,0 +1,64 @@
+"""Run by tests/test_sharded.py under torchrun: ZO steps on a tiny Llama sharded with FSDP2 (gloo, CPU).
+
+python -m torch.distributed.run --nproc_per_node 2 tests/scripts/sharded_zo.py OUT.pt --steps 3 [--weight-decay W]
+Each rank scores the same fixed batch (the losses then agree across ranks); rank 0 saves the full weights.
+"""
+
+import argparse
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+from zolightning.models import load_causal_lm
+from zolightning.optim import ZOSGD
+
+
+def fixed_batch() -> dict:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 250, (4, 12), generator=generator)
+    return {"input_ids": ids}
+
+
+def loss_of(model, batch) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"]).logits.double()
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["input_ids"][:, 1:].flatten())
+
+
+def train(model, steps: int, weight_decay: float, all_reduce: bool) -> None:
+    optimizer = ZOSGD(model.parameters(), lr=1e-2, eps=1e-3, seed=5, noise="philox", weight_decay=weight_decay)
+    batch = fixed_batch()
+
+    def closure():
+        loss = loss_of(model, batch)
+        if all_reduce:  # losses averaged across ranks, as data parallel does
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        return loss
+
+    with torch.no_grad():
+        for _ in range(steps):
+            optimizer.step(closure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    args = parser.parse_args()
+    dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    model = load_causal_lm("tiny-llama", dtype="float64")
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)  # the root too: every forward all-gathers anew
+    train(model, args.steps, args.weight_decay, all_reduce=True)
+    full = {name: p.full_tensor() for name, p in model.named_parameters()}
+    if dist.get_rank() == 0:
+        torch.save(full, args.out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
