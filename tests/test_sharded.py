@@ -49,3 +49,39 @@ def test_sharded_parameters_need_counter_based_noise():
     finally:
         dist.destroy_process_group()
         (Path(__file__).parent / ".gloo_init").unlink(missing_ok=True)
+
+
+def _fit(tmp_path: Path, strategy: str, data_dir: Path) -> Path:
+    args = ["--config", "configs/tiny/sst2_mezo.yaml", "--data.data_dir", str(data_dir), "--trainer.devices", "2"]
+    args += ["--trainer.strategy", strategy, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4"]
+    args += ["--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--model.noise", "philox"]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / strategy)]
+    result = subprocess.run(
+        [sys.executable, "-m", "zolightning", "fit", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / strategy / "tiny-sst2-mezo" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def test_a_sharded_fit_through_lightning_follows_the_data_parallel_fit_bitwise(tmp_path, data_dir):
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    sharded_dir, replicated = _fit(tmp_path, "fsdp", data_dir), _fit(tmp_path, "ddp", data_dir)
+    assert sharded_dir.is_dir()  # a distributed checkpoint: one shard per rank
+    dcp_to_torch_save(sharded_dir, tmp_path / "sharded.pt")
+    sharded = torch.load(tmp_path / "sharded.pt", weights_only=False)["state_dict"]
+    expected = torch.load(replicated, weights_only=False)["state_dict"]
+    weights = [k for k in expected if k.startswith("model.")]
+    assert weights and all(torch.equal(sharded[k], expected[k]) for k in weights)
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed_stage_3", "fsdp_cpu_offload"])
+def test_strategies_built_on_gradients_are_refused_with_the_supported_ones_named(strategy):
+    from zolightning.cli import main
+
+    with pytest.raises(ValueError, match="supported: auto.*zo_fsdp"):
+        main(["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--trainer.strategy", strategy])

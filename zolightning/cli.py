@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from zolightning.data import MultiTaskDataModule, TaskDataModule
 from zolightning.modules import ZOFineTuneModule
 from zolightning.modules.meta_variance import MetaVarianceModule
-from zolightning.strategies import ZO_STRATEGY_FOR
+from zolightning.strategies import ZO_STRATEGY_FOR, refuse_unsupported
 
 log = logging.getLogger("zolightning")
 
@@ -51,6 +51,8 @@ class ZOLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         strategy = config.trainer.strategy
+        if isinstance(strategy, str):
+            refuse_unsupported(strategy)
         if isinstance(strategy, str) and strategy in ZO_STRATEGY_FOR:
             # DDP's wrapper would allocate gradient buckets (a model-sized copy) that ZO never uses.
             config.trainer.strategy = ZO_STRATEGY_FOR[strategy]

@@ -40,6 +40,12 @@ def _on_cuda(model: nn.Module) -> bool:
     return next(model.parameters()).is_cuda
 
 
+def _sharded(model: nn.Module) -> bool:
+    from zolightning.optim.shards import is_sharded
+
+    return any(is_sharded(p) for p in model.parameters())
+
+
 def choose_path(model: nn.Module, noise: str, fast_forward: bool | str, recorded_noise: str | None = None) -> ZOPath:
     """Resolve `auto` settings for the device the model is on; `recorded_noise` is a resumed checkpoint's."""
     reasons = []
@@ -54,6 +60,15 @@ def choose_path(model: nn.Module, noise: str, fast_forward: bool | str, recorded
             reasons.append(f"noise={recorded_noise} from the checkpoint")
         noise = recorded_noise
     on_cuda = _on_cuda(model)
+    if _sharded(model):
+        if noise == "generator":
+            raise ValueError("sharded weights (FSDP2) need noise=philox: each rank draws z for its own elements")
+        if noise == "auto":
+            noise = "philox"
+            reasons.append("noise=philox: sharded weights, z indexed by element on every rank")
+        if fast_forward == "auto":
+            fast_forward = False
+            reasons.append("fast_forward=off: sharded weights (FSDP2 all-gathers layer by layer)")
     if noise == "auto":
         fused_ok = _fused_pass_usable(model)
         noise = "philox" if fused_ok else "generator"

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zolightning.optim.shards import is_sharded
+
 
 def _hidden_then_head(model: nn.Module):
     """(trunk, head) when logits are exactly head(trunk(x)); None for models that post-process logits."""
@@ -19,6 +21,8 @@ def _hidden_then_head(model: nn.Module):
     trunk = getattr(model, getattr(model, "base_model_prefix", ""), None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if trunk is None or trunk is model or head is None:
+        return None
+    if is_sharded(head.weight):  # FSDP2 gathers the root's weights (head, embeddings) in the root's forward only
         return None
     return trunk, head
 

@@ -9,7 +9,7 @@ wrapper (Lightning's documented extension point, `configure_ddp`).
 
 from __future__ import annotations
 
-from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, StrategyRegistry
 from lightning.pytorch.strategies.ddp import _sync_module_states
 
 
@@ -28,8 +28,41 @@ class ZODDPStrategy(DDPStrategy):
         strategy_registry.register("zo_ddp_spawn", cls, description="ZO DDP started by spawning", start_method="spawn")
 
 
-if ZODDPStrategy.strategy_name not in StrategyRegistry:
-    ZODDPStrategy.register_strategies(StrategyRegistry)
+class ZOFSDPStrategy(ModelParallelStrategy):
+    """Sharded ZO: Lightning's FSDP2 strategy (`ModelParallelStrategy`); the module shards itself over the mesh
+    in `configure_model` (`ZOFineTuneModule.shard`), every rank perturbs and updates only its shards."""
 
-# Names a user may pass for plain data parallelism, and what ZO training uses instead.
-ZO_STRATEGY_FOR = {"ddp": "zo_ddp", "ddp_spawn": "zo_ddp_spawn", "ddp_find_unused_parameters_true": "zo_ddp"}
+    strategy_name = "zo_fsdp"
+
+    def optimizer_state(self, optimizer) -> dict:
+        # torch's distributed optimizer-state helper initialises empty states with a gradient step (step(None));
+        # a ZO optimizer's state is its own state_dict (ZOSGD's: counters and seed, no per-weight tensors).
+        return optimizer.state_dict()
+
+    @classmethod
+    def register_strategies(cls, strategy_registry: StrategyRegistry) -> None:
+        strategy_registry.register(cls.strategy_name, cls, description="FSDP2-sharded forward-only ZO training")
+
+
+for _strategy in (ZODDPStrategy, ZOFSDPStrategy):
+    if _strategy.strategy_name not in StrategyRegistry:
+        _strategy.register_strategies(StrategyRegistry)
+
+# Names a user may pass for data parallelism or sharding, and what ZO training uses instead.
+ZO_STRATEGY_FOR = {
+    "ddp": "zo_ddp",
+    "ddp_spawn": "zo_ddp_spawn",
+    "ddp_find_unused_parameters_true": "zo_ddp",
+    "fsdp": "zo_fsdp",
+    "model_parallel": "zo_fsdp",
+}
+SUPPORTED_STRATEGIES = ("auto", "single_device", "ddp / zo_ddp (data parallel)", "fsdp / zo_fsdp (sharded, FSDP2)")
+
+
+def refuse_unsupported(strategy: str) -> None:
+    """Strategies built around gradients (DeepSpeed ZeRO, FSDP1's CPU offload) cannot run a ZO step."""
+    if strategy.startswith("deepspeed") or strategy == "fsdp_cpu_offload":
+        raise ValueError(
+            f"strategy {strategy!r} is built around gradients and optimizer states, which ZO training has none "
+            f"of; supported: {', '.join(SUPPORTED_STRATEGIES)}"
+        )

@@ -23,6 +23,7 @@ from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.models.lora import adapter_summary, add_lora
 from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import build_zo_optimizer
+from zolightning.optim.shards import is_sharded, shard_model
 from zolightning.scoring import batch_loss, negative_accuracy
 from zolightning.shape_plan import plan_shapes
 from zolightning.stopping import GracefulStop
@@ -153,6 +154,13 @@ class ZOFineTuneModule(L.LightningModule):
             self._path = choose_path(self.model, self.hparams.noise, self.hparams.fast_forward, self._recorded_noise)
             log.info(describe(self._path, self.device))
         return self._path
+
+    def configure_model(self) -> None:
+        """Under `zo_fsdp` (Lightning's ModelParallelStrategy), shard the LM with FSDP2 over the device mesh."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is not None and not any(is_sharded(p) for p in self.model.parameters()):
+            shard_model(self.model, mesh)
+            self._path = None  # the path depends on whether the weights are sharded
 
     def configure_callbacks(self):
         return [GracefulStop()]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def is_sharded(p: Tensor) -> bool:
@@ -27,17 +27,30 @@ def is_sharded(p: Tensor) -> bool:
 
 
 def local_shard(p: Tensor) -> tuple[Tensor, int]:
-    """(the local tensor, the flat index of its first element in the full tensor); plain tensors: (p, 0)."""
+    """(the local tensor, the flat index of its first element in the full tensor); plain tensors: (p, 0).
+
+    Placements: one Shard(0) (FSDP2), optionally beside Replicate ones (HSDP: replicated across nodes)."""
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
     if not isinstance(p, DTensor):
         return p, 0
-    placements = p.placements
-    if all(isinstance(pl, Replicate) for pl in placements):
+    sharded = [i for i, pl in enumerate(p.placements) if not isinstance(pl, Replicate)]
+    if not sharded:
         return p.to_local(), 0
-    if len(placements) != 1 or not (isinstance(placements[0], Shard) and placements[0].dim == 0):
-        raise ValueError(f"sharded ZO supports dim-0 sharding on a 1-D mesh (FSDP2), got placements {placements}")
-    world, rank = p.device_mesh.size(0), p.device_mesh.get_local_rank(0)
+    if len(sharded) != 1 or not (isinstance(p.placements[sharded[0]], Shard) and p.placements[sharded[0]].dim == 0):
+        raise ValueError(f"sharded ZO supports dim-0 sharding over one mesh dimension (FSDP2), got {p.placements}")
+    world, rank = p.device_mesh.size(sharded[0]), p.device_mesh.get_local_rank(sharded[0])
     rows = p.shape[0]
     first_row = min(rank * math.ceil(rows / world), rows)
     return p.to_local(), first_row * (p.numel() // rows if rows else 0)
+
+
+def shard_model(model: nn.Module, mesh) -> None:
+    """FSDP2 over `mesh` (1-D: sharded; 2-D: replicated over the first dimension, sharded over the second):
+    each decoder layer is a unit, the root holds the rest; every forward gathers the current shards."""
+    from torch.distributed.fsdp import fully_shard
+
+    trunk = getattr(model, getattr(model, "base_model_prefix", ""), model)
+    for layer in getattr(trunk, "layers", []):
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
