@@ -22,6 +22,7 @@ from torch import Tensor
 
 from zolightning.optim.noise import NoiseSource, step_seed
 from zolightning.optim.philox import philox_normal
+from zolightning.optim.shards import is_sharded
 from zolightning.optim.zo_sgd import ZOSGD, ZOStepOutput
 
 
@@ -38,6 +39,8 @@ class EstimatedZO(ZOSGD):
         if kwargs.pop("sync", True) is not True:
             raise ValueError(f"{type(self).__name__} reads g on the host (sync=True)")
         super().__init__(params, lr=lr, eps=eps, **kwargs)
+        if any(is_sharded(p) for _, p in self._tensors()):
+            raise ValueError(f"{type(self).__name__} does not run on sharded (FSDP2) weights yet; zo_sgd does")
         self.queries = queries
 
     # ---- the estimate, tensor by tensor ----------------------------------------------------------
