@@ -51,11 +51,12 @@ def test_sharded_parameters_need_counter_based_noise():
         (Path(__file__).parent / ".gloo_init").unlink(missing_ok=True)
 
 
-def _fit(tmp_path: Path, strategy: str, data_dir: Path) -> Path:
-    args = ["--config", "configs/tiny/sst2_mezo.yaml", "--data.data_dir", str(data_dir), "--trainer.devices", "2"]
-    args += ["--trainer.strategy", strategy, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4"]
+def _fit(tmp_path: Path, strategy: str, data_dir: Path, devices: int = 2, steps: int = 4, *extra: str) -> Path:
+    args = ["--config", "configs/tiny/sst2_mezo.yaml", "--data.data_dir", str(data_dir), "--trainer.devices"]
+    args += [str(devices), "--trainer.strategy", strategy, "--trainer.max_steps", str(steps)]
+    args += ["--trainer.val_check_interval", str(steps), *extra]
     args += ["--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--model.noise", "philox"]
-    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / strategy)]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / f"{strategy}{devices}")]
     result = subprocess.run(
         [sys.executable, "-m", "zolightning", "fit", *args],
         cwd=Path(__file__).resolve().parents[1],
@@ -64,7 +65,7 @@ def _fit(tmp_path: Path, strategy: str, data_dir: Path) -> Path:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return tmp_path / strategy / "tiny-sst2-mezo" / "version_0" / "checkpoints" / "last.ckpt"
+    return tmp_path / f"{strategy}{devices}" / "tiny-sst2-mezo" / "version_0" / "checkpoints" / "last.ckpt"
 
 
 def test_a_sharded_fit_through_lightning_follows_the_data_parallel_fit_bitwise(tmp_path, data_dir):
@@ -77,6 +78,19 @@ def test_a_sharded_fit_through_lightning_follows_the_data_parallel_fit_bitwise(t
     expected = torch.load(replicated, weights_only=False)["state_dict"]
     weights = [k for k in expected if k.startswith("model.")]
     assert weights and all(torch.equal(sharded[k], expected[k]) for k in weights)
+
+
+def test_a_sharded_checkpoint_resumes_on_another_number_of_processes(tmp_path, data_dir):
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    two = _fit(tmp_path, "fsdp", data_dir)
+    one = _fit(tmp_path, "fsdp", data_dir, 1, 6, "--ckpt_path", str(two))
+    for name, path in (("two", two), ("one", one)):
+        dcp_to_torch_save(path, tmp_path / f"{name}.pt")
+    at_4, at_6 = (torch.load(tmp_path / f"{n}.pt", weights_only=False)["state_dict"] for n in ("two", "one"))
+    meta = torch.load(one / "meta.pt", weights_only=False)  # everything but the weights
+    assert meta["global_step"] == 6 and meta["zo_optimizer_states"][0]["zo"]["num_steps"] == 6  # ZO state carried
+    assert at_4.keys() == at_6.keys() and not all(torch.equal(at_4[k], at_6[k]) for k in at_4)
 
 
 @pytest.mark.parametrize("strategy", ["deepspeed_stage_3", "fsdp_cpu_offload"])

@@ -9,6 +9,8 @@ wrapper (Lightning's documented extension point, `configure_ddp`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, StrategyRegistry
 from lightning.pytorch.strategies.ddp import _sync_module_states
 
@@ -34,10 +36,31 @@ class ZOFSDPStrategy(ModelParallelStrategy):
 
     strategy_name = "zo_fsdp"
 
+    # torch's distributed optimizer-state helpers initialise empty states with a gradient step (step(None)),
+    # which a ZO optimizer refuses; its state (ZOSGD's: counters, seed, noise) is small and rides in the
+    # checkpoint's metadata file instead, while the weights go through the distributed checkpoint.
     def optimizer_state(self, optimizer) -> dict:
-        # torch's distributed optimizer-state helper initialises empty states with a gradient step (step(None));
-        # a ZO optimizer's state is its own state_dict (ZOSGD's: counters and seed, no per-weight tensors).
         return optimizer.state_dict()
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        checkpoint = dict(checkpoint)
+        checkpoint["zo_optimizer_states"] = checkpoint.pop("optimizer_states", [])
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
+        from lightning.fabric.strategies.model_parallel import _load_checkpoint
+
+        path = Path(self.broadcast(checkpoint_path))
+        strict = self.lightning_module.strict_loading
+        metadata = _load_checkpoint(
+            path=path, state={"state_dict": self.model}, strict=strict, weights_only=weights_only
+        )
+        for optimizer, state in zip(self.optimizers, metadata.pop("zo_optimizer_states", [])):
+            optimizer.load_state_dict(state)
+        return metadata
+
+    def load_optimizer_state_dict(self, checkpoint: dict) -> None:
+        pass  # loaded with the checkpoint above
 
     @classmethod
     def register_strategies(cls, strategy_registry: StrategyRegistry) -> None:
