@@ -153,6 +153,12 @@ _INTERPRETED = textwrap.dedent(
         expected = torch.stack([written.sum(), (written * written).sum()])
         assert torch.allclose(statistics[i], expected, rtol=1e-5, atol=1e-5), (i, statistics[i], expected)
 
+    # a shard: the rows from element 2 * BLOCK + 8 on of a full tensor get that tensor's z there
+    shard = torch.zeros(fused.BLOCK + 3)
+    fused.shift([shard], [5], seed, one[:1] * 0, one[:1], one[:1], firsts=[2 * fused.BLOCK + 8])
+    full_z = philox_normal(seed, 5, 3 * fused.BLOCK + 11)
+    assert ((shard - full_z[2 * fused.BLOCK + 8 :]).abs() <= 1e-5).all()
+
     # only tensors the kernel can address flat, in a dtype it knows, are offered to it
     assert fused.usable(params)
     assert not fused.usable([torch.zeros(4, 4).t()]) and not fused.usable([torch.zeros(4, dtype=torch.float64)])

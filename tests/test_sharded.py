@@ -17,7 +17,16 @@ SCRIPT = Path(__file__).parent / "scripts" / "sharded_zo.py"
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_two_shards_give_the_unsharded_weights_bitwise(tmp_path, weight_decay):
     out = tmp_path / "sharded.pt"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SCRIPT), str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(SCRIPT),
+        str(out),
+    ]
     result = subprocess.run(
         [*command, "--steps", "3", "--weight-decay", str(weight_decay)], capture_output=True, text=True, timeout=300
     )

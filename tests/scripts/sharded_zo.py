@@ -57,6 +57,7 @@ def main() -> None:
     full = {name: p.full_tensor() for name, p in model.named_parameters()}
     if dist.get_rank() == 0:
         torch.save(full, args.out)
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 

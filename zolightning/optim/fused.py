@@ -85,7 +85,7 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
     def _shift_kernel(
-        pointers, program_tensor, program_start, numels, keys, pre, alpha, mult, seed_lo, seed_hi, partials,
+        pointers, program_tensor, program_start, numels, keys, firsts, pre, alpha, mult, seed_lo, seed_hi, partials,
         DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, STATS: tl.constexpr, BLOCK: tl.constexpr,
         FAST: tl.constexpr, ROUNDS: tl.constexpr,
     ):  # fmt: skip
@@ -97,7 +97,8 @@ if triton is not None:
         key = tl.load(keys + t).to(tl.uint32)
         k0 = seed_lo.to(tl.uint32)
         k1 = seed_hi.to(tl.uint32)
-        q = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+        # z of element i is that of element firsts[t] + i of the full tensor (shards; a multiple of 4)
+        q = (tl.load(firsts + t) + start) // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
         c0 = (q & 0xFFFFFFFF).to(tl.uint32)
         c1 = (q >> 32).to(tl.uint32)
         c2 = tl.zeros_like(c0) + key
@@ -135,6 +136,7 @@ class _Plan:
     program_start: Tensor
     numels: Tensor
     keys: Tensor
+    firsts: Tensor  # per tensor: the full tensor's flat index of its first element (shards), a multiple of 4
     programs: int
     first_program: Tensor  # per tensor: its first program, and one past its last (to sum block statistics)
     end_program: Tensor
@@ -143,8 +145,8 @@ class _Plan:
 _plans: dict[tuple, dict[torch.dtype, _Plan]] = {}
 
 
-def _plan(params: Sequence[Tensor], keys: Sequence[int]) -> dict[torch.dtype, _Plan]:
-    signature = tuple((p.data_ptr(), p.numel(), p.dtype) for p in params) + tuple(keys)
+def _plan(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[int]) -> dict[torch.dtype, _Plan]:
+    signature = tuple((p.data_ptr(), p.numel(), p.dtype) for p in params) + tuple(keys) + tuple(firsts)
     if signature not in _plans:
         device = params[0].device
         plans = {}
@@ -164,6 +166,7 @@ def _plan(params: Sequence[Tensor], keys: Sequence[int]) -> dict[torch.dtype, _P
                 program_start.to(device),
                 numels.to(device),
                 torch.tensor([keys[i] for i in index], dtype=torch.int64, device=device),
+                torch.tensor([firsts[i] for i in index], dtype=torch.int64, device=device),
                 int(counts.sum()),
                 first.to(device),
                 (first + counts).to(device),
@@ -183,19 +186,26 @@ def shift(
     mult: Tensor,
     stochastic_rounding: bool = False,
     statistics: Tensor | None = None,
+    firsts: Sequence[int] | None = None,
 ) -> None:
     """In place, one launch per dtype: tensor i <- mult_i * round(w - pre_i z_i) + alpha_i z_i.
+
+    `firsts[i]` (shards): tensor i holds the full tensor's elements from that flat index on; it must be a
+    multiple of 4 (one Philox call yields the normals of 4 consecutive elements; see `aligned`).
 
     With `statistics` (float64 [n, 2]), row i receives (sum, sum of squares) of tensor i as written: each
     program writes its block's two float32 sums, and blocks are added in a fixed order (float64 prefix sums,
     no atomics), so the result is deterministic.
     """
-    for dtype, plan in _plan(params, keys).items():
+    firsts = list(firsts or [0] * len(params))
+    if any(f % 4 for f in firsts):
+        raise ValueError(f"shard offsets must be multiples of 4 for the fused pass, got {firsts}")
+    for dtype, plan in _plan(params, keys, firsts).items():
         whole = plan.index.numel() == len(params)
         per_tensor = [v if whole else v.index_select(0, plan.index) for v in (pre, alpha, mult)]
         partials = None if statistics is None else torch.empty(plan.programs, 2, device=pre.device)
         _shift_kernel[(plan.programs,)](
-            plan.pointers, plan.program_tensor, plan.program_start, plan.numels, plan.keys,
+            plan.pointers, plan.program_tensor, plan.program_start, plan.numels, plan.keys, plan.firsts,
             *(v.float().contiguous() for v in per_tensor),
             seed & 0xFFFFFFFF, seed >> 32, partials if partials is not None else pre,
             DTYPE=_TL_DTYPES[dtype], STOCHASTIC=stochastic_rounding and dtype == torch.bfloat16,

@@ -67,17 +67,18 @@ def shift(
 ) -> None:
     """One pass over `params`: tensor i <- mult_i * base_i + alpha_i * z_i (per-tensor vectors, float32).
 
-    `offsets[i]`: the flat index in its full tensor of tensor i's first element, for shards (`shards.py`);
-    the fused kernel has no offsets yet, so shards take the reference path.
+    `offsets[i]`: the flat index in its full tensor of tensor i's first element, for shards (`shards.py`); the
+    fused kernel takes offsets that are multiples of 4 (rows of any weight matrix whose width is), others run the
+    reference.
 
     With `statistics` (float64 [n, 2] on the parameters' device), row i receives the sum and the sum of
     squares of tensor i as written: the next step's block features, without another pass over the weights.
     """
     from zolightning.optim import fused
 
-    offsets = offsets or [0] * len(params)
-    if fused.usable(params) and not any(offsets):
-        fused.shift(params, keys, seed, pre, alpha, mult, stochastic_rounding, statistics)
+    offsets = list(offsets or [0] * len(params))
+    if fused.usable(params) and not any(o % 4 for o in offsets):
+        fused.shift(params, keys, seed, pre, alpha, mult, stochastic_rounding, statistics, offsets)
         return
     pre_l, alpha_l, mult_l = pre.tolist(), alpha.tolist(), mult.tolist()
     for i, (p, key) in enumerate(zip(params, keys)):
