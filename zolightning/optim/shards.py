@@ -9,8 +9,8 @@ element.
 Every forward must all-gather the current shards: FSDP2 keeps the *root* module's parameters unsharded after a
 forward unless told otherwise (it expects a backward next), and a ZO step would then score stale weights. Shard
 the root with `fully_shard(model, reshard_after_forward=True)` (tests/scripts/sharded_zo.py does).
-Not yet: the fused kernel with offsets (shards take the PyTorch reference pass), learned block variance (its
-block statistics need a reduction across ranks), the Lightning strategy (issue #13).
+The fused pass takes the offsets (multiples of 4; others take the PyTorch reference pass). Not yet: learned
+block variance (its block statistics need a reduction across ranks), GPU measurements (issue #13).
 """
 
 from __future__ import annotations
