@@ -100,6 +100,13 @@ def test_a_sharded_checkpoint_resumes_on_another_number_of_processes(tmp_path, d
     meta = torch.load(one / "meta.pt", weights_only=False)  # everything but the weights
     assert meta["global_step"] == 6 and meta["zo_optimizer_states"][0]["zo"]["num_steps"] == 6  # ZO state carried
     assert at_4.keys() == at_6.keys() and not all(torch.equal(at_4[k], at_6[k]) for k in at_4)
+    from transformers import AutoModelForCausalLM
+
+    from zolightning.export_cli import main as export_main
+
+    assert export_main([str(one), str(tmp_path / "exported")]) == 0  # consolidated into a Hugging Face directory
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    assert all(torch.equal(p, at_6[f"model.{n}"]) for n, p in exported.named_parameters())
 
 
 @pytest.mark.parametrize("strategy", ["deepspeed_stage_3", "fsdp_cpu_offload"])
