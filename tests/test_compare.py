@@ -234,3 +234,23 @@ def test_methods_with_their_own_lrs_are_compared_at_their_best_dev_lr(tmp_path):
     assert "| sst2 | best by dev: 0.01 vs 0.001 | linear | 2 | +0.0000 | – | +10.0 | – |" in text
     with pytest.raises(GridError, match="key 'lrs'"):
         _grid(tmp_path, methods={"m": {"config": TINY}}, lrs=None)
+
+
+def test_runs_are_spread_over_the_devices_with_their_own_cuda_visible_devices(tmp_path, monkeypatch):
+    started = []
+
+    class FakeFit:
+        def __init__(self, command, env, **kwargs):
+            started.append(env["CUDA_VISIBLE_DEVICES"])
+            self.returncode = None
+
+        def poll(self):
+            self.returncode = 0
+            return 0
+
+    monkeypatch.setattr("zolightning.compare.runner.subprocess.Popen", FakeFit)
+    grid = Grid.from_dict({**_raw_of(_grid(tmp_path)), "devices": [0, 1], "parallel": 2}, tmp_path / "grid.yaml")
+    monkeypatch.chdir(REPO)
+    assert GridRunner(grid, say=lambda _: None, poll_seconds=0).run() == 0
+    assert len(started) == 6 and sorted(started[:4]) == ["0", "0", "1", "1"]  # 2 fits on each GPU at a time
+    assert all(read_status(r)["state"] == "done" for r in grid.runs())
