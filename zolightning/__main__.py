@@ -1,3 +1,3 @@
-from zolightning.cli import main
+from zolightning.entry import main
 
 main()

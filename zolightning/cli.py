@@ -75,18 +75,10 @@ def _quiet_known_warnings() -> None:
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["optimizer"]:
-        from zolightning.optimizer_cli import main as optimizer_main
+    if argv[:1] and argv[0] in ("compare", "optimizer", "export"):
+        from zolightning.entry import main as entry_main
 
-        raise SystemExit(optimizer_main(argv[1:]))
-    if argv[:1] == ["export"]:
-        from zolightning.export_cli import main as export_main
-
-        raise SystemExit(export_main(argv[1:]))
-    if argv[:1] == ["compare"]:
-        from zolightning.compare.cli import main as compare_main
-
-        raise SystemExit(compare_main(argv[1:]))
+        return entry_main(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
