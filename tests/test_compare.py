@@ -254,3 +254,12 @@ def test_runs_are_spread_over_the_devices_with_their_own_cuda_visible_devices(tm
     assert GridRunner(grid, say=lambda _: None, poll_seconds=0).run() == 0
     assert len(started) == 6 and sorted(started[:4]) == ["0", "0", "1", "1"]  # 2 fits on each GPU at a time
     assert all(read_status(r)["state"] == "done" for r in grid.runs())
+
+
+def test_the_status_line_says_how_far_each_running_fit_is(tmp_path):
+    from zolightning.compare.runner import progress
+
+    run = _grid(tmp_path).runs()[0]
+    assert progress(run) == "step 0/4"
+    _write_curves(run, {0: 1.0, 9: 0.9, 19: 0.8}, {}, {})
+    assert progress(run) == "step 20/4"

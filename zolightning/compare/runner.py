@@ -43,6 +43,18 @@ def fit_command(run: RunSpec, extra_args: Sequence[str] = ()) -> list[str]:
     return command
 
 
+def progress(run: RunSpec) -> str:
+    """ "step N/M" from the run's logged training loss (M from its `--trainer.max_steps`, when the grid sets it)."""
+    from zolightning.compare.results import read_scalars
+
+    try:
+        step = max(read_scalars(run.log_dir).get("train/loss", {}), default=-1) + 1
+    except Exception:  # events being written: the next status will read them
+        return "step ?"
+    flags = dict(zip(run.args[::2], run.args[1::2]))
+    return f"step {step}/{flags.get('--trainer.max_steps', '?')}"
+
+
 @dataclass
 class _Running:
     run: RunSpec
@@ -145,7 +157,7 @@ class GridRunner:
 
     def _say_status(self) -> None:
         now = time.monotonic()
-        running = ", ".join(f"{r.run.run_id} ({now - r.started:.0f} s)" for r in self.running)
+        running = ", ".join(f"{r.run.run_id} ({progress(r.run)}, {now - r.started:.0f} s)" for r in self.running)
         self.say(f"running: {running or 'none'}")
 
     def _on_signal(self, signum: int, frame) -> None:
