@@ -44,7 +44,7 @@ def fit_command(run: RunSpec, extra_args: Sequence[str] = ()) -> list[str]:
 
 
 def progress(run: RunSpec) -> str:
-    """ "step N/M" from the run's logged training loss (M from its `--trainer.max_steps`, when the grid sets it)."""
+    """The run's progress as step N/M: N from its logged training loss, M from the grid's max_steps if set."""
     from zolightning.compare.results import read_scalars
 
     try:
