@@ -7,6 +7,7 @@ import pytest
 from benchmarks.read_curves import scalars
 from zolightning.cli import ZOLightningCLI, main
 from zolightning.data import TaskDataModule
+from zolightning.entry import main as entry_main
 from zolightning.modules import ZOFineTuneModule
 from zolightning.strategies import ZODDPStrategy
 
@@ -89,12 +90,12 @@ def test_help_shows_docstrings(capsys):
 def test_optimizer_commands_inspect_and_refuse_untrusted_pickles(tmp_path, capsys):
     shipped = Path(__file__).resolve().parents[1] / "optimizers" / "smollm2-135m-instruct.from-llama-3.2-1b.safetensors"
     with pytest.raises(SystemExit) as exit_info:
-        main(["optimizer", "inspect", str(shipped)])
+        entry_main(["optimizer", "inspect", str(shipped)])  # the `zolightning` command's entry point
     assert exit_info.value.code == 0
     assert "blocks: 272" in capsys.readouterr().out
     reference = Path(__file__).resolve().parents[2] / "shared" / "reference" / "zo_fine_tuner" / "llama1B_finetuner.pth"
     with pytest.raises(SystemExit) as exit_info:
-        main(["optimizer", "convert", str(reference), str(tmp_path / "out.safetensors")])
+        entry_main(["optimizer", "convert", str(reference), str(tmp_path / "out.safetensors")])
     assert exit_info.value.code == 2
     assert "--trust-pickle" in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()

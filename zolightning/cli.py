@@ -74,11 +74,8 @@ def _quiet_known_warnings() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
+    """`zolightning fit|validate|test|predict` and `zolightning meta ...`; `entry.py` dispatches the rest."""
     argv = sys.argv[1:] if args is None else args
-    if argv[:1] and argv[0] in ("compare", "optimizer", "export"):
-        from zolightning.entry import main as entry_main
-
-        return entry_main(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from zolightning.optim.noise import NoiseSource, step_seed
 from zolightning.optim.philox import philox_normal
-from zolightning.optim.shards import is_sharded
 from zolightning.optim.zo_sgd import ZOSGD, ZOStepOutput
 
 
@@ -39,7 +38,7 @@ class EstimatedZO(ZOSGD):
         if kwargs.pop("sync", True) is not True:
             raise ValueError(f"{type(self).__name__} reads g on the host (sync=True)")
         super().__init__(params, lr=lr, eps=eps, **kwargs)
-        if any(is_sharded(p) for _, p in self._tensors()):
+        if self.sharded:
             raise ValueError(f"{type(self).__name__} does not run on sharded (FSDP2) weights yet; zo_sgd does")
         self.queries = queries
 
@@ -84,12 +83,7 @@ class EstimatedZO(ZOSGD):
         if not bool(all_finite):
             return self._skip(loss_plus, loss_minus)
         self.apply_update(estimates, scales, closure)
-        if self.block_scales:
-            self.block_scales.observe(loss_plus, loss_minus)
-        self.num_steps += 1
-        self._skips.add(False)
-        g = sum(g for _, g in estimates) / len(estimates)
-        return ZOStepOutput((loss_plus + loss_minus) / 2, g, loss_plus, loss_minus, False)
+        return self._completed(loss_plus, loss_minus, sum(g for _, g in estimates) / len(estimates))
 
     def apply_update(self, estimates: list[tuple[int, float]], scales, closure: Callable) -> None:
         for group, p, grad in self.gradient_estimates(estimates, scales):

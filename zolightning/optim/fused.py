@@ -166,7 +166,7 @@ def _plan(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[int]) 
                 program_start.to(device),
                 numels.to(device),
                 torch.tensor([keys[i] for i in index], dtype=torch.int64, device=device),
-                torch.tensor([firsts[i] for i in index], dtype=torch.int64, device=device),
+                torch.tensor([firsts[i] if firsts else 0 for i in index], dtype=torch.int64, device=device),
                 int(counts.sum()),
                 first.to(device),
                 (first + counts).to(device),
@@ -197,7 +197,7 @@ def shift(
     program writes its block's two float32 sums, and blocks are added in a fixed order (float64 prefix sums,
     no atomics), so the result is deterministic.
     """
-    firsts = list(firsts or [0] * len(params))
+    firsts = tuple(firsts or ())  # empty: whole tensors (the plan fills in zeros)
     if any(f % 4 for f in firsts):
         raise ValueError(f"shard offsets must be multiples of 4 for the fused pass, got {firsts}")
     for dtype, plan in _plan(params, keys, firsts).items():

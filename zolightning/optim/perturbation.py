@@ -76,10 +76,10 @@ def shift(
     """
     from zolightning.optim import fused
 
-    offsets = list(offsets or [0] * len(params))
-    if fused.usable(params) and not any(o % 4 for o in offsets):
+    if fused.usable(params) and (offsets is None or not any(o % 4 for o in offsets)):
         fused.shift(params, keys, seed, pre, alpha, mult, stochastic_rounding, statistics, offsets)
         return
+    offsets = offsets or [0] * len(params)
     pre_l, alpha_l, mult_l = pre.tolist(), alpha.tolist(), mult.tolist()
     for i, (p, key) in enumerate(zip(params, keys)):
         z = philox_normal(seed, key, p.numel(), start=offsets[i], device=p.device).view(p.shape)

@@ -19,20 +19,21 @@ import math
 
 from torch import Tensor, nn
 
+try:
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+except ImportError:  # torch built without distributed support: nothing is ever sharded
+    DTensor = Replicate = Shard = None
+
 
 def is_sharded(p: Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(p, DTensor)
+    return DTensor is not None and isinstance(p, DTensor)
 
 
 def local_shard(p: Tensor) -> tuple[Tensor, int]:
     """(the local tensor, the flat index of its first element in the full tensor); plain tensors: (p, 0).
 
     Placements: one Shard(0) (FSDP2), optionally beside Replicate ones (HSDP: replicated across nodes)."""
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-
-    if not isinstance(p, DTensor):
+    if not is_sharded(p):
         return p, 0
     sharded = [i for i, pl in enumerate(p.placements) if not isinstance(pl, Replicate)]
     if not sharded:

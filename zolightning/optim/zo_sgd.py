@@ -132,9 +132,8 @@ class ZOSGD(Optimizer):
         if not sync and (noise != "philox" or block_scales is not None):
             raise ValueError("sync=False needs noise='philox' and no block_scales (their history reads the losses)")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
-        if any(is_sharded(p) for _, p in self._tensors()) and (
-            noise != "philox" or block_scales or stochastic_rounding
-        ):
+        self.sharded = any(is_sharded(p) for _, p in self._tensors())
+        if self.sharded and (noise != "philox" or block_scales or stochastic_rounding):
             raise ValueError(
                 "sharded parameters (FSDP2) need noise='philox' (z indexed by element: each rank draws its own "
                 "rows), and do not support block_scales or stochastic_rounding yet"
@@ -184,7 +183,10 @@ class ZOSGD(Optimizer):
     ) -> None:
         """Weights at theta + self._offset eps s z -> theta + offset eps s z, or with update = (mult, step)
         -> mult theta + step s z (the restore-and-update pass, rounded stochastically if asked)."""
-        tensors, starts = zip(*(local_shard(p) for _, p in self._tensors()))
+        if self.sharded:  # each rank's rows, and where they start in the full tensors
+            tensors, starts = zip(*(local_shard(p) for _, p in self._tensors()))
+        else:
+            tensors, starts = [p for _, p in self._tensors()], None
         s = self._vector(scales)
         pre = s * (self._offset * self.eps)
         if update is None:
@@ -298,6 +300,10 @@ class ZOSGD(Optimizer):
             self._perturb(seed, +1.0, scales)
             return self._skip(loss_plus, loss_minus)
         self._restore_and_update(seed, g, scales)
+        return self._completed(loss_plus, loss_minus, g)
+
+    def _completed(self, loss_plus: float, loss_minus: float, g: float) -> ZOStepOutput:
+        """After an applied update: the scales' history, the counters, the step's output."""
         if self.block_scales:
             self.block_scales.observe(loss_plus, loss_minus)
         self.num_steps += 1
