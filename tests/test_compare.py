@@ -263,3 +263,14 @@ def test_the_status_line_says_how_far_each_running_fit_is(tmp_path):
     assert progress(run) == "step 0/4"
     _write_curves(run, {0: 1.0, 9: 0.9, 19: 0.8}, {}, {})
     assert progress(run) == "step 20/4"
+
+
+def test_only_selects_runs_matching_any_of_its_comma_separated_parts(tmp_path):
+    grid = _grid(tmp_path)
+    picked = GridRunner(grid, only="const/lr0.001/seed0,linear", say=lambda _: None).pending()
+    assert [r.run_id for r in picked] == [
+        "sst2/const/lr0.001/seed0",
+        "sst2/linear/lr0.001/seed0",
+        "sst2/linear/lr0.001/seed1",
+        "sst2/linear/lr0.001/seed2",
+    ]

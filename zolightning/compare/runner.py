@@ -85,7 +85,8 @@ class GridRunner:
         self.threads = "1"
 
     def pending(self) -> list[RunSpec]:
-        runs = [r for r in self.grid.runs() if self.only is None or self.only in r.run_id]
+        wanted = None if self.only is None else [part for part in self.only.split(",") if part]
+        runs = [r for r in self.grid.runs() if wanted is None or any(part in r.run_id for part in wanted)]
         todo = []
         for run in runs:
             state = (read_status(run) or {}).get("state")
