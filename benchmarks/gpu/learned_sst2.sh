@@ -32,6 +32,6 @@ learned)
 collect)
   python3 -m zolightning compare table $GRID
   cp runs/sst2-learned/results.md runs/sst2-learned/*.png "$OUT"/
-  cp $META/*.safetensors $META/log.txt "$OUT"/
-  tar czf "$OUT"/sst2_learned_runs.tgz --exclude='*.ckpt' runs/sst2-learned $META/logs ;;
+  cp $META/*.best.safetensors "$OUT"/
+  tar czf "$OUT"/sst2_learned_runs.tgz --exclude='*.ckpt' runs/sst2-learned -C ~/zo meta ;;
 esac
