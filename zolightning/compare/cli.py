@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("grid", help="the grid YAML file")
     run.add_argument("--parallel", type=int, help="fits at once on each device (overrides the grid's)")
     run.add_argument("--devices", help="CUDA device indices, e.g. 0,1; empty string for the CPU")
-    run.add_argument("--only", help="run only the runs whose id (task/method/lrX/seedN) contains one of these comma-separated parts")
+    run.add_argument(
+        "--only", help="run only the runs whose id (task/method/lrX/seedN) contains one of these comma-separated parts"
+    )
     run.add_argument("--retry-failed", action="store_true", help="start failed runs again (else left alone)")
     run.set_defaults(action=_run)
     status = commands.add_parser("status", help="each run's state")

@@ -78,11 +78,16 @@ class ZOFineTuneModule(L.LightningModule):
         fast_forward_lengths: at most this many planned sequence lengths (chosen to minimise padding).
         optimizer: the ZO update rule (`zolightning/optim/estimated.py`): `zo_sgd` (MeZO), `zo_sgd_momentum`,
             `zo_sgd_sign`, `zo_sgd_conserve` (keeps a step only if it lowers the minibatch loss; 2-3 more
-            forwards) or `zo_adam`. All share the noise, learned variance and skip rules; only `zo_sgd` with one
+            forwards), `zo_adam`, `hizoo` (diagonal curvature-scaled perturbations, 3 forwards a step; no
+            learned variance) or `lozo` (low-rank U Vᵀ perturbations of matrices; `optim/shaped.py`). All share
+            the noise, learned variance and skip rules; only `zo_sgd` with one
             query has the fused restore-and-update pass and steps that never wait for the GPU.
         queries: directions averaged per step (q > 1: 2q forward passes a step; compare at equal forwards).
         momentum: `zo_sgd_momentum`'s factor.
         betas: `zo_adam`'s moment factors.
+        hessian_smooth: `hizoo`'s smoothing α of its curvature estimate.
+        lozo_rank: `lozo`'s perturbation rank r.
+        lozo_interval: `lozo`'s steps between redraws of its V factors (the lazy subspace).
         peft: `none` (every weight is trained) or `lora`: LoRA adapters through peft; ZO perturbs and updates
             only the adapter tensors (and learned variance's blocks are those tensors). `zolightning export`
             writes the merged model.
@@ -111,10 +116,15 @@ class ZOFineTuneModule(L.LightningModule):
         fast_forward: bool | Literal["auto"] = "auto",
         fast_forward_bucket: int = 32,
         fast_forward_lengths: int = 4,
-        optimizer: Literal["zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam"] = "zo_sgd",
+        optimizer: Literal[
+            "zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam", "hizoo", "lozo"
+        ] = "zo_sgd",
         queries: int = 1,
         momentum: float = 0.9,
         betas: tuple[float, float] = (0.9, 0.999),
+        hessian_smooth: float = 1e-6,
+        lozo_rank: int = 1,
+        lozo_interval: int = 100,
         peft: Literal["none", "lora"] = "none",
         lora_r: int = 8,
         lora_alpha: float = 16,
@@ -190,6 +200,9 @@ class ZOFineTuneModule(L.LightningModule):
             queries=self.hparams.queries,
             momentum=self.hparams.momentum,
             betas=self.hparams.betas,
+            hessian_smooth=self.hparams.hessian_smooth,
+            lozo_rank=self.hparams.lozo_rank,
+            lozo_interval=self.hparams.lozo_interval,
             lr=self.hparams.lr,
             eps=self.hparams.eps,
             weight_decay=self.hparams.weight_decay,

@@ -3,6 +3,7 @@
 from zolightning.optim.estimated import EstimatedZO, ZOAdam, ZOSGDConserve, ZOSGDMomentum, ZOSGDSign
 from zolightning.optim.noise import NoiseSource, step_seed
 from zolightning.optim.registry import OPTIMIZER_NAMES, build_zo_optimizer
+from zolightning.optim.shaped import LOZO, HiZOO, ShapedZO
 from zolightning.optim.zo_sgd import ZOSGD, BlockScales, ZOStepOutput
 
 __all__ = [
@@ -10,7 +11,10 @@ __all__ = [
     "ZOSGD",
     "BlockScales",
     "EstimatedZO",
+    "HiZOO",
+    "LOZO",
     "NoiseSource",
+    "ShapedZO",
     "ZOAdam",
     "ZOSGDConserve",
     "ZOSGDMomentum",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from zolightning.optim.estimated import ZOAdam, ZOSGDConserve, ZOSGDMomentum, ZOSGDSign
+from zolightning.optim.shaped import LOZO, HiZOO
 from zolightning.optim.zo_sgd import ZOSGD
 
-OPTIMIZER_NAMES = ("zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam")
+OPTIMIZER_NAMES = ("zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam", "hizoo", "lozo")
 
 
 def build_zo_optimizer(
@@ -14,6 +15,9 @@ def build_zo_optimizer(
     queries: int = 1,
     momentum: float = 0.9,
     betas: tuple[float, float] = (0.9, 0.999),
+    hessian_smooth: float = 1e-6,
+    lozo_rank: int = 1,
+    lozo_interval: int = 100,
     **common,
 ) -> ZOSGD:
     """`common` are ZOSGD's arguments (lr, eps, weight_decay, seed, block_scales, noise, ...).
@@ -31,6 +35,10 @@ def build_zo_optimizer(
         return ZOSGDMomentum(params, momentum=0.0, queries=queries, **common)
     if name == "zo_sgd_momentum":
         return ZOSGDMomentum(params, momentum=momentum, queries=queries, **common)
+    if name == "hizoo":
+        return HiZOO(params, hessian_smooth=hessian_smooth, queries=queries, **common)
+    if name == "lozo":
+        return LOZO(params, rank=lozo_rank, interval=lozo_interval, queries=queries, **common)
     if name == "zo_adam":
         return ZOAdam(params, betas=betas, queries=queries, **common)
     return {"zo_sgd_sign": ZOSGDSign, "zo_sgd_conserve": ZOSGDConserve}[name](params, queries=queries, **common)
