@@ -98,3 +98,20 @@ def test_planned_cuda_graph_forward_has_no_recompiles_after_warm_up(tiny_data):
                 expected = batch_loss(model, batch)[0]
                 torch.testing.assert_close(batch_loss(fast, batch)[0], expected, rtol=0, atol=1e-5)
     assert compiled_graph_count() == graphs and fast.trunk.recompiles == 0 and fast.trunk.eager_batches == 0
+
+
+@pytest.mark.parametrize("name", ["zo_adam", "lozo", "hizoo"])
+def test_estimated_and_shaped_rules_follow_the_cpu_reference_on_the_gpu(name):
+    # their z comes from the fused pass on the GPU (`add_normal`) and from the PyTorch reference on the CPU
+    from zolightning.optim import build_zo_optimizer
+
+    examples = [EncodedExample(((5, 9, 11, 40, 7, 3),), (2,), 0, False)] * 4
+    results = []
+    for device in ("cuda", "cpu"):
+        model = load_causal_lm("tiny-llama").to(device)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples, 0, "lm").items()}
+        optimizer = build_zo_optimizer(name, list(model.parameters()), lr=1e-3, seed=0, noise="philox", lozo_rank=2)
+        for _ in range(3):
+            optimizer.step(lambda m=model, b=batch: batch_loss(m, b)[0])
+        results.append(torch.cat([p.detach().cpu().flatten() for p in model.parameters()]))
+    assert (results[0] - results[1]).abs().max() < 1e-4

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from zolightning.optim.noise import NoiseSource, step_seed
-from zolightning.optim.philox import philox_normal
+from zolightning.optim.perturbation import add_normal
 from zolightning.optim.zo_sgd import ZOSGD, ZOStepOutput
 
 
@@ -45,16 +45,30 @@ class EstimatedZO(ZOSGD):
     # ---- the estimate, tensor by tensor ----------------------------------------------------------
     def _directions(self, seed: int) -> Iterator[Tensor]:
         tensors = [p for _, p in self._tensors()]
-        if self.noise == "philox":
-            return (philox_normal(seed, i, p.numel(), device=p.device).view(p.shape) for i, p in enumerate(tensors))
         return NoiseSource().directions(tensors, seed)  # a source of its own: streams of several seeds interleave
 
     def gradient_estimates(self, estimates: list[tuple[int, float]], scales) -> Iterator[tuple[dict, Tensor, Tensor]]:
-        """(group, p, ĝ_p in float32, or float64 for float64 weights) for every tensor, from each query's (seed, g)."""
-        streams = [self._directions(seed) for seed, _ in estimates]
+        """(group, p, ĝ_p in float32, or float64 for float64 weights) for every tensor, from each query's (seed, g).
+
+        With philox noise each query's g z is added into the estimate by the fused pass (`add_normal`).
+        """
         scale_list = scales.tolist() if torch.is_tensor(scales) else scales
-        for (group, p), s in zip(self._tensors(), scale_list):
+        tensors = self._tensors()
+        device = tensors[0][1].device if tensors else None
+        if self.noise == "philox":  # one host-to-device copy per query: every tensor's coefficient
+            coefficients = [
+                torch.tensor([g * s / len(estimates) for s in scale_list], dtype=torch.float32).to(device)
+                for _, g in estimates
+            ]
+        else:
+            streams = [self._directions(seed) for seed, _ in estimates]
+        for i, ((group, p), s) in enumerate(zip(tensors, scale_list)):
             grad = torch.zeros(p.shape, dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
+            if self.noise == "philox":
+                for (seed, _), coefficient in zip(estimates, coefficients):
+                    add_normal(grad, seed, i, coefficient[i : i + 1])
+                yield group, p, grad
+                continue
             for (_, g), stream in zip(estimates, streams):
                 grad.add_(next(stream), alpha=g)
             yield group, p, grad.mul_(s / len(estimates))

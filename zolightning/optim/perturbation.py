@@ -90,3 +90,22 @@ def shift(
         if statistics is not None:
             written = p.detach().double()
             statistics[i, 0], statistics[i, 1] = written.sum(), (written * written).sum()
+
+
+def add_normal(out: Tensor, seed: int, key: int, alpha: Tensor) -> Tensor:
+    """In place: out += alpha * z, z the normals of tensor `key` as the passes draw them (`alpha`: 1 element).
+
+    On CUDA with Triton this is one fused launch (z made in registers, as in `shift`); elsewhere the PyTorch
+    reference. The update rules that need z itself (the estimated and shaped optimizers) draw it here, so their
+    updates follow the same z as their perturbation passes, at the speed of the fused pass.
+    """
+    from zolightning.optim import fused
+
+    flat = out.view(-1)
+    if fused.usable([flat]):
+        zero = alpha.new_zeros(1)
+        fused.shift([flat], [key], seed, zero, alpha.reshape(1), zero + 1.0)
+        return out
+    z = philox_normal(seed, key, flat.numel(), device=out.device).to(out.dtype)
+    flat.add_(z * alpha.to(out.dtype))
+    return out

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from zolightning.optim.estimated import EstimatedZO
 from zolightning.optim.noise import step_seed
-from zolightning.optim.philox import philox_normal
+from zolightning.optim.perturbation import add_normal
 from zolightning.optim.zo_sgd import ZOStepOutput, _axpy
 
 _LAZY_TAG = 0x4C4F5A4F  # separates LOZO's V stream from the step seeds
@@ -35,13 +35,21 @@ class ShapedZO(EstimatedZO):
     def normal(self, seed: int, index: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """N(0, 1) of `shape`, a function of (seed, tensor index) alone, drawn in float32 and returned in the
         arithmetic dtype of `like` (float32, or float64 for float64 weights)."""
-        numel, device = math.prod(shape), like.device
+        device = like.device
         if self.noise == "philox":
-            z = philox_normal(seed, index, numel, device=device).view(shape)
+            z = torch.zeros(shape, dtype=torch.float32, device=device)
+            add_normal(z, seed, index, self._one(device))
         else:
             generator = torch.Generator(device=device).manual_seed(step_seed(seed, index))
             z = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
         return z.to(torch.promote_types(like.dtype, torch.float32))
+
+    def _one(self, device: torch.device) -> Tensor:
+        if not hasattr(self, "_ones"):
+            self._ones: dict[torch.device, Tensor] = {}
+        if device not in self._ones:
+            self._ones[device] = torch.ones(1, device=device)
+        return self._ones[device]
 
     def direction(self, index: int, p: Tensor, seed: int) -> Tensor:
         raise NotImplementedError
