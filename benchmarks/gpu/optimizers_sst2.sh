@@ -13,7 +13,8 @@ run)
     "${FIT_ARGS[@]}" >>"$OUT"/learned_last.log 2>&1 &
   wait
   grep -v Warning "$OUT"/optimizers.log | grep -E "^\[|grid|running|failed" | tail -20
-  grep -E "^\[|grid|failed" "$OUT"/learned_last.log | tail -5 ;;
+  grep -E "^\[|grid|failed" "$OUT"/learned_last.log | tail -5
+  tar czf "$OUT"/sst2_optimizers_runs.tgz --exclude='*.ckpt' runs/sst2-optimizers-short runs/sst2-learned ;;
 collect)
   python3 -m zolightning compare table $OPT | tail -30
   cp runs/sst2-optimizers-short/results.md "$OUT"/optimizers_results.md
