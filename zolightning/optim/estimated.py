@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from zolightning.optim.noise import NoiseSource, step_seed
-from zolightning.optim.perturbation import add_normal
+from zolightning.optim.perturbation import Scratch, add_normal
 from zolightning.optim.zo_sgd import ZOSGD, ZOStepOutput
 
 
@@ -38,6 +38,7 @@ class EstimatedZO(ZOSGD):
         if kwargs.pop("sync", True) is not True:
             raise ValueError(f"{type(self).__name__} reads g on the host (sync=True)")
         super().__init__(params, lr=lr, eps=eps, **kwargs)
+        self.scratch = Scratch()
         if self.sharded:
             raise ValueError(f"{type(self).__name__} does not run on sharded (FSDP2) weights yet; zo_sgd does")
         self.queries = queries
@@ -50,7 +51,8 @@ class EstimatedZO(ZOSGD):
     def gradient_estimates(self, estimates: list[tuple[int, float]], scales) -> Iterator[tuple[dict, Tensor, Tensor]]:
         """(group, p, ĝ_p in float32, or float64 for float64 weights) for every tensor, from each query's (seed, g).
 
-        With philox noise each query's g z is added into the estimate by the fused pass (`add_normal`).
+        With philox noise each query's g z is added into the estimate by the fused pass (`add_normal`), in a
+        scratch buffer that the next tensor of the same shape reuses: consume each estimate before the next.
         """
         scale_list = scales.tolist() if torch.is_tensor(scales) else scales
         tensors = self._tensors()
@@ -63,12 +65,14 @@ class EstimatedZO(ZOSGD):
         else:
             streams = [self._directions(seed) for seed, _ in estimates]
         for i, ((group, p), s) in enumerate(zip(tensors, scale_list)):
-            grad = torch.zeros(p.shape, dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
+            wide = torch.promote_types(p.dtype, torch.float32)
             if self.noise == "philox":
+                grad = self.scratch.zeros(p.shape, wide, p.device)
                 for (seed, _), coefficient in zip(estimates, coefficients):
                     add_normal(grad, seed, i, coefficient[i : i + 1])
                 yield group, p, grad
                 continue
+            grad = torch.zeros(p.shape, dtype=wide, device=p.device)
             for (_, g), stream in zip(estimates, streams):
                 grad.add_(next(stream), alpha=g)
             yield group, p, grad.mul_(s / len(estimates))

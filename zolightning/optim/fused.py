@@ -171,7 +171,7 @@ def _plan(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[int]) 
                 first.to(device),
                 (first + counts).to(device),
             )
-        if len(_plans) > 64:  # tensors re-allocated many times: drop stale tables
+        if len(_plans) > 4096:  # tensors re-allocated many times: drop stale tables (one per tensor is normal)
             _plans.clear()
         _plans[signature] = plans
     return _plans[signature]

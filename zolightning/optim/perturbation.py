@@ -97,7 +97,9 @@ def add_normal(out: Tensor, seed: int, key: int, alpha: Tensor) -> Tensor:
 
     On CUDA with Triton this is one fused launch (z made in registers, as in `shift`); elsewhere the PyTorch
     reference. The update rules that need z itself (the estimated and shaped optimizers) draw it here, so their
-    updates follow the same z as their perturbation passes, at the speed of the fused pass.
+    updates follow the same z as their perturbation passes, at the speed of the fused pass. Pass buffers that
+    live across steps (`Scratch`): the fused pass keeps a launch table per (buffer, key), and building one
+    costs host-to-device copies that wait for the GPU.
     """
     from zolightning.optim import fused
 
@@ -109,3 +111,17 @@ def add_normal(out: Tensor, seed: int, key: int, alpha: Tensor) -> Tensor:
     z = philox_normal(seed, key, flat.numel(), device=out.device).to(out.dtype)
     flat.add_(z * alpha.to(out.dtype))
     return out
+
+
+class Scratch:
+    """Reusable float buffers by (shape, dtype, device): the same memory, hence the same launch tables, every step."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, Tensor] = {}
+
+    def zeros(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device, slot: int = 0) -> Tensor:
+        """A zeroed buffer; it is overwritten by the next call with the same (shape, dtype, device, slot)."""
+        key = (tuple(shape), dtype, device, slot)
+        if key not in self._buffers:
+            self._buffers[key] = torch.zeros(tuple(shape), dtype=dtype, device=device)
+        return self._buffers[key].zero_()

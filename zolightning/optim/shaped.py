@@ -32,12 +32,13 @@ _LAZY_TAG = 0x4C4F5A4F  # separates LOZO's V stream from the step seeds
 class ShapedZO(EstimatedZO):
     """Base: subclasses define `direction(index, p, seed)`; perturbation and estimate both go through it."""
 
-    def normal(self, seed: int, index: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    def normal(self, seed: int, index: int, shape: tuple[int, ...], like: Tensor, slot: int = 1) -> Tensor:
         """N(0, 1) of `shape`, a function of (seed, tensor index) alone, drawn in float32 and returned in the
-        arithmetic dtype of `like` (float32, or float64 for float64 weights)."""
+        arithmetic dtype of `like` (float32, or float64 for float64 weights). With philox noise the result may
+        live in a scratch buffer (`slot`) that the next draw of the same shape overwrites: use it at once."""
         device = like.device
         if self.noise == "philox":
-            z = torch.zeros(shape, dtype=torch.float32, device=device)
+            z = self.scratch.zeros(shape, torch.float32, device, slot)
             add_normal(z, seed, index, self._one(device))
         else:
             generator = torch.Generator(device=device).manual_seed(step_seed(seed, index))
@@ -99,7 +100,7 @@ class LOZO(ShapedZO):
             if self._v_cache and next(iter(self._v_cache))[0] != window:
                 self._v_cache.clear()
             seed = step_seed(self.seed ^ _LAZY_TAG, window)
-            self._v_cache[key] = self.normal(seed, index, (n, self.rank), like)
+            self._v_cache[key] = self.normal(seed, index, (n, self.rank), like, slot=2).clone()
         return self._v_cache[key]
 
     def direction(self, index: int, p: Tensor, seed: int) -> Tensor:
