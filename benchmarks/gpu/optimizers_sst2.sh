@@ -8,7 +8,7 @@ LEARNED=configs/compare/sst2_learned.yaml
 FIT_ARGS=(-- --model.model "$GGUF" --data.data_dir "$DATA")
 case "$1" in
 run)
-  timeout -k 60 ${BUDGET:-540} python3 -m zolightning compare run $OPT "${FIT_ARGS[@]}" >>"$OUT"/optimizers.log 2>&1 &
+  timeout -k 60 ${BUDGET:-540} python3 -m zolightning compare run $OPT --parallel ${OPT_PARALLEL:-8} "${FIT_ARGS[@]}" >>"$OUT"/optimizers.log 2>&1 &
   timeout -k 60 ${BUDGET:-540} python3 -m zolightning compare run $LEARNED --only learned_last --parallel 3 \
     "${FIT_ARGS[@]}" >>"$OUT"/learned_last.log 2>&1 &
   wait
