@@ -40,6 +40,29 @@ def test_two_shards_give_the_unsharded_weights_bitwise(tmp_path, weight_decay):
         assert torch.equal(sharded[name], p), name
 
 
+def test_two_shards_with_learned_variance_follow_the_unsharded_run(tmp_path):
+    # block statistics are summed across the shard group: the replicated networks see the full tensors'
+    # mean and variance (float64 sums instead of var_mean: equal to rounding, not bitwise)
+    out = tmp_path / "sharded.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT)]
+    result = subprocess.run(
+        [*command, str(out), "--steps", "3", "--learned"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded = torch.load(out)
+    model = load_causal_lm("tiny-llama", dtype="float64")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, 3, 0.0, all_reduce=False, learned=True)
+    isotropic = load_causal_lm("tiny-llama", dtype="float64")
+    train(isotropic, 3, 0.0, all_reduce=False)
+    moved_differently = False
+    for (name, p), (_, q) in zip(model.named_parameters(), isotropic.named_parameters()):
+        assert not torch.equal(p, before[name]) or p.ndim == 1
+        torch.testing.assert_close(sharded[name], p.detach(), rtol=1e-12, atol=1e-14, msg=name)
+        moved_differently |= not torch.allclose(p, q, rtol=1e-9, atol=1e-12)
+    assert moved_differently  # the learned scales did act
+
+
 def test_sharded_parameters_need_counter_based_noise():
     import torch.distributed as dist
 
@@ -115,3 +138,29 @@ def test_strategies_built_on_gradients_are_refused_with_the_supported_ones_named
 
     with pytest.raises(ValueError, match="supported: auto.*zo_fsdp"):
         main(["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--trainer.strategy", strategy])
+
+
+def test_a_sharded_fit_with_learned_variance_follows_the_data_parallel_one(tmp_path, data_dir):
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from zolightning.variance import BlockVarianceNets, LearnedOptimizerFile
+    from zolightning.variance.blocks import trainable_named_parameters
+
+    named = trainable_named_parameters(load_causal_lm("tiny-llama"))
+    nets = BlockVarianceNets(len(named), generator=torch.Generator().manual_seed(0))
+    file = tmp_path / "tiny.safetensors"
+    LearnedOptimizerFile(nets, [n for n, _ in named], [tuple(p.shape) for _, p in named], [None] * len(named)).save(
+        file
+    )
+    learned = ("--model.variance", "learned", "--model.variance_file", str(file))
+    sharded_dir = _fit(tmp_path, "fsdp", data_dir, 2, 4, *learned)
+    replicated = _fit(tmp_path, "ddp", data_dir, 2, 4, *learned)
+    dcp_to_torch_save(sharded_dir, tmp_path / "sharded.pt")
+    sharded = torch.load(tmp_path / "sharded.pt", weights_only=False)["state_dict"]
+    expected = torch.load(replicated, weights_only=False)["state_dict"]
+    weights = [k for k in expected if k.startswith("model.")]
+    for k in weights:  # fp32; the statistics are summed in another order than data parallel's
+        torch.testing.assert_close(sharded[k], expected[k], rtol=1e-6, atol=1e-7, msg=k)
+    meta = torch.load(sharded_dir / "meta.pt", weights_only=False)
+    sigma = meta["zo_optimizer_states"][0]["zo"]["block_scales"]["sigma_prev"]
+    assert not torch.allclose(sigma, torch.ones_like(sigma))  # the networks' sigma was used and carried

@@ -1,6 +1,7 @@
 """Run by tests/test_sharded.py under torchrun: ZO steps on a tiny Llama sharded with FSDP2 (gloo, CPU).
 
 python -m torch.distributed.run --nproc_per_node 2 tests/scripts/sharded_zo.py OUT.pt --steps 3 [--weight-decay W]
+    [--learned]   (learned block variance from seeded random networks)
 Each rank scores the same fixed batch (the losses then agree across ranks); rank 0 saves the full weights.
 """
 
@@ -26,8 +27,27 @@ def loss_of(model, batch) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["input_ids"][:, 1:].flatten())
 
 
-def train(model, steps: int, weight_decay: float, all_reduce: bool) -> None:
-    optimizer = ZOSGD(model.parameters(), lr=1e-2, eps=1e-3, seed=5, noise="philox", weight_decay=weight_decay)
+def learned_variance(model):
+    """Block scales from seeded random networks: the same on every rank and in the unsharded run."""
+    from zolightning.variance import BlockVarianceNets
+    from zolightning.variance.blocks import describe_blocks
+    from zolightning.variance.learned import LearnedVariance
+
+    blocks = describe_blocks(model, 4)
+    nets = BlockVarianceNets(len(blocks), generator=torch.Generator().manual_seed(3))
+    return LearnedVariance(nets, blocks, normalize=True, cuda_graph=False)
+
+
+def train(model, steps: int, weight_decay: float, all_reduce: bool, learned: bool = False) -> None:
+    optimizer = ZOSGD(
+        model.parameters(),
+        lr=1e-2,
+        eps=1e-3,
+        seed=5,
+        noise="philox",
+        weight_decay=weight_decay,
+        block_scales=learned_variance(model) if learned else None,
+    )
     batch = fixed_batch()
 
     def closure():
@@ -46,6 +66,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--learned", action="store_true")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
@@ -53,7 +74,7 @@ def main() -> None:
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh, reshard_after_forward=True)  # the root too: every forward all-gathers anew
-    train(model, args.steps, args.weight_decay, all_reduce=True)
+    train(model, args.steps, args.weight_decay, all_reduce=True, learned=args.learned)
     full = {name: p.full_tensor() for name, p in model.named_parameters()}
     if dist.get_rank() == 0:
         torch.save(full, args.out)

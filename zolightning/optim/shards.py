@@ -9,8 +9,9 @@ element.
 Every forward must all-gather the current shards: FSDP2 keeps the *root* module's parameters unsharded after a
 forward unless told otherwise (it expects a backward next), and a ZO step would then score stale weights. Shard
 the root with `fully_shard(model, reshard_after_forward=True)` (tests/scripts/sharded_zo.py does).
-The fused pass takes the offsets (multiples of 4; others take the PyTorch reference pass). Not yet: learned
-block variance (its block statistics need a reduction across ranks), GPU measurements (issue #13).
+The fused pass takes the offsets (multiples of 4; others take the PyTorch reference pass). Learned block variance
+works sharded: each block's (sum, sum of squares) is added across the shard group (`shard_group`), so every rank
+feeds the replicated networks the full tensors' statistics.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ def local_shard(p: Tensor) -> tuple[Tensor, int]:
     rows = p.shape[0]
     first_row = min(rank * math.ceil(rows / world), rows)
     return p.to_local(), first_row * (p.numel() // rows if rows else 0)
+
+
+def shard_group(p: Tensor):
+    """The process group p's rows are spread over (None for a plain or fully replicated tensor)."""
+    if not is_sharded(p):
+        return None
+    sharded = [i for i, pl in enumerate(p.placements) if not isinstance(pl, Replicate)]
+    return p.device_mesh.get_group(sharded[0]) if sharded else None
 
 
 def shard_model(model: nn.Module, mesh) -> None:

@@ -133,10 +133,10 @@ class ZOSGD(Optimizer):
             raise ValueError("sync=False needs noise='philox' and no block_scales (their history reads the losses)")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.sharded = any(is_sharded(p) for _, p in self._tensors())
-        if self.sharded and (noise != "philox" or block_scales or stochastic_rounding):
+        if self.sharded and (noise != "philox" or stochastic_rounding):
             raise ValueError(
                 "sharded parameters (FSDP2) need noise='philox' (z indexed by element: each rank draws its own "
-                "rows), and do not support block_scales or stochastic_rounding yet"
+                "rows), and do not support stochastic_rounding yet"
             )
         self.eps, self.seed, self.block_scales = eps, seed, block_scales
         self.noise, self.stochastic_rounding, self.sync = noise, stochastic_rounding, sync
@@ -195,7 +195,8 @@ class ZOSGD(Optimizer):
             mult, step = update
             alpha, stochastic, offset = s * step, self.stochastic_rounding, 0.0
         # The update pass can report each block's sums as it writes it (learned variance's next features).
-        wants = update is not None and hasattr(self.block_scales, "observe_statistics")
+        # (Sharded: the sums would be one rank's rows; the variance reduces its own statistics instead.)
+        wants = update is not None and hasattr(self.block_scales, "observe_statistics") and not self.sharded
         sums = torch.empty(len(tensors), 2, dtype=torch.float64, device=s.device) if wants else None
         perturbation.shift(tensors, list(range(len(tensors))), seed, pre, alpha, mult, stochastic, sums, starts)
         if wants:

@@ -13,12 +13,42 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from zolightning.optim.shards import is_sharded, local_shard, shard_group
 from zolightning.variance.blocks import Block
 from zolightning.variance.networks import BlockVarianceNets, normalisation_factor
 
 
+def mean_and_variance(sums: Tensor, numels: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean, unbiased variance) in float32 from float64 [n, 2] (sum, sum of squares) and element counts."""
+    total, squares = sums.unbind(1)
+    mean = total / numels
+    variance = ((squares - total * mean) / (numels - 1).clamp(min=1)).clamp(min=0)
+    return mean.float(), variance.float()
+
+
+def sharded_block_statistics(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """block_statistics of FSDP2 shards: each rank sums its rows, the sums are added across the shard group."""
+    import torch.distributed as dist
+
+    group = next((g for g in map(shard_group, params) if g is not None), None)
+    leader = group is None or dist.get_rank(group) == 0
+    rows = []
+    for p in params:
+        local = local_shard(p)[0].detach().double()
+        if shard_group(p) is None and not leader:  # held whole by every rank: counted once
+            local = local.new_zeros(0)
+        rows.append(torch.stack([local.sum(), local.square().sum()]))
+    sums = torch.stack(rows)
+    if group is not None:
+        dist.all_reduce(sums, group=group)
+    numels = torch.tensor([p.numel() for p in params], dtype=torch.float64, device=sums.device)
+    return mean_and_variance(sums, numels)
+
+
 def block_statistics(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """(mean [n], unbiased variance [n]) of each tensor, in float32; a 1-element tensor has variance 0."""
+    if any(is_sharded(p) for p in params):
+        return sharded_block_statistics(params)
     pairs = [torch.var_mean(p.detach(), correction=1) for p in params]
     variance = torch.stack([v.float() for v, _ in pairs])
     mean = torch.stack([m.float() for _, m in pairs])
@@ -77,10 +107,7 @@ class LearnedVariance:
         return self._versions is not None and self._versions == [p._version for p in params]
 
     def _statistics_from_sums(self, params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        total, squares = self._sums.unbind(1)
-        mean = total / self._numels
-        variance = ((squares - total * mean) / (self._numels - 1).clamp(min=1)).clamp(min=0)
-        return mean.float(), variance.float()
+        return mean_and_variance(self._sums, self._numels)
 
     def features(self, params: Sequence[Tensor], from_sums: bool = False) -> Tensor:
         """[n, 5] inputs in the published order: mean, unbiased var, L+_{t-1}, L-_{t-1}, sigma_{t-1}."""
@@ -129,7 +156,7 @@ class LearnedVariance:
         device = params[0].device
         if self.sigma_prev.device != device:
             self._to(device)
-        use_graph = self.cuda_graph and device.type == "cuda"
+        use_graph = self.cuda_graph and device.type == "cuda" and not is_sharded(params[0])  # no collectives in it
         from_sums = self._sums_current(params)
         sigma, c, scales = self._replay(params, from_sums) if use_graph else self._compute(params, from_sums)
         self._pending, self.last_sigma, self._last_c = sigma, sigma, c
