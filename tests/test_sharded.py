@@ -1,5 +1,6 @@
 """Sharded ZO (FSDP2, 2 CPU processes over gloo) takes exactly the unsharded steps: z is indexed by element."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,17 @@ def test_a_sharded_fit_with_learned_variance_follows_the_data_parallel_one(tmp_p
     meta = torch.load(sharded_dir / "meta.pt", weights_only=False)
     sigma = meta["zo_optimizer_states"][0]["zo"]["block_scales"]["sigma_prev"]
     assert not torch.allclose(sigma, torch.ones_like(sigma))  # the networks' sigma was used and carried
+
+
+def test_the_scale_benchmark_builds_a_sharded_random_llama_and_steps():
+    import json
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "benchmarks.sharded_scale", "--shape", "tiny", "--steps", "2", "--dtype", "float32"]
+    result = subprocess.run(
+        command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    assert report["world"] == 2 and len(report["losses"]) == 2 and all(math.isfinite(x) for x in report["losses"])
+    assert report["step_seconds"] > 0 and report["forward_seconds"] > 0
