@@ -64,6 +64,25 @@ def test_two_shards_with_learned_variance_follow_the_unsharded_run(tmp_path):
     assert moved_differently  # the learned scales did act
 
 
+def test_hybrid_sharding_two_replicas_of_two_shards_gives_the_unsharded_weights(tmp_path):
+    # 4 processes, mesh (2 replicas x 2 shards), as 2 nodes of 2 GPUs: rows sharded within a replica group,
+    # learned variance's statistics summed over the shard dimension only
+    out = tmp_path / "hybrid.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", str(SCRIPT)]
+    result = subprocess.run(
+        [*command, str(out), "--steps", "2", "--replicas", "2", "--learned"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    hybrid = torch.load(out)
+    model = load_causal_lm("tiny-llama", dtype="float64")
+    train(model, 2, 0.0, all_reduce=False, learned=True)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(hybrid[name], p.detach(), rtol=1e-12, atol=1e-14, msg=name)
+
+
 def test_sharded_parameters_need_counter_based_noise():
     import torch.distributed as dist
 

@@ -67,9 +67,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--learned", action="store_true")
+    parser.add_argument("--replicas", type=int, default=1, help="hybrid: replicated over this many groups")
     args = parser.parse_args()
     dist.init_process_group("gloo")
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    world = dist.get_world_size()
+    if args.replicas > 1:  # HSDP: sharded within a group, replicated across groups (as across nodes)
+        mesh = init_device_mesh("cpu", (args.replicas, world // args.replicas), mesh_dim_names=("replicate", "shard"))
+    else:
+        mesh = init_device_mesh("cpu", (world,))
     model = load_causal_lm("tiny-llama", dtype="float64")
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh)
