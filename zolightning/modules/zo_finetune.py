@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # What each split is logged as: the dev split picks checkpoints, the eval split is reported; a multi-task
 # run names its splits "dev:<task>" and logs "val/<task>/acc".
 LOG_PREFIX = {"dev": "val", "eval": "eval", "test": "test"}
+RULE_OPTIONS = ("queries", "momentum", "betas", "hessian_smooth", "lozo_rank", "lozo_interval")  # the rules' own
 
 
 def log_prefix(split: str) -> str:
@@ -193,16 +194,10 @@ class ZOFineTuneModule(L.LightningModule):
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
         block_scales = self._block_scales(decay + no_decay)
-        fused = self.hparams.optimizer == "zo_sgd" and self.hparams.queries == 1
         optimizer = build_zo_optimizer(
             self.hparams.optimizer,
             [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-            queries=self.hparams.queries,
-            momentum=self.hparams.momentum,
-            betas=self.hparams.betas,
-            hessian_smooth=self.hparams.hessian_smooth,
-            lozo_rank=self.hparams.lozo_rank,
-            lozo_interval=self.hparams.lozo_interval,
+            **{name: self.hparams[name] for name in RULE_OPTIONS},
             lr=self.hparams.lr,
             eps=self.hparams.eps,
             weight_decay=self.hparams.weight_decay,
@@ -210,7 +205,7 @@ class ZOFineTuneModule(L.LightningModule):
             block_scales=block_scales,
             noise=self.path.noise,
             stochastic_rounding=self.hparams.stochastic_rounding,
-            sync=self.path.noise != "philox" or block_scales is not None or not fused,
+            sync=self.path.noise != "philox" or block_scales is not None,  # the other rules always sync
         )
         if not optimizer.sync:
             log.info("ZO steps keep g on the device: a step never waits for the GPU")
@@ -225,11 +220,9 @@ class ZOFineTuneModule(L.LightningModule):
     def _block_scales(self, walk: list[torch.Tensor]) -> LearnedVariance | None:
         if self.hparams.variance == "isotropic":
             return None
-        datamodule = getattr(self.trainer, "datamodule", None)
-        batch_size = getattr(datamodule, "batch_size", 16)
-        return learned_variance_for(
-            self.hparams.variance_file, self.model, walk, batch_size, self.trainer.world_size, self.hparams.normalize
-        )
+        batch_size = getattr(getattr(self.trainer, "datamodule", None), "batch_size", 16)
+        world, normalize = self.trainer.world_size, self.hparams.normalize
+        return learned_variance_for(self.hparams.variance_file, self.model, walk, batch_size, world, normalize)
 
     def on_train_start(self) -> None:
         if self.device.type == "cuda":  # perf/peak_mem_gib: the training peak, not set-up's broadcasts
@@ -319,8 +312,7 @@ class ZOFineTuneModule(L.LightningModule):
     def on_validation_start(self) -> None:
         _ = self.scorer  # `zolightning validate` / `test` compile here
 
-    def on_test_start(self) -> None:
-        _ = self.scorer
+    on_test_start = on_validation_start
 
     def _get_tokenizer(self):
         if self._tokenizer is None:
