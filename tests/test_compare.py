@@ -97,9 +97,10 @@ def test_a_run_with_a_last_checkpoint_resumes_from_it(tmp_path):
     assert f"--trainer.logger.init_args.save_dir={run.run_dir}" in command
 
 
-def _write_curves(run, losses: dict[int, float], val: dict[int, float], evaluation: dict[int, float]) -> None:
+def _write_curves(run, losses, val, evaluation, step_seconds: dict[int, float] | None = None) -> None:
     with SummaryWriter(str(run.log_dir)) as writer:
-        for tag, curve in (("train/loss", losses), ("val/acc", val), ("eval/acc", evaluation)):
+        curves = (("train/loss", losses), ("val/acc", val), ("eval/acc", evaluation))
+        for tag, curve in (*curves, ("perf/step_seconds", step_seconds or {})):
             for step, value in curve.items():
                 writer.add_scalar(tag, value, step)
 
@@ -112,8 +113,10 @@ def test_the_table_and_paired_tests_follow_synthetic_curves(tmp_path):
         i, final = run.seed, finals[run.method][run.seed]
         losses = {s: (1.0 if s < 90 else final) for s in range(0, 100, 10)}  # steps 0..99: the last 10% is step 90
         val = {49: 0.74 + i / 100, 99: 0.75}  # best dev: step 99 for seed 0, a tie for seed 1, step 49 for seed 2
-        _write_curves(run, losses, val, {49: 0.6, 99: evals[run.method][i]})
+        seconds = {9: 5.0, 19: 0.1 + i / 100, 29: 0.1 + i / 100}  # the first interval pays for compilation
+        _write_curves(run, losses, val, {49: 0.6, 99: evals[run.method][i]}, seconds)
     results = [summarize(run) for run in grid.runs()]
+    assert results[1].figures["step_seconds"] == pytest.approx(0.11)
     assert results[0].steps == 100 and results[0].figures["final_loss"] == pytest.approx(0.50)
     assert results[2].figures["best_val"] == pytest.approx(0.76, abs=1e-6) and results[2].figures[
         "eval_at_best"
@@ -124,6 +127,7 @@ def test_the_table_and_paired_tests_follow_synthetic_curves(tmp_path):
     assert results[0].figures["eval_at_best"] == pytest.approx(0.80, abs=1e-6) == results[0].figures["last_eval"]
     text = table(grid, results)
     assert "| sst2 | linear | 0.001 | 3 | 100 | 0.4200 ± 0.0265 |" in text
+    assert text.split("\n")[4].endswith("| 0.110 ± 0.010 |")  # median step seconds, mean ± std over seeds
     expected = ttest_rel(finals["linear"], finals["const"]).pvalue
     delta_eval = 100 * (sum(evals["linear"]) - sum(evals["const"])) / 3
     assert f"| sst2 | 0.001 | linear | 3 | -0.0767 | {expected:.3f} | {delta_eval:+.1f} |" in text

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from zolightning.compare.grid import Grid, RunSpec
 
-FIGURES = ("final_loss", "best_val", "eval_at_best", "last_val", "last_eval")
+ACCURACIES = ("best_val", "eval_at_best", "last_val", "last_eval")
+FIGURES = ("final_loss", *ACCURACIES, "step_seconds")
 
 
 def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
@@ -55,6 +56,9 @@ def summarize(run: RunSpec, tail: float = 0.1) -> RunResult:
         start = steps * (1 - tail)
         tail_points = [v for s, v in loss.items() if s + 1 >= start] or [loss[max(loss)]]
         figures["final_loss"] = statistics.fmean(tail_points)
+    step_seconds = list(curves.get("perf/step_seconds", {}).values())
+    if step_seconds:  # median: robust to the first step's compile and to validation pauses
+        figures["step_seconds"] = statistics.median(step_seconds)
     metric = main_metric(curves)
     val, evaluation = curves.get(f"val/{metric}", {}), curves.get(f"eval/{metric}", {})
     if val:
@@ -101,12 +105,13 @@ def table(grid: Grid, results: list[RunResult]) -> str:
         f"## {grid.name}: mean ± std over seeds",
         "",
         "| task | method | lr | seeds | steps | final train loss | best dev | eval at best dev | last dev "
-        "| last eval |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| last eval | step s (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (task, method, lr), group in groups.items():
         cells = [_cell((r.figures["final_loss"] for r in group), 1, 4)]
-        cells += [_cell((r.figures[f] for r in group), 100, 1) for f in FIGURES[1:]]
+        cells += [_cell((r.figures[f] for r in group), 100, 1) for f in ACCURACIES]
+        cells += [_cell((r.figures["step_seconds"] for r in group), 1, 3)]
         steps = "/".join(sorted({str(r.steps) for r in group}))
         lines.append(f"| {task} | {method} | {lr:g} | {len(group)} | {steps} | " + " | ".join(cells) + " |")
     lines += ["", *_paired_lines(grid, groups)]

@@ -39,18 +39,11 @@ class ShapedZO(EstimatedZO):
         device = like.device
         if self.noise == "philox":
             z = self.scratch.zeros(shape, torch.float32, device, slot)
-            add_normal(z, seed, index, self._one(device))
+            add_normal(z, seed, index, self._vector([1.0]))
         else:
             generator = torch.Generator(device=device).manual_seed(step_seed(seed, index))
             z = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
         return z.to(torch.promote_types(like.dtype, torch.float32))
-
-    def _one(self, device: torch.device) -> Tensor:
-        if not hasattr(self, "_ones"):
-            self._ones: dict[torch.device, Tensor] = {}
-        if device not in self._ones:
-            self._ones[device] = torch.ones(1, device=device)
-        return self._ones[device]
 
     def direction(self, index: int, p: Tensor, seed: int) -> Tensor:
         raise NotImplementedError
