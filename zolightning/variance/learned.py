@@ -30,12 +30,13 @@ def sharded_block_statistics(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """block_statistics of FSDP2 shards: each rank sums its rows, the sums are added across the shard group."""
     import torch.distributed as dist
 
-    group = next((g for g in map(shard_group, params) if g is not None), None)
+    groups = [shard_group(p) for p in params]
+    group = next((g for g in groups if g is not None), None)
     leader = group is None or dist.get_rank(group) == 0
     rows = []
-    for p in params:
+    for p, own_group in zip(params, groups):
         local = local_shard(p)[0].detach().double()
-        if shard_group(p) is None and not leader:  # held whole by every rank: counted once
+        if own_group is None and not leader:  # held whole by every rank: counted once
             local = local.new_zeros(0)
         rows.append(torch.stack([local.sum(), local.square().sum()]))
     sums = torch.stack(rows)
