@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from zolightning.optim import fused_rules
 from zolightning.optim.noise import NoiseSource, step_seed
 from zolightning.optim.perturbation import Scratch, add_normal
 from zolightning.optim.zo_sgd import ZOSGD, ZOStepOutput
@@ -28,14 +29,21 @@ from zolightning.optim.zo_sgd import ZOSGD, ZOStepOutput
 class EstimatedZO(ZOSGD):
     """Base: q two-point queries at θ, weights restored after each, then `update(group, p, grad, state)`.
 
+    With philox noise, one query and weights the fused pass can address (CUDA + Triton), a rule that names its
+    `fused_rule()` runs restore, estimate, state and update as one pass (`fused_rules.py`): the step then costs
+    what MeZO's does, plus the state's memory traffic. Rules with `DEVICE_STEP` may also keep g on the device
+    there (`sync=False`, as ZOSGD); elsewhere they read it on the host.
+
     Args (beyond ZOSGD's):
         queries: directions averaged per step (q; 2q forward passes a step).
     """
 
+    DEVICE_STEP = False  # whether the fused path may skip non-finite steps on the device (no per-tensor host state)
+
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, queries: int = 1, **kwargs):
         if queries < 1:
             raise ValueError(f"queries must be >= 1, got {queries}")
-        if kwargs.pop("sync", True) is not True:
+        if not kwargs.get("sync", True) and not self.DEVICE_STEP:
             raise ValueError(f"{type(self).__name__} reads g on the host (sync=True)")
         super().__init__(params, lr=lr, eps=eps, **kwargs)
         self.scratch = Scratch()
@@ -87,6 +95,8 @@ class EstimatedZO(ZOSGD):
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step needs a closure returning the loss")
         scales, all_finite = self._scales([p for _, p in self._tensors()])
+        if self._fuses():
+            return self._fused_step(closure, scales, all_finite)
         estimates, plus, minus = [], [], []
         for seed in self.query_seeds():
             self._perturb(seed, +1.0, scales)
@@ -102,6 +112,68 @@ class EstimatedZO(ZOSGD):
             return self._skip(loss_plus, loss_minus)
         self.apply_update(estimates, scales, closure)
         return self._completed(loss_plus, loss_minus, sum(g for _, g in estimates) / len(estimates))
+
+    # ---- the fused path (one query, philox, fused-pass weights) ---------------------------------------
+    def fused_rule(self) -> str | None:
+        """This rule's name in `fused_rules.RULES`, or None: the update runs tensor by tensor."""
+        return None
+
+    def _fuses(self) -> bool:
+        if not hasattr(self, "_fusable"):  # the tensors never change: decide once
+            tensors = [p for _, p in self._tensors()]
+            self._fusable = self.noise == "philox" and self.queries == 1 and fused_rules.usable(tensors)
+        return self._fusable and self.fused_rule() is not None
+
+    def _fused_step(self, closure: Callable, scales, all_finite) -> ZOStepOutput:
+        seed = self.query_seeds()[0]
+        self._perturb(seed, +1.0, scales)
+        plus = closure()
+        self._perturb(seed, -2.0, scales)
+        minus = closure()
+        if not self.sync:  # as ZOSGD's device step: a non-finite g turns the pass into a plain restore
+            device = self.param_groups[0]["params"][0].device
+            plus, minus = (torch.as_tensor(v, device=device).detach().float() for v in (plus, minus))
+            g = (plus.double() - minus.double()) / (2 * self.eps)
+            ok = torch.isfinite(g)
+            self._fused_update(seed, scales, torch.where(ok, g, 0.0), ok)
+            self._skips.add(~ok)
+            self.num_steps += 1
+            return ZOStepOutput((plus + minus) / 2, g.float(), plus, minus, ~ok)
+        plus, minus = float(plus), float(minus)
+        g = (plus - minus) / (2 * self.eps)
+        if not (math.isfinite(g) and bool(all_finite)):
+            self._perturb(seed, +1.0, scales)
+            return self._skip(plus, minus)
+        self._fused_update(seed, scales, g, None)
+        return self._completed(plus, minus, g)
+
+    def _fused_update(self, seed: int, scales, g: float | Tensor, ok: Tensor | None) -> None:
+        """From θ + offset·ε·s⊙z to the rule's new θ in one pass (`fused_rules.update`)."""
+        rule, tensors = self.fused_rule(), [p for _, p in self._tensors()]
+        lrs, mults = [], []
+        for group in self.param_groups:
+            lrs += [group["lr"]] * len(group["params"])
+            mults += [1.0 - group["lr"] * group["weight_decay"]] * len(group["params"])
+        s = self._vector(scales)
+        states = []
+        for p in tensors:
+            state = self.state[p]
+            for name in fused_rules.STATE_NAMES[rule]:
+                if name not in state:
+                    state[name] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            states.append([state[name] for name in fused_rules.STATE_NAMES[rule]])
+        hyper = self.fused_hyper().reshape(len(tensors), fused_rules.HYPER_WIDTH)
+        flag = self._vector([1.0]) if ok is None else ok
+        coefficient = (s.double() * g).float()  # g s rounded once, as the reference path's host product
+        pre = s * (self._offset * self.eps)
+        fused_rules.update(
+            tensors, states, rule, seed, pre, coefficient, self._vector(lrs), self._vector(mults), hyper, flag
+        )
+        self._offset = 0.0
+
+    def fused_hyper(self) -> Tensor:
+        """Per tensor, `fused_rules.HYPER_WIDTH` float32 numbers the rule reads (see fused_rules)."""
+        return self._vector([0.0] * fused_rules.HYPER_WIDTH * len(self._tensors()))
 
     def apply_update(self, estimates: list[tuple[int, float]], scales, closure: Callable) -> None:
         for group, p, grad in self.gradient_estimates(estimates, scales):
@@ -134,12 +206,21 @@ class ZOSGDMomentum(EstimatedZO):
     model-sized tensor: the memory MeZO saves is spent here.
     """
 
+    DEVICE_STEP = True
+
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, momentum: float = 0.9, **kwargs):
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         super().__init__(params, lr=lr, eps=eps, **kwargs)
         for group in self.param_groups:
             group.setdefault("momentum", momentum)
+
+    def fused_rule(self) -> str:
+        return "momentum" if any(group["momentum"] for group in self.param_groups) else "plain"
+
+    def fused_hyper(self) -> Tensor:
+        rows = [[group["momentum"]] + [0.0] * (fused_rules.HYPER_WIDTH - 1) for group, _ in self._tensors()]
+        return self._vector([x for row in rows for x in row])
 
     def update(self, group: dict, grad: Tensor, state: dict) -> Tensor:
         if group["momentum"] == 0:
@@ -153,6 +234,11 @@ class ZOSGDMomentum(EstimatedZO):
 
 class ZOSGDSign(EstimatedZO):
     """ZO-SGD-Sign (signSGD on the ZO estimate; ZO-Bench, after Liu et al. 2019): θ ← θ − lr sign(ĝ)."""
+
+    DEVICE_STEP = True
+
+    def fused_rule(self) -> str:
+        return "sign"
 
     def update(self, group: dict, grad: Tensor, state: dict) -> Tensor:
         return grad.sign_()
@@ -179,6 +265,20 @@ class ZOAdam(EstimatedZO):
         for group in self.param_groups:
             group.setdefault("betas", tuple(betas))
             group.setdefault("adam_eps", adam_eps)
+
+    def fused_rule(self) -> str:
+        return "adam"
+
+    def fused_hyper(self) -> Tensor:
+        """Counts this step in each tensor's state (the fused path calls it once per applied update)."""
+        rows = []
+        for group, p in self._tensors():
+            state = self.state[p]
+            state["step"] = state.get("step", 0) + 1
+            (beta1, beta2), t = group["betas"], state["step"]
+            rows.append([beta1, 1 - beta1, beta2, 1 - beta2, 1 - beta1**t, 1 - beta2**t, group["adam_eps"], 0.0])
+        device = self.param_groups[0]["params"][0].device
+        return torch.tensor(rows, dtype=torch.float32).to(device, non_blocking=True)
 
     def update(self, group: dict, grad: Tensor, state: dict) -> Tensor:
         beta1, beta2 = group["betas"]

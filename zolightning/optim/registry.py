@@ -28,17 +28,17 @@ def build_zo_optimizer(
         raise ValueError(f"unknown ZO optimizer {name!r}; choose one of {', '.join(OPTIMIZER_NAMES)}")
     if name == "zo_sgd" and queries == 1:
         return ZOSGD(params, **common)
-    common.pop("sync", None)  # the estimate's update rules read g on the host
     if common.pop("stochastic_rounding", False):
         raise ValueError(f"stochastic_rounding is supported by zo_sgd with one query only, not {name}")
-    if name == "zo_sgd":
-        return ZOSGDMomentum(params, momentum=0.0, queries=queries, **common)
-    if name == "zo_sgd_momentum":
-        return ZOSGDMomentum(params, momentum=momentum, queries=queries, **common)
-    if name == "hizoo":
-        return HiZOO(params, hessian_smooth=hessian_smooth, queries=queries, **common)
-    if name == "lozo":
-        return LOZO(params, rank=lozo_rank, interval=lozo_interval, queries=queries, **common)
-    if name == "zo_adam":
-        return ZOAdam(params, betas=betas, queries=queries, **common)
-    return {"zo_sgd_sign": ZOSGDSign, "zo_sgd_conserve": ZOSGDConserve}[name](params, queries=queries, **common)
+    cls, options = {
+        "zo_sgd": (ZOSGDMomentum, {"momentum": 0.0}),
+        "zo_sgd_momentum": (ZOSGDMomentum, {"momentum": momentum}),
+        "zo_sgd_sign": (ZOSGDSign, {}),
+        "zo_sgd_conserve": (ZOSGDConserve, {}),
+        "zo_adam": (ZOAdam, {"betas": betas}),
+        "hizoo": (HiZOO, {"hessian_smooth": hessian_smooth}),
+        "lozo": (LOZO, {"rank": lozo_rank, "interval": lozo_interval}),
+    }[name]
+    if not cls.DEVICE_STEP:
+        common.pop("sync", None)  # these rules read g on the host
+    return cls(params, queries=queries, **options, **common)

@@ -1,0 +1,124 @@
+"""The estimated rules' fused update pass (fused_rules.py) against their tensor-by-tensor path, under Triton's
+interpreter on CPU: the same weights and states, a device-side skip, and the fallback where it cannot run."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from zolightning.optim import ZOSGDConserve, ZOSGDMomentum, build_zo_optimizer
+
+_INTERPRETED = textwrap.dedent(
+    """
+    import math
+    import torch
+    from zolightning.optim import ZOAdam, ZOSGDMomentum, ZOSGDSign, build_zo_optimizer, fused
+
+    sizes = [(40, 70), (fused.BLOCK + 5,), (3, 5)]  # a partial block, several programs per tensor
+    targets = [torch.randn(*s, generator=torch.Generator().manual_seed(1)) for s in sizes]
+
+    def weights(dtype):
+        generator = torch.Generator().manual_seed(0)
+        return [torch.randn(*s, generator=generator).to(dtype) for s in sizes]
+
+    def loss_of(params):
+        return lambda: sum(((p.float() - t) ** 2).sum() for p, t in zip(params, targets)) / 100
+
+    def pair(cls, dtype, steps, eps=1e-3, **options):
+        fused_params, plain_params = weights(dtype), weights(dtype)
+        optimizers = []
+        for params in (fused_params, plain_params):
+            groups = [{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}]
+            optimizers.append(cls(groups, lr=1e-3, eps=eps, weight_decay=0.1, seed=3, noise="philox", **options))
+        optimizers[1]._fusable = False  # the tensor-by-tensor path of the same rule
+        assert optimizers[0]._fuses() and not optimizers[1]._fuses()
+        for _ in range(steps):
+            for optimizer, params in zip(optimizers, (fused_params, plain_params)):
+                optimizer.step(loss_of(params))
+        return optimizers, fused_params, plain_params
+
+    rules = [(ZOSGDMomentum, {"momentum": 0.9}), (ZOSGDMomentum, {"momentum": 0.0}), (ZOSGDSign, {}),
+             (ZOAdam, {"betas": (0.8, 0.9)})]
+    for cls, options in rules:
+        # float32: the same weights and states after 4 steps (Adam: to float32 rounding of its division)
+        (fast, plain), a, b = pair(cls, torch.float32, 4, **options)
+        for p, q in zip(a, b):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9)
+            for name, value in plain.state[q].items():
+                got = fast.state[p][name]
+                assert got == value if not torch.is_tensor(value) else torch.allclose(got, value, atol=1e-5), name
+        # bf16, one step: the interpreter rounds float32 -> bf16 by truncation, PyTorch to nearest: 1 ulp
+        (fast, plain), a, b = pair(cls, torch.bfloat16, 1, eps=0.05, **options)
+        for p, q in zip(a, b):
+            assert ((p.float() - q.float()).abs() <= 2**-7 * q.float().abs() + 1e-6).all()
+            for name, value in plain.state[q].items():
+                assert not torch.is_tensor(value) or torch.allclose(fast.state[p][name], value, atol=1e-6), name
+
+    # mixed dtypes: one launch per dtype, each with its own rows of the per-tensor vectors
+    mixed = [weights(torch.float32), weights(torch.float32)]
+    for params in mixed:
+        params[1].data = params[1].data.bfloat16()
+    optimizers = [  # per-group lrs: a launch that read another dtype's rows would step by the wrong lr
+        ZOSGDMomentum([{"params": p[:1]}, {"params": p[1:2], "lr": 0.2}, {"params": p[2:], "momentum": 0.0}],
+                      lr=1e-3, eps=0.05, seed=3, noise="philox", momentum=0.5)
+        for p in mixed
+    ]  # fmt: skip
+    optimizers[1]._fusable = False
+    for optimizer, params in zip(optimizers, mixed):  # one step: after it, bf16 rounding (1 ulp) moves g
+        optimizer.step(loss_of(params))
+    for p, q in zip(*mixed):
+        assert ((p.float() - q.float()).abs() <= 2**-7 * q.float().abs() + 1e-6).all()
+
+    # sync=False: a non-finite loss restores the weights and leaves the momentum untouched, on the device
+    params = weights(torch.float32)
+    before = [p.clone() for p in params]
+    optimizer = build_zo_optimizer("zo_sgd_momentum", params, lr=1e-3, noise="philox", sync=False)
+    assert optimizer._fuses() and not optimizer.sync
+    out = optimizer.step(loss_of(params))
+    assert torch.is_tensor(out.skipped) and not bool(out.skipped)
+    buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in params]
+    moved = [p.clone() for p in params]
+    out = optimizer.step(lambda: torch.tensor(math.nan))
+    assert bool(out.skipped) and optimizer.num_skipped == 1 and optimizer.num_steps == 2
+    for p, m, buffer in zip(params, moved, buffers):
+        assert (p - m).abs().max() < 1e-6  # the +eps, -2 eps, restore round trip in float32
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], buffer)
+    assert any((p - b).abs().max() > 1e-6 for p, b in zip(params, before))
+    print("fused rules agree with the reference")
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_fused_rules_match_their_reference_path_under_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", _INTERPRETED], env=env, cwd=root, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fused rules agree with the reference" in result.stdout
+
+
+def test_without_the_fused_pass_the_rules_read_g_on_the_host():
+    # CPU tensors without the interpreter: the tensor-by-tensor path, even when sync=False was asked for
+    params = [torch.randn(8, 4)]
+    optimizer = build_zo_optimizer("zo_sgd_momentum", params, lr=1e-3, noise="philox", sync=False)
+    assert not optimizer._fuses()
+    out = optimizer.step(lambda: (params[0] ** 2).sum())
+    assert isinstance(out.loss, float) and "momentum_buffer" in optimizer.state[params[0]]
+
+
+def test_rules_without_a_device_step_refuse_sync_false_and_the_registry_keeps_them_synced():
+    params = [torch.randn(8, 4)]
+    with pytest.raises(ValueError, match="reads g on the host"):
+        ZOSGDConserve(params, lr=1e-3, noise="philox", sync=False)
+    assert build_zo_optimizer("zo_adam", params, lr=1e-3, noise="philox", sync=False).sync
+    assert not build_zo_optimizer("zo_sgd_sign", params, lr=1e-3, noise="philox", sync=False).sync
+    with pytest.raises(ValueError, match="sync=False needs noise='philox'"):
+        ZOSGDMomentum(params, lr=1e-3, sync=False)  # the generator path always reads the losses

@@ -1,0 +1,143 @@
+"""The estimated rules' restore-and-update as one fused pass: ZO-SGD (plain), momentum, sign and Adam.
+
+With one query the estimate of tensor i is ĝ_i = c_i z_i (c_i = g s_i, `estimated.py`), so a rule's whole
+update is elementwise in (weight, z, state). The reference path spends several passes per tensor on it (restore,
+draw z into a buffer, update the state, update the weight) and a launch or more for each of them; this pass does
+it in one launch per dtype over every tensor, like MeZO's restore-and-update (`fused.py`), with the same z:
+
+    base = round(w − pre·z)        the weight with its current perturbation removed (the restore pass)
+    ĝ = c·z                         the estimate
+    d = rule(ĝ, state)              plain: ĝ; momentum: m ← μm + ĝ; sign: sign(ĝ); Adam: m, v, bias correction
+    w ← mult·base − lr·d            mult = 1 − lr·wd (decoupled decay)
+
+Its states are the reference path's (`momentum_buffer`, `exp_avg`, `exp_avg_sq`, float32, one per weight), so
+checkpoints move between the two paths. A device flag `ok` turns the pass into a plain restore with the states
+untouched: a non-finite g is skipped without reading it on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from zolightning.optim import fused
+from zolightning.optim.philox import ROUNDS
+
+RULES = {"plain": 0, "momentum": 1, "sign": 2, "adam": 3}
+STATE_NAMES = {"plain": (), "momentum": ("momentum_buffer",), "sign": (), "adam": ("exp_avg", "exp_avg_sq")}
+HYPER_WIDTH = 8  # per tensor: momentum (μ); Adam (β1, 1−β1, β2, 1−β2, 1−β1^t, 1−β2^t, adam_eps)
+
+
+def usable(params: Sequence[Tensor]) -> bool:
+    """Whether the fused rule pass can run on these weights (those of the fused perturbation pass)."""
+    return fused.usable(params)
+
+
+if fused.triton is not None:
+    import triton
+    import triton.language as tl
+
+    from zolightning.optim.fused import _box_muller, _interleave4, _philox, _uniform
+
+    @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+    def _rule_kernel(
+        pointers, first_states, second_states, program_tensor, program_start, numels, keys,
+        pre, coefficient, lr, mult, hyper, ok, seed_lo, seed_hi,
+        DTYPE: tl.constexpr, RULE: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr, ROUNDS: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        t = tl.load(program_tensor + pid)
+        start = tl.load(program_start + pid)
+        n = tl.load(numels + t)
+        weights = tl.load(pointers + t).to(tl.pointer_type(DTYPE))
+        k0 = seed_lo.to(tl.uint32)
+        k1 = seed_hi.to(tl.uint32)
+        q = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+        c0 = (q & 0xFFFFFFFF).to(tl.uint32)
+        c2 = tl.zeros_like(c0) + tl.load(keys + t).to(tl.uint32)
+        x0, x1, x2, x3 = _philox(k0, k1, c0, (q >> 32).to(tl.uint32), c2, tl.zeros_like(c0), ROUNDS)
+        n0, n1 = _box_muller(_uniform(x0), _uniform(x1), FAST)
+        n2, n3 = _box_muller(_uniform(x2), _uniform(x3), FAST)
+        z = _interleave4(n0, n1, n2, n3)
+
+        offsets = start + tl.arange(0, BLOCK).to(tl.int64)
+        inside = offsets < n
+        go = tl.load(ok) != 0
+        w = tl.load(weights + offsets, mask=inside, other=0.0).to(tl.float32)
+        base = (w - tl.load(pre + t) * z).to(DTYPE).to(tl.float32)
+        estimate = tl.load(coefficient + t) * z
+        h = hyper + t * 8  # HYPER_WIDTH
+        if RULE == 0:
+            direction = estimate
+        elif RULE == 1:
+            m_at = tl.load(first_states + t).to(tl.pointer_type(tl.float32)) + offsets
+            m_old = tl.load(m_at, mask=inside, other=0.0)
+            m = tl.load(h) * m_old + estimate
+            tl.store(m_at, tl.where(go, m, m_old), mask=inside)
+            direction = m
+        elif RULE == 2:
+            direction = tl.where(estimate > 0, 1.0, tl.where(estimate < 0, -1.0, 0.0))
+        else:
+            m_at = tl.load(first_states + t).to(tl.pointer_type(tl.float32)) + offsets
+            v_at = tl.load(second_states + t).to(tl.pointer_type(tl.float32)) + offsets
+            m_old = tl.load(m_at, mask=inside, other=0.0)
+            v_old = tl.load(v_at, mask=inside, other=0.0)
+            m = m_old * tl.load(h) + estimate * tl.load(h + 1)
+            v = v_old * tl.load(h + 2) + estimate * estimate * tl.load(h + 3)
+            tl.store(m_at, tl.where(go, m, m_old), mask=inside)
+            tl.store(v_at, tl.where(go, v, v_old), mask=inside)
+            direction = (m / tl.load(h + 4)) / (tl.sqrt(v / tl.load(h + 5)) + tl.load(h + 6))
+        value = tl.where(go, tl.load(mult + t) * base - tl.load(lr + t) * direction, base)
+        tl.store(weights + offsets, value.to(DTYPE), mask=inside)
+
+
+_state_tables: dict[tuple, Tensor] = {}
+
+
+def _addresses(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
+    """A device table of the tensors' addresses, built once per list of tensors."""
+    signature = tuple(t.data_ptr() for t in tensors)
+    if signature not in _state_tables:
+        if len(_state_tables) > 4096:
+            _state_tables.clear()
+        _state_tables[signature] = torch.tensor(list(signature), dtype=torch.int64, device=device)
+    return _state_tables[signature]
+
+
+def update(
+    params: Sequence[Tensor],
+    states: Sequence[Sequence[Tensor]],
+    rule: str,
+    seed: int,
+    pre: Tensor,
+    coefficient: Tensor,
+    lr: Tensor,
+    mult: Tensor,
+    hyper: Tensor,
+    ok: Tensor,
+) -> None:
+    """In place, one launch per dtype: tensor i <- mult_i base_i − lr_i d_i, and its states (see the module doc).
+
+    `states[i]`: tensor i's float32 state buffers in `STATE_NAMES[rule]` order; `pre`, `coefficient`, `lr`,
+    `mult`: float32 per-tensor vectors; `hyper`: float32 [n, HYPER_WIDTH]; `ok`: one element, 0 = restore only.
+    """
+    keys = list(range(len(params)))
+    wanted = len(STATE_NAMES[rule])
+    if any(len(s) != wanted for s in states):
+        raise ValueError(f"rule {rule!r} takes {wanted} state tensors per weight")
+    flag = ok.reshape(1).to(torch.int32)
+    for dtype, plan in fused._plan(params, keys, ()).items():
+        chosen = [i for i, p in enumerate(params) if p.dtype == dtype]  # the plan's tensors, read on the host
+        whole = len(chosen) == len(params)
+        per_tensor = [v if whole else v.index_select(0, plan.index) for v in (pre, coefficient, lr, mult, hyper)]
+        tables = [_addresses([states[i][j] for i in chosen], pre.device) for j in range(wanted)]
+        tables += [plan.pointers] * (2 - wanted)  # unused by the rule: any valid pointer table
+        _rule_kernel[(plan.programs,)](
+            plan.pointers, *tables, plan.program_tensor, plan.program_start, plan.numels, plan.keys,
+            *(v.float().contiguous() for v in per_tensor), flag,
+            seed & 0xFFFFFFFF, seed >> 32,
+            DTYPE=fused._TL_DTYPES[dtype], RULE=RULES[rule], BLOCK=fused.BLOCK, FAST=not fused.INTERPRET,
+            ROUNDS=ROUNDS, num_warps=8,
+        )  # fmt: skip
