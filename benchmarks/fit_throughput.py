@@ -167,10 +167,14 @@ def squad_validation(args, logs: Path) -> dict:
         "--model.model", args.model, "--data.data_dir", args.data_dir, "--data.eval_during_fit", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(logs),
     ]  # fmt: skip
+    if args.squad_eval_batch:
+        command += ["--data.eval_batch_size", str(args.squad_eval_batch)]
     run, reader = launch("squad-val", command)
     code = finish(run, reader, args.timeout)
     val = run.found("val_s")
-    return {"case": "squad-val (500 dev rows, generation)", "exit": code, "val_s": float(val[0]) if val else None}
+    batch = args.squad_eval_batch or "config's"
+    case = f"squad-val (500 dev rows, generation, eval batch {batch})"
+    return {"case": case, "exit": code, "val_s": float(val[0]) if val else None}
 
 
 def shared_fits(args, logs: Path, count: int = 4) -> dict:
@@ -188,6 +192,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--timeout", type=float, default=400, help="seconds per launched process")
     parser.add_argument("--no-isolated", action="store_true", help="skip the isolated step measurement")
+    parser.add_argument("--squad-eval-batch", type=int, help="squad-val: override the config's eval_batch_size")
     parser.add_argument("--log-dir", help="append each fit's log lines to <log-dir>/<case>.log")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="fit_throughput_"))

@@ -6,7 +6,8 @@
 Each rule steps the same model on the same random batch (eager forward: the comparison is of the update
 rules, not of the forward); medians after warm-up, and the peak allocated memory of one step with the rule's
 state in place. `ratio` is the step time over `zo_sgd`'s (issue #14: ≤ 1.15 on the fast path, ZO-Adam
-excepted).
+excepted). `fused` says whether the rule ran its update as one pass (`fused_rules.py`) and `sync` whether its
+step read g on the host.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ from zolightning.scoring import batch_loss
 
 def measure(model, batch, name: str, noise: str, repeats: int, queries: int = 1) -> tuple[float, float]:
     params = [p for p in model.parameters() if p.requires_grad]
-    sync = not (name == "zo_sgd" and queries == 1 and noise == "philox")
-    optimizer = build_zo_optimizer(name, params, lr=1e-7, eps=1e-3, noise=noise, queries=queries, sync=sync)
+    # as in a fit: philox steps keep g on the device where the rule can (the registry keeps the others synced)
+    optimizer = build_zo_optimizer(
+        name, params, lr=1e-7, eps=1e-3, noise=noise, queries=queries, sync=noise != "philox"
+    )
 
     def step():
         optimizer.step(lambda: batch_loss(model, batch)[0])
 
     seconds = timed(step, repeats)
-    return seconds, peak_mib(step)
+    fused = getattr(optimizer, "_fuses", lambda: name == "zo_sgd")()
+    return seconds, peak_mib(step), fused, optimizer.sync
 
 
 def main() -> None:
@@ -50,16 +54,16 @@ def main() -> None:
         inference = peak_mib(lambda: batch_loss(model, batch))
     print(f"{args.model} {args.dtype} noise={args.noise} batch {args.batch}x{args.length}: "
           f"inference peak {inference:.0f} MiB")  # fmt: skip
-    print("| rule | step (ms) | ratio to zo_sgd | peak (MiB) |\n|---|---|---|---|")
+    print("| rule | step (ms) | ratio to zo_sgd | peak (MiB) | fused | sync |\n|---|---|---|---|---|---|")
     base = None
     for name, queries in [*((n, 1) for n in OPTIMIZER_NAMES), ("zo_sgd", 4)]:
-        seconds, peak = measure(model, batch, name, args.noise, args.repeats, queries)
+        seconds, peak, fused, sync = measure(model, batch, name, args.noise, args.repeats, queries)
         base = base or seconds
         label = name if queries == 1 else f"{name}, q={queries}"
-        print(f"| {label} | {1000 * seconds:.1f} | {seconds / base:.2f} | {peak:.0f} |", flush=True)
+        print(f"| {label} | {1000 * seconds:.1f} | {seconds / base:.2f} | {peak:.0f} | {fused} | {sync} |", flush=True)
     lora_model, _ = add_lora(model)
-    seconds, peak = measure(lora_model, batch, "zo_sgd", args.noise, args.repeats)
-    print(f"| zo_sgd, LoRA r 8 (q,v) | {1000 * seconds:.1f} | {seconds / base:.2f} | {peak:.0f} |")
+    seconds, peak, fused, sync = measure(lora_model, batch, "zo_sgd", args.noise, args.repeats)
+    print(f"| zo_sgd, LoRA r 8 (q,v) | {1000 * seconds:.1f} | {seconds / base:.2f} | {peak:.0f} | {fused} | {sync} |")
 
 
 if __name__ == "__main__":
