@@ -6,9 +6,9 @@
 mkdir -p ~/zo
 if [ "$1" = stash ]; then
   mv .carry/a/gguf.* ~/zo/
-elif [ "$1" = join ] && [ ! -f ~/zo/smollm2.gguf ]; then
+elif [ "$1" = join ] && [ ! -s ~/zo/smollm2.gguf ]; then  # -s: a failed join leaves no empty file behind
   cat ~/zo/gguf.part0 .carry/b/gguf.part1 > ~/zo/smollm2.gguf
-  echo "$(cat ~/zo/gguf.sha256)  $HOME/zo/smollm2.gguf" | sha256sum -c - || return 1
+  echo "$(cat ~/zo/gguf.sha256)  $HOME/zo/smollm2.gguf" | sha256sum -c - || { rm -f ~/zo/smollm2.gguf; return 1; }
 fi
 if [ -f .carry/d/data.tar.xz ] && [ ! -d ~/zo/data ]; then
   tar xJf .carry/d/data.tar.xz -C ~/zo --strip-components=1  # shared/data/<task> -> ~/zo/data/<task>
