@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zolightning.models.prefix import has_prefix
 from zolightning.optim import fused
 
 NOISE_DEFINITIONS = {"philox": "philox-v1", "generator": "torch-generator"}
@@ -77,6 +78,12 @@ def choose_path(model: nn.Module, noise: str, fast_forward: bool | str, recorded
             if fused_ok
             else f"noise=generator: {'no Triton fused pass for these weights' if on_cuda else 'weights on the CPU'}"
         )
+    if has_prefix(model):
+        if fast_forward is True:
+            raise ValueError("fast_forward=true cannot run prefix tuning (the compiled trunk takes no prefix cache)")
+        if fast_forward == "auto":
+            fast_forward = False
+            reasons.append("fast_forward=off: prefix tuning (peft's prefix cache, eager forward)")
     if fast_forward == "auto":
         fast_forward = on_cuda
         reasons.append(

@@ -34,7 +34,8 @@ def greedy_answers(model: nn.Module, tokenizer, batch: dict, max_new_tokens: int
     Decoding stops at newline tokens by id (what `stop_strings=["\\n"]` decides by matching text at every
     step, at a cost per step): the answers are the same, the batch ends as soon as every row has its newline.
     """
-    output = model.generate(
+    generate = getattr(model, "prefix_generate", None) or model.generate  # prefix tuning: peft's (models/prefix.py)
+    output = generate(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         max_new_tokens=max_new_tokens,

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zolightning.models.prefix import prefix_inputs
 from zolightning.optim.shards import is_sharded
 
 
@@ -31,11 +32,12 @@ def answer_logprobs(model: nn.Module, batch: dict) -> Tensor:
     """log p(token) for every answer token in the batch, in float32 or wider, shape [num_pred]."""
     rows, cols = batch["pred_rows"], batch["pred_cols"]
     split = _hidden_then_head(model)
+    inputs = prefix_inputs(model, batch["input_ids"], batch["attention_mask"])
     if split is None:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[rows, cols]
+        logits = model(**inputs).logits[rows, cols]
     else:
         trunk, head = split
-        hidden = trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = trunk(**inputs).last_hidden_state
         logits = head(hidden[rows, cols])
     logprobs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     return logprobs.gather(1, batch["pred_tokens"].unsqueeze(1)).squeeze(1)

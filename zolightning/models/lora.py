@@ -37,10 +37,3 @@ def add_lora(
     config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout, task_type="CAUSAL_LM")
     wrapped = get_peft_model(model, config)
     return wrapped.get_base_model(), wrapped
-
-
-def adapter_summary(model: nn.Module) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    tensors = sum(1 for p in model.parameters() if p.requires_grad)
-    return f"LoRA: {trainable:,} trainable weights in {tensors} tensors ({100 * trainable / total:.2f}% of {total:,})"

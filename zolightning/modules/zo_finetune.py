@@ -20,7 +20,7 @@ from zolightning.fast_forward import FastScoringModel
 from zolightning.fast_path import ZOPath, choose_path, describe
 from zolightning.generation import greedy_answers, negative_f1, update_squad
 from zolightning.models import load_causal_lm, load_tokenizer
-from zolightning.models.lora import adapter_summary, add_lora
+from zolightning.models.adapters import adapter_summary, add_adapters
 from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import build_zo_optimizer
 from zolightning.optim.shards import is_sharded, shard_model
@@ -89,12 +89,13 @@ class ZOFineTuneModule(L.LightningModule):
         hessian_smooth: `hizoo`'s smoothing α of its curvature estimate.
         lozo_rank: `lozo`'s perturbation rank r.
         lozo_interval: `lozo`'s steps between redraws of its V factors (the lazy subspace).
-        peft: `none` (every weight is trained) or `lora`: LoRA adapters through peft; ZO perturbs and updates
-            only the adapter tensors (and learned variance's blocks are those tensors). `zolightning export`
-            writes the merged model.
+        peft: `none` (every weight is trained), `lora` (LoRA adapters through peft; `zolightning export` writes
+            the merged model) or `prefix` (prefix tuning through peft, eager forward; export writes the peft
+            adapter). ZO perturbs and updates only the adapter tensors (learned variance's blocks are those).
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (the update is alpha / r · B A).
         lora_target_modules: names of the linear layers that get adapters (default: q_proj, v_proj, as MeZO).
+        prefix_tokens: prefix tuning's number of virtual tokens per layer.
     """
 
     def __init__(
@@ -126,21 +127,21 @@ class ZOFineTuneModule(L.LightningModule):
         hessian_smooth: float = 1e-6,
         lozo_rank: int = 1,
         lozo_interval: int = 100,
-        peft: Literal["none", "lora"] = "none",
+        peft: Literal["none", "lora", "prefix"] = "none",
         lora_r: int = 8,
         lora_alpha: float = 16,
         lora_target_modules: list[str] | None = None,
+        prefix_tokens: int = 20,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         if variance == "learned" and not variance_file:
             raise ValueError("variance=learned needs variance_file (a learned-optimizer .safetensors)")
-        self.model = load_causal_lm(model, dtype=dtype, seed=init_seed)
-        self._peft: tuple = ()  # the PeftModel around self.model, outside the module tree (weights saved once)
-        if peft == "lora":
-            self.model, wrapper = add_lora(self.model, lora_r, lora_alpha, lora_target_modules)
-            self._peft = (wrapper,)
+        base = load_causal_lm(model, dtype=dtype, seed=init_seed)
+        self.model, wrapper = add_adapters(base, peft, lora_r, lora_alpha, lora_target_modules, prefix_tokens)
+        self._peft: tuple = (wrapper,) if wrapper is not None else ()  # outside the module tree: weights saved once
+        if wrapper is not None:
             log.info(adapter_summary(self.model))
         self.split_metrics = torch.nn.ModuleDict()  # one set per split, created on first use
         self._tokenizer = None  # loaded on first use: only generation tasks decode text
@@ -151,10 +152,12 @@ class ZOFineTuneModule(L.LightningModule):
         self._train_log = TrainingLog()
 
     def export_pretrained(self, out_dir: str) -> None:
-        """Write a Hugging Face model directory (weights, config, tokenizer), LoRA merged into the weights.
-        Merging changes this module's model in place: export at the end."""
-        model = self._peft[0].merge_and_unload() if self._peft else self.model
-        model.save_pretrained(out_dir)
+        """Write a Hugging Face model directory (weights, config, tokenizer), LoRA merged into the weights; for
+        prefix tuning, peft's adapter directory. Merging changes this module's model in place: export at the end."""
+        if self.hparams.peft == "prefix":  # a prefix does not merge into weights: peft's adapter of the base
+            self._peft[0].save_pretrained(out_dir)
+        else:
+            (self._peft[0].merge_and_unload() if self._peft else self.model).save_pretrained(out_dir)
         load_tokenizer(self.hparams.model).save_pretrained(out_dir)
 
     # ---- which path runs --------------------------------------------------------------------------
@@ -262,12 +265,9 @@ class ZOFineTuneModule(L.LightningModule):
     def on_train_end(self) -> None:
         rate = self._train_log.timer.steady_steps_per_second(self.global_step, self.device)
         if rate is not None:
-            log.info(
-                "trained to step %d: %.2f steps/s after the first step (validation excluded: %.1f s)",
-                self.global_step,
-                rate,
-                self._train_log.timer.val_seconds_total,
-            )
+            seconds = self._train_log.timer.val_seconds_total
+            log.info("trained to step %d: %.2f steps/s after the first step (validation excluded: %.1f s)",
+                     self.global_step, rate, seconds)  # fmt: skip
 
     def _objective(self, batch: dict) -> torch.Tensor:
         if self.hparams.objective == "accuracy":
