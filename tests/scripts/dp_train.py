@@ -6,6 +6,7 @@ Run as a script because Lightning's DDP launcher re-executes the command line fo
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,11 @@ def main() -> None:
         },
         args.out / f"rank{trainer.global_rank}.pt",
     )
+    if args.devices > 1:  # as in sharded_zo.py: gloo's teardown can abort (SIGABRT) after the work is saved
+        trainer.strategy.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
