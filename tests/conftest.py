@@ -11,6 +11,12 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ZOLIGHTNING_TEST_DATA", REPO.parent / "shared" / "data"))  # GPU machine: its copy
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _gguf_cache_of_this_session(tmp_path_factory):
+    """SmolLM2's de-quantized copy goes to a folder of this test session, not the user's ~/.cache."""
+    os.environ.setdefault("ZOLIGHTNING_CACHE", str(tmp_path_factory.mktemp("zolightning_cache")))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "sst2" / "train.jsonl").is_file():

