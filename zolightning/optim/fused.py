@@ -83,6 +83,21 @@ if triton is not None:
         # element 4r + i takes the i-th value of counter r
         return tl.interleave(tl.interleave(a, c), tl.interleave(b, d))
 
+    @triton.jit
+    def _counters(q, key):
+        # Philox counter words of the groups of 4 elements q of tensor `key`: (q low, q high, key)
+        c0 = (q & 0xFFFFFFFF).to(tl.uint32)
+        return c0, (q >> 32).to(tl.uint32), tl.zeros_like(c0) + key
+
+    @triton.jit
+    def _normals(k0, k1, q, key, FAST: tl.constexpr, ROUNDS: tl.constexpr):
+        # z of elements 4q .. 4q + 3 of tensor `key`, interleaved: the one noise definition of every kernel
+        c0, c1, c2 = _counters(q, key)
+        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
+        n0, n1 = _box_muller(_uniform(x0), _uniform(x1), FAST)
+        n2, n3 = _box_muller(_uniform(x2), _uniform(x3), FAST)
+        return _interleave4(n0, n1, n2, n3)
+
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
     def _shift_kernel(
         pointers, program_tensor, program_start, numels, keys, firsts, pre, alpha, mult, seed_lo, seed_hi, partials,
@@ -99,20 +114,15 @@ if triton is not None:
         k1 = seed_hi.to(tl.uint32)
         # z of element i is that of element firsts[t] + i of the full tensor (shards; a multiple of 4)
         q = (tl.load(firsts + t) + start) // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
-        c0 = (q & 0xFFFFFFFF).to(tl.uint32)
-        c1 = (q >> 32).to(tl.uint32)
-        c2 = tl.zeros_like(c0) + key
-        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
-        n0, n1 = _box_muller(_uniform(x0), _uniform(x1), FAST)
-        n2, n3 = _box_muller(_uniform(x2), _uniform(x3), FAST)
-        z = _interleave4(n0, n1, n2, n3)
+        z = _normals(k0, k1, q, key, FAST, ROUNDS)
 
         offsets = start + tl.arange(0, BLOCK).to(tl.int64)
         inside = offsets < n
         w = tl.load(weights + offsets, mask=inside, other=0.0).to(tl.float32)
         base = (w - tl.load(pre + t) * z).to(DTYPE).to(tl.float32)
         value = tl.load(mult + t) * base + tl.load(alpha + t) * z
-        if STOCHASTIC:
+        if STOCHASTIC:  # counter word 3 = 1: bits apart from z's
+            c0, c1, c2 = _counters(q, key)
             r0, r1, r2, r3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0) + 1, ROUNDS)
             bits = _interleave4(r0, r1, r2, r3) & 0xFFFF
             raw = (value.to(tl.uint32, bitcast=True) + bits) & 0xFFFF0000

@@ -39,7 +39,7 @@ if fused.triton is not None:
     import triton
     import triton.language as tl
 
-    from zolightning.optim.fused import _box_muller, _interleave4, _philox, _uniform
+    from zolightning.optim.fused import _normals
 
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
     def _rule_kernel(
@@ -55,12 +55,7 @@ if fused.triton is not None:
         k0 = seed_lo.to(tl.uint32)
         k1 = seed_hi.to(tl.uint32)
         q = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
-        c0 = (q & 0xFFFFFFFF).to(tl.uint32)
-        c2 = tl.zeros_like(c0) + tl.load(keys + t).to(tl.uint32)
-        x0, x1, x2, x3 = _philox(k0, k1, c0, (q >> 32).to(tl.uint32), c2, tl.zeros_like(c0), ROUNDS)
-        n0, n1 = _box_muller(_uniform(x0), _uniform(x1), FAST)
-        n2, n3 = _box_muller(_uniform(x2), _uniform(x3), FAST)
-        z = _interleave4(n0, n1, n2, n3)
+        z = _normals(k0, k1, q, tl.load(keys + t).to(tl.uint32), FAST, ROUNDS)  # the perturbation passes' z
 
         offsets = start + tl.arange(0, BLOCK).to(tl.int64)
         inside = offsets < n
