@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,20 @@ def tiny_multitask(data_dir):
         return module
 
     return make
+
+
+@pytest.fixture()
+def run_interpreted():
+    """Run a script with Triton's interpreter (the fused kernels on CPU tensors); assert it printed `done`."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+
+    def run(script: str, done: str) -> None:
+        env = dict(os.environ, TRITON_INTERPRET="1")  # read at import: a process of its own
+        result = subprocess.run(
+            [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert done in result.stdout
+
+    return run

@@ -1,12 +1,7 @@
 """The estimated rules' fused update pass (fused_rules.py) against their tensor-by-tensor path, under Triton's
 interpreter on CPU: the same weights and states, a device-side skip, and the fallback where it cannot run."""
 
-import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -94,15 +89,8 @@ _INTERPRETED = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_fused_rules_match_their_reference_path_under_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run(
-        [sys.executable, "-c", _INTERPRETED], env=env, cwd=root, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "fused rules agree with the reference" in result.stdout
+def test_fused_rules_match_their_reference_path_under_the_interpreter(run_interpreted):
+    run_interpreted(_INTERPRETED, "fused rules agree with the reference")
 
 
 def test_without_the_fused_pass_the_rules_read_g_on_the_host():

@@ -1,11 +1,6 @@
 """Counter-based noise (philox-v1), the fused pass's arithmetic, and its Triton kernel under the interpreter."""
 
-import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -167,15 +162,8 @@ _INTERPRETED = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_triton_kernel_matches_the_reference_under_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run(
-        [sys.executable, "-c", _INTERPRETED], env=env, cwd=root, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "kernel agrees with the reference" in result.stdout
+def test_triton_kernel_matches_the_reference_under_the_interpreter(run_interpreted):
+    run_interpreted(_INTERPRETED, "kernel agrees with the reference")
 
 
 def test_float64_weights_keep_float64_arithmetic():
