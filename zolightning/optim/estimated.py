@@ -173,7 +173,15 @@ class EstimatedZO(ZOSGD):
 
     def fused_hyper(self) -> Tensor:
         """Per tensor, `fused_rules.HYPER_WIDTH` float32 numbers the rule reads (see fused_rules)."""
-        return self._vector([0.0] * fused_rules.HYPER_WIDTH * len(self._tensors()))
+        return self._group_hyper(lambda group: [0.0] * fused_rules.HYPER_WIDTH)
+
+    def _group_hyper(self, row: Callable[[dict], list[float]]) -> Tensor:
+        """Rows set by each group's options alone: the device table is rebuilt only when those change."""
+        rows = tuple(tuple(row(group)) for group in self.param_groups)
+        if getattr(self, "_hyper", (None,))[0] != rows:
+            values = [x for group, r in zip(self.param_groups, rows) for _ in group["params"] for x in r]
+            self._hyper = (rows, self._vector(values))
+        return self._hyper[1]
 
     def apply_update(self, estimates: list[tuple[int, float]], scales, closure: Callable) -> None:
         for group, p, grad in self.gradient_estimates(estimates, scales):
@@ -219,8 +227,7 @@ class ZOSGDMomentum(EstimatedZO):
         return "momentum" if any(group["momentum"] for group in self.param_groups) else "plain"
 
     def fused_hyper(self) -> Tensor:
-        rows = [[group["momentum"]] + [0.0] * (fused_rules.HYPER_WIDTH - 1) for group, _ in self._tensors()]
-        return self._vector([x for row in rows for x in row])
+        return self._group_hyper(lambda group: [group["momentum"]] + [0.0] * (fused_rules.HYPER_WIDTH - 1))
 
     def update(self, group: dict, grad: Tensor, state: dict) -> Tensor:
         if group["momentum"] == 0:
