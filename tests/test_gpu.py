@@ -138,3 +138,23 @@ def test_fused_rules_skip_on_the_device_and_run_without_waiting():
     assert bool(out.skipped) and optimizer.num_skipped == 1
     for p, s, b in zip(params, saved, buffers):
         assert (p - s).abs().max() < 1e-5 and torch.equal(optimizer.state[p]["momentum_buffer"], b)
+
+
+def test_training_steps_between_logging_steps_never_wait_for_the_gpu(tmp_path, data_dir, monkeypatch):
+    # a logging step at batch 4 puts train/loss in the progress bar; batches 5-8 log nothing and must not
+    # synchronise (a CUDA value in the progress bar made Lightning read it back after every batch)
+    from pathlib import Path
+
+    from benchmarks.read_curves import scalars
+    from zolightning.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    main(
+        ["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--data.data_dir", str(data_dir),
+         "--trainer.accelerator", "gpu", "--trainer.max_steps", "12", "--trainer.log_every_n_steps", "5",
+         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+         "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.callbacks+=benchmarks.sync_probe.SyncProbe",
+         "--trainer.callbacks.init_args.start", "5", "--trainer.callbacks.init_args.stop", "8",
+         "--trainer.callbacks.init_args.mode", "error"]
+    )  # fmt: skip
+    assert sorted(scalars(tmp_path / "tiny-sst2-mezo" / "version_0")["train/loss"]) == [4, 9]

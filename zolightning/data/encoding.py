@@ -97,15 +97,12 @@ def collate(examples: list[EncodedExample], pad_id: int, kind: str = "classifica
                 pred_cols.append(position - 1)
                 pred_tokens.append(ids[position])
                 pred_slots.append(b * max_candidates + c)
+    # one tensor built from padded lists: per-row tensor copies cost a millisecond per batch, a fast step's fifth
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention_mask[i, : len(ids)] = 1
-    candidate_mask = torch.zeros((len(examples), max_candidates), dtype=torch.bool)
-    for b, example in enumerate(examples):
-        candidate_mask[b, : len(example.sequences)] = True
+    input_ids = torch.tensor([[*ids, *(pad_id,) * (width - len(ids))] for ids in rows], dtype=torch.long)
+    attention_mask = (torch.arange(width) < torch.tensor([len(r) for r in rows])[:, None]).long()
+    counts = torch.tensor([len(e.sequences) for e in examples])
+    candidate_mask = torch.arange(max_candidates) < counts[:, None]
     return {
         "kind": kind,
         "input_ids": input_ids,

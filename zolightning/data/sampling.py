@@ -70,14 +70,16 @@ class StepIndexedStream(IterableDataset):
 
     def indices(self, step: int) -> list[int]:
         n = len(self.examples)
-        cache: dict[int, list[int]] = {}
-        out = []
-        for p in self.positions(step):
-            cycle = p // n
-            if cycle not in cache:
-                cache[cycle] = permutation(n, self.seed, cycle)
-            out.append(cache[cycle][p % n])
-        return out
+        return [self._permutation(p // n)[p % n] for p in self.positions(step)]
+
+    def _permutation(self, cycle: int) -> list[int]:
+        # a batch reads one or two cycles' orders; drawing one costs about a millisecond, so keep the last two
+        cache = self.__dict__.setdefault("_orders", {})
+        if cycle not in cache:
+            if len(cache) >= 2:
+                cache.pop(min(cache))
+            cache[cycle] = permutation(len(self.examples), self.seed, cycle)
+        return cache[cycle]
 
     def batch(self, step: int) -> dict:
         return self.collate([self.examples[i] for i in self.indices(step)])

@@ -5,7 +5,10 @@ waiting. Logging must not undo that: every `LightningModule.log` call costs abou
 and a host number logged as a metric becomes a tensor copied to the GPU, which waits for all queued work.
 So per-step values are summed where they live (on the device, no sync) and logged once per logging interval:
 `train/loss` is the mean over the interval (non-finite, skipped steps left out), `zo/projected_grad` the last
-step's g; host numbers (lr, timing, memory, skips) are read at logging steps only.
+step's g; host numbers (lr, timing, memory, skips) are read at logging steps only. Every value is handed to
+Lightning as a CPU tensor: Lightning keeps a logged tensor where it lives and turns progress-bar values into
+numbers after every batch, so one CUDA value in the progress bar made every later step wait for the GPU
+(`benchmarks/sync_probe.py` found it: one synchronisation per step).
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ from zolightning.modules.timing import FitTimer
 from zolightning.variance.learned import LearnedVariance, sigma_by_kind
 
 log = logging.getLogger(__name__)
+
+
+def on_host(metrics: dict[str, Tensor | float]) -> dict[str, Tensor]:
+    """The metrics as float32 CPU tensors, with one device-to-host copy for all device values."""
+    on_device = [k for k, v in metrics.items() if torch.is_tensor(v) and v.device.type != "cpu"]
+    out = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items() if k not in on_device}
+    if on_device:
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in on_device]).cpu()
+        out |= dict(zip(on_device, values.unbind()))
+    return out
 
 
 class IntervalMean:
@@ -59,7 +72,8 @@ class TrainingLog:
         self.loss.add(out.loss)
         first = self.timer.step_done(module.global_step)
         if first is not None:
-            module.log_dict({"perf/first_step_seconds": first, "perf/compile_seconds": self.timer.compile_seconds})
+            seconds = {"perf/first_step_seconds": first, "perf/compile_seconds": self.timer.compile_seconds}
+            module.log_dict(on_host(seconds))
             log.info(
                 "first step done %.1f s after the fit started (compilation %.1f s)", first, self.timer.compile_seconds
             )
@@ -68,9 +82,10 @@ class TrainingLog:
         every = max(module.trainer.log_every_n_steps, 1)
         if module.global_step % every:
             return
-        module.log("train/loss", self.loss.pop(), prog_bar=True)
-        metrics = {"zo/projected_grad": out.projected_grad, "zo/skipped_steps": float(optimizer.num_skipped)}
-        metrics |= self._perf(module, batch, start, every)
+        metrics = {"train/loss": self.loss.pop(), "zo/projected_grad": out.projected_grad}
+        metrics |= {"zo/skipped_steps": float(optimizer.num_skipped)} | self._perf(module, batch, start, every)
+        metrics = on_host(metrics)
+        module.log("train/loss", metrics.pop("train/loss"), prog_bar=True)
         module.log_dict(metrics)
         self._log_sigma(module, optimizer.block_scales)
 
@@ -125,7 +140,7 @@ class TrainingLog:
         metrics = {"zo/norm_factor": scales.last_c}
         for kind, mean in sigma_by_kind(sigma, [b.kind for b in scales.blocks]).items():
             metrics[f"sigma/{kind}"] = mean
-        module.log_dict(metrics)
+        module.log_dict(on_host(metrics))
         experiment = getattr(module.logger, "experiment", None)
         if hasattr(experiment, "add_histogram"):
             experiment.add_histogram("sigma/all_blocks", sigma.cpu(), module.global_step)

@@ -150,10 +150,8 @@ class EstimatedZO(ZOSGD):
     def _fused_update(self, seed: int, scales, g: float | Tensor, ok: Tensor | None) -> None:
         """From θ + offset·ε·s⊙z to the rule's new θ in one pass (`fused_rules.update`)."""
         rule, tensors = self.fused_rule(), [p for _, p in self._tensors()]
-        lrs, mults = [], []
-        for group in self.param_groups:
-            lrs += [group["lr"]] * len(group["params"])
-            mults += [1.0 - group["lr"] * group["weight_decay"]] * len(group["params"])
+        lrs = self._per_group([group["lr"] for group in self.param_groups])
+        mults = self._per_group([1.0 - group["lr"] * group["weight_decay"] for group in self.param_groups])
         s = self._vector(scales)
         states = []
         for p in tensors:
@@ -166,9 +164,7 @@ class EstimatedZO(ZOSGD):
         flag = self._vector([1.0]) if ok is None else ok
         coefficient = (s.double() * g).float()  # g s rounded once, as the reference path's host product
         pre = s * (self._offset * self.eps)
-        fused_rules.update(
-            tensors, states, rule, seed, pre, coefficient, self._vector(lrs), self._vector(mults), hyper, flag
-        )
+        fused_rules.update(tensors, states, rule, seed, pre, coefficient, lrs, mults, hyper, flag)
         self._offset = 0.0
 
     def fused_hyper(self) -> Tensor:

@@ -178,6 +178,14 @@ class ZOSGD(Optimizer):
             self._constants[key] = pinned.to(device, non_blocking=True)
         return self._constants[key]
 
+    def _per_group(self, values: list[float], dtype: torch.dtype = torch.float32) -> Tensor:
+        """One value per group as a per-tensor device vector. An lr schedule changes it every step: one shared
+        value is a fill on the device, not a new host list copied over."""
+        if len(set(values)) == 1:
+            device = self.param_groups[0]["params"][0].device
+            return torch.full((len(self._tensors()),), values[0], dtype=dtype, device=device)
+        return self._vector([v for v, group in zip(values, self.param_groups) for _ in group["params"]], dtype)
+
     def _philox_shift(
         self, seed: int, scales: Scales, offset: float, update: tuple[Tensor, Tensor] | None = None
     ) -> None:
@@ -215,13 +223,11 @@ class ZOSGD(Optimizer):
     def _philox_update(self, seed: int, scales: Scales, g: float | Tensor, ok: Tensor | None = None) -> None:
         """The restore-and-update pass: theta_new = k theta - lr g s z, k = 1 - lr wd per group. With a device
         flag `ok`, a False makes it a plain restore (mult 1, step 0), decided on the device."""
-        lrs, mults = [], []
-        for group in self.param_groups:
-            lrs += [group["lr"]] * len(group["params"])
-            mults += [1.0 - group["lr"] * group["weight_decay"]] * len(group["params"])
+        lrs = [group["lr"] for group in self.param_groups]
+        mults = [1.0 - group["lr"] * group["weight_decay"] for group in self.param_groups]
         minus_g = -g if ok is None else torch.where(ok, -g, 0.0)
-        step = (self._vector(lrs, torch.float64) * minus_g).float()  # lr * g in float64, rounded once
-        mult = self._vector(mults) if ok is None else torch.where(ok, self._vector(mults), 1.0)
+        step = (self._per_group(lrs, torch.float64) * minus_g).float()  # lr * g in float64, rounded once
+        mult = self._per_group(mults) if ok is None else torch.where(ok, self._per_group(mults), 1.0)
         self._philox_shift(seed, scales, 0.0, (mult, step))
 
     def _restore_and_update(self, seed: int, g: float, scales: Scales) -> None:
