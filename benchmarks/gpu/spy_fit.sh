@@ -1,9 +1,11 @@
-# Where a real fit's host time goes per training step (issue #11), sampled by py-spy (carry its wheel in .whl).
+# Where a real fit's host time goes per training step (issue #11), sampled by py-spy.
+#   (carry .carry/s: the py-spy wheel; pip install --target /tmp/site .carry/s/*.whl)
 #   source benchmarks/gpu/setup.sh && MODEL=tiny-llama bash benchmarks/gpu/spy_fit.sh
 #   source benchmarks/gpu/setup.sh join && MODEL=$GGUF bash benchmarks/gpu/spy_fit.sh
 # SST-2's config, bf16, ${STEPS:-1500} steps, no validation; prints benchmarks/spy_summary.py's shares.
 set -o pipefail
 mkdir -p "$OUT"
+[ -x /tmp/site/bin/py-spy ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/s/*.whl
 MODEL=${MODEL:-tiny-llama}
 name=$(basename "$MODEL" .gguf)
 timeout -k 10 ${LIMIT:-240} /tmp/site/bin/py-spy record -r 250 -f raw -o "$OUT/spy_$name.txt" -- \
