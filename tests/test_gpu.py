@@ -88,6 +88,7 @@ def test_planned_cuda_graph_forward_has_no_recompiles_after_warm_up(tiny_data):
     model = load_causal_lm("tiny-llama").cuda()
     fast = FastScoringModel(model, plan=plan_shapes(data.scoring_shapes(), multiple=32, max_lengths=2))
     fast.trunk.warm_up(torch.device("cuda"))
+    assert set(fast.trunk._captured) == set(fast.trunk.plan.shapes)  # each planned shape replays our own graph
     graphs = compiled_graph_count()
     stream = data.train_dataloader().dataset
     batches = [stream.batch(step) for step in range(8)] + list(data._scoring_loader("eval"))

@@ -18,6 +18,8 @@ interpreter uses the precise functions.
 from __future__ import annotations
 
 import os
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,11 +40,47 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _TL_DTYPES = {}
 
 
+class _Known:
+    """What was worked out for one list of tensors: valid while they are the same objects (weak references:
+    ids of dead tensors are reused) at the same storage addresses. A ZO step asks three times per step about
+    the same few hundred tensors, and the per-tensor checks cost SmolLM2 about 2 ms of host time per step
+    (py-spy, docs/benchmarks.md)."""
+
+    def __init__(self, params: Sequence[Tensor], pointers: list[int]):
+        self.refs, self.pointers = [weakref.ref(p) for p in params], pointers
+        self.usable: bool | None = None
+        self.plans: dict[tuple, dict] = {}
+
+    def holds(self, params: Sequence[Tensor], pointers: list[int]) -> bool:
+        return self.pointers == pointers and all(ref() is p for ref, p in zip(self.refs, params))
+
+
+_known: OrderedDict[tuple[int, ...], _Known] = OrderedDict()
+
+
+def _lookup(params: Sequence[Tensor]) -> _Known:
+    key = tuple(map(id, params))
+    pointers = list(map(Tensor.data_ptr, params))
+    known = _known.get(key)
+    if known is None or not known.holds(params, pointers):
+        known = _known[key] = _Known(params, pointers)
+        if len(_known) > 8:  # a few lists per optimizer; views made per call come and go
+            _known.popitem(last=False)
+    return known
+
+
 def usable(params: Sequence[Tensor]) -> bool:
     """Whether `shift` can run on these tensors: Triton present, one CUDA device (or interpreting),
     contiguous tensors (the kernel addresses them flat) of float32, bfloat16 or float16."""
     if triton is None or not params:
         return False
+    known = _lookup(params)
+    if known.usable is None:
+        known.usable = _usable(params)
+    return known.usable
+
+
+def _usable(params: Sequence[Tensor]) -> bool:
     devices = {p.device for p in params}
     if len(devices) != 1 or not (next(iter(devices)).type == "cuda" or INTERPRET):
         return False
@@ -156,6 +194,13 @@ _plans: dict[tuple, dict[torch.dtype, _Plan]] = {}
 
 
 def _plan(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[int]) -> dict[torch.dtype, _Plan]:
+    known, setting = _lookup(params), (tuple(keys), tuple(firsts))
+    if setting not in known.plans:
+        known.plans[setting] = _build_plan(params, keys, firsts)
+    return known.plans[setting]
+
+
+def _build_plan(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[int]) -> dict[torch.dtype, _Plan]:
     signature = tuple((p.data_ptr(), p.numel(), p.dtype) for p in params) + tuple(keys) + tuple(firsts)
     if signature not in _plans:
         device = params[0].device
