@@ -36,6 +36,15 @@ def on_host(metrics: dict[str, Tensor | float]) -> dict[str, Tensor]:
     return out
 
 
+def _to_logger(module: L.LightningModule, metrics: dict[str, Tensor]) -> None:
+    """Straight to the logger, at the step Lightning gives `self.log` values: each `self.log` call costs
+    Lightning's result bookkeeping (py-spy: 0.7 ms per step on average for a dozen metrics per interval)."""
+    if module.logger is None or module.trainer.sanity_checking:
+        return
+    step = getattr(module.trainer.fit_loop.epoch_loop, "_batches_that_stepped", module.global_step - 1)
+    module.logger.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
 class IntervalMean:
     """Mean of the finite values added since the last `pop`, kept on the values' device (or on the host)."""
 
@@ -85,8 +94,8 @@ class TrainingLog:
         metrics = {"train/loss": self.loss.pop(), "zo/projected_grad": out.projected_grad}
         metrics |= {"zo/skipped_steps": float(optimizer.num_skipped)} | self._perf(module, batch, start, every)
         metrics = on_host(metrics)
-        module.log("train/loss", metrics.pop("train/loss"), prog_bar=True)
-        module.log_dict(metrics)
+        module.log("train/loss", metrics.pop("train/loss"), prog_bar=True)  # progress bar, divergence guard
+        _to_logger(module, metrics)
         self._log_sigma(module, optimizer.block_scales)
 
     def _perf(self, module: L.LightningModule, batch: dict, start: float, every: int) -> dict:
@@ -140,7 +149,8 @@ class TrainingLog:
         metrics = {"zo/norm_factor": scales.last_c}
         for kind, mean in sigma_by_kind(sigma, [b.kind for b in scales.blocks]).items():
             metrics[f"sigma/{kind}"] = mean
-        module.log_dict(on_host(metrics))
+        _to_logger(module, on_host(metrics))
         experiment = getattr(module.logger, "experiment", None)
-        if hasattr(experiment, "add_histogram"):
-            experiment.add_histogram("sigma/all_blocks", sigma.cpu(), module.global_step)
+        finite = sigma[torch.isfinite(sigma)].cpu()
+        if hasattr(experiment, "add_histogram") and finite.numel():  # TensorBoard refuses an empty histogram
+            experiment.add_histogram("sigma/all_blocks", finite, module.global_step)

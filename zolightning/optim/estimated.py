@@ -149,7 +149,7 @@ class EstimatedZO(ZOSGD):
 
     def _fused_update(self, seed: int, scales, g: float | Tensor, ok: Tensor | None) -> None:
         """From θ + offset·ε·s⊙z to the rule's new θ in one pass (`fused_rules.update`)."""
-        rule, tensors = self.fused_rule(), [p for _, p in self._tensors()]
+        rule, tensors = self.fused_rule(), self._params()
         lrs = self._per_group([group["lr"] for group in self.param_groups])
         mults = self._per_group([1.0 - group["lr"] * group["weight_decay"] for group in self.param_groups])
         s = self._vector(scales)

@@ -58,7 +58,23 @@ class _Known:
 _known: OrderedDict[tuple[int, ...], _Known] = OrderedDict()
 
 
+class TrustedTensors(list):
+    """Tensors checked once by `trusted`: the passes of one optimizer step reuse that check."""
+
+    __slots__ = ("known",)
+
+
+def trusted(params: Sequence[Tensor]) -> TrustedTensors:
+    """`params` as a list whose launch tables and usability are looked up now, once. Make a new one whenever
+    the tensors may have changed (an optimizer makes one per step)."""
+    out = TrustedTensors(params)
+    out.known = _lookup(params)
+    return out
+
+
 def _lookup(params: Sequence[Tensor]) -> _Known:
+    if type(params) is TrustedTensors:
+        return params.known
     key = tuple(map(id, params))
     pointers = list(map(Tensor.data_ptr, params))
     known = _known.get(key)
