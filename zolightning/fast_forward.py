@@ -16,7 +16,9 @@ After warm-up, any new graph dynamo builds is counted in `recompiles` and report
 outside the plan, or a compiler failure, is said once in the log and scored by the eager trunk.
 
 The weights are read by the compiled code at every call (they are graph inputs, not constants), so the
-in-place updates of a ZO step are seen by the next forward; a test checks it.
+in-place updates of a ZO step are seen by the next forward; a test checks it. The captured graphs read them at
+the addresses they had at warm-up: weights given new storage afterwards (`p.data = ...`, `.to()`, merging
+adapters) need a new `FastScoringModel`.
 """
 
 from __future__ import annotations

@@ -158,6 +158,7 @@ class ZOFineTuneModule(L.LightningModule):
             self._peft[0].save_pretrained(out_dir)
         else:
             (self._peft[0].merge_and_unload() if self._peft else self.model).save_pretrained(out_dir)
+            self._fast_scorer = None  # its CUDA graphs read the replaced modules' weights: build anew if used again
         load_tokenizer(self.hparams.model).save_pretrained(out_dir)
 
     # ---- which path runs --------------------------------------------------------------------------
@@ -315,8 +316,7 @@ class ZOFineTuneModule(L.LightningModule):
     on_test_start = on_validation_start
 
     def _get_tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.hparams.model)
+        self._tokenizer = self._tokenizer or load_tokenizer(self.hparams.model)
         return self._tokenizer
 
     def _max_new_tokens(self) -> int:
