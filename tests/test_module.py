@@ -160,6 +160,16 @@ def test_learned_variance_trains_and_logs_sigma(tmp_path, tiny_data, noise):
         assert key in logged, key
 
 
+def test_sigma_ceiling_reaches_the_learned_variance(tmp_path, tiny_data):
+    variance_file = _learned_file(tmp_path / "f.safetensors")
+    module = ZOFineTuneModule(model="tiny-llama", variance="learned", variance_file=variance_file, sigma_ceiling=1.5)
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=tiny_data())
+    scales = trainer.optimizers[0].block_scales
+    sigma = scales.last_sigma
+    assert scales.sigma_ceiling == 1.5 and (sigma == sigma.max()).sum() >= 2  # blocks held at the cap (ties)
+
+
 def test_run_stops_after_consecutive_non_finite_steps(tmp_path, tiny_data):
     before = [p.detach().clone() for p in load_causal_lm("tiny-llama").parameters()]
     path = _learned_file(tmp_path / "nan.safetensors", b2=float("nan"))

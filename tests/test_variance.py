@@ -181,3 +181,21 @@ def test_block_features_from_the_update_pass_equal_a_fresh_pass(tiny_data, tmp_p
     with torch.no_grad():
         params[0].mul_(2)  # written by someone else: the reported sums are stale and must not be used
     assert not scales._sums_current(params)
+
+
+def test_sigma_ceiling_caps_blocks_at_a_multiple_of_the_mean_and_feeds_the_capped_sigma_back(tmp_path):
+    model = load_causal_lm("tiny-llama")
+    _file_for(model, seed=3).save(tmp_path / "f.safetensors")
+    params = list(model.parameters())
+    free = learned_variance_for(str(tmp_path / "f.safetensors"), model, params, 4)
+    capped = learned_variance_for(str(tmp_path / "f.safetensors"), model, params, 4, sigma_ceiling=1.2)
+    free.scales(params), capped.scales(params)
+    raw = free.last_sigma
+    assert raw.max() > 1.2 * raw.mean()  # this file has blocks above the ceiling: the test can fail
+    torch.testing.assert_close(capped.last_sigma, torch.minimum(raw, 1.2 * raw.mean()))
+    sizes, c_sigma = capped.effective_sizes, capped.last_c * capped.last_sigma.double()
+    assert torch.isclose((sizes * c_sigma**2).sum(), sizes.sum(), rtol=1e-6)  # still normalised
+    capped.observe(0.7, 0.6)
+    assert torch.equal(capped.sigma_prev, capped.last_sigma)  # the history carries the capped sigma
+    with pytest.raises(ValueError, match="sigma_ceiling"):
+        learned_variance_for(str(tmp_path / "f.safetensors"), model, params, 4, sigma_ceiling=0.0)

@@ -77,6 +77,15 @@ class TrainingLog:
         self._last_log_start: float | None = None
         self._skips_reported = 0
 
+    @staticmethod
+    def data_counts(module: L.LightningModule) -> None:
+        """Examples cut on the left, and left out (answer too long), per split: once, at step 0."""
+        datamodule = getattr(module.trainer, "datamodule", None)
+        counts = {f"data/truncated_{split}": n for split, n in getattr(datamodule, "truncated", {}).items()}
+        counts |= {f"data/left_out_{split}": len(rows) for split, rows in getattr(datamodule, "left_out", {}).items()}
+        if counts and module.logger is not None:
+            module.logger.log_metrics(counts, step=0)
+
     def after_step(self, module: L.LightningModule, out, batch: dict, start: float) -> None:
         self.loss.add(out.loss)
         first = self.timer.step_done(module.global_step)

@@ -60,6 +60,8 @@ class ZOFineTuneModule(L.LightningModule):
             per-block scales from the networks in `variance_file`).
         variance_file: learned-optimizer file (.safetensors; `zolightning optimizer --help`).
         normalize: with learned variance, rescale so the total perturbation size is that of N(0, I).
+        sigma_ceiling: with learned variance, cap each block's sigma at this multiple of the mean sigma (not in
+            the paper; `variance/learned.py` says why). None: uncapped.
         max_consecutive_skips: stop the run after this many steps in a row with a non-finite loss or scale.
         objective: what the two ZO evaluations measure: `loss` (cross-entropy), or a non-differentiable
             objective: `accuracy` (minus candidate accuracy) or `f1` (minus greedy-decoding F1, SQuAD/DROP).
@@ -111,6 +113,7 @@ class ZOFineTuneModule(L.LightningModule):
         variance: Literal["isotropic", "learned"] = "isotropic",
         variance_file: str | None = None,
         normalize: bool = True,
+        sigma_ceiling: float | None = None,
         max_consecutive_skips: int = 20,
         objective: Literal["loss", "accuracy", "f1"] = "loss",
         noise: Literal["auto", "generator", "philox"] = "auto",
@@ -224,9 +227,9 @@ class ZOFineTuneModule(L.LightningModule):
     def _block_scales(self, walk: list[torch.Tensor]) -> LearnedVariance | None:
         if self.hparams.variance == "isotropic":
             return None
-        batch_size = getattr(getattr(self.trainer, "datamodule", None), "batch_size", 16)
-        world, normalize = self.trainer.world_size, self.hparams.normalize
-        return learned_variance_for(self.hparams.variance_file, self.model, walk, batch_size, world, normalize)
+        batch_size, h = getattr(getattr(self.trainer, "datamodule", None), "batch_size", 16), self.hparams
+        world = self.trainer.world_size
+        return learned_variance_for(h.variance_file, self.model, walk, batch_size, world, h.normalize, h.sigma_ceiling)
 
     def on_train_start(self) -> None:
         if self.device.type == "cuda":  # perf/peak_mem_gib: the training peak, not set-up's broadcasts
@@ -239,15 +242,7 @@ class ZOFineTuneModule(L.LightningModule):
                 "each weight on its dtype grid (bf16 SmolLM2 on SST-2 followed the float32 curve, docs/benchmarks.md).",
                 sorted(map(str, dtypes)),
             )
-        self._log_data_counts()
-
-    def _log_data_counts(self) -> None:
-        """Examples cut on the left, and left out (answer too long), per split: once, at step 0."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        counts = {f"data/truncated_{split}": n for split, n in getattr(datamodule, "truncated", {}).items()}
-        counts |= {f"data/left_out_{split}": len(rows) for split, rows in getattr(datamodule, "left_out", {}).items()}
-        if counts and self.logger is not None:
-            self.logger.log_metrics(counts, step=0)
+        self._train_log.data_counts(self)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         optimizer = self.optimizers()

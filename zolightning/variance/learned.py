@@ -68,14 +68,26 @@ class LearnedVariance:
         blocks: the blocks in the same order (effective sizes for the normalisation).
         normalize: rescale so that sum d~_i (c sigma_i)^2 = sum d~_i.
         cuda_graph: capture the computation in a CUDA graph on CUDA devices.
+        sigma_ceiling: cap every sigma_i at this multiple of the mean sigma over blocks, before the
+            normalisation and the history (None: the published method). Not in the paper: SmolLM2's own files
+            gave the tied embedding a sigma 5-10x the others, growing through the sigma history until the run
+            diverged (docs/results.md); a ceiling cuts that loop.
     """
 
     def __init__(
-        self, nets: BlockVarianceNets, blocks: Sequence[Block], normalize: bool = True, cuda_graph: bool = True
+        self,
+        nets: BlockVarianceNets,
+        blocks: Sequence[Block],
+        normalize: bool = True,
+        cuda_graph: bool = True,
+        sigma_ceiling: float | None = None,
     ):
         if nets.num_blocks != len(blocks):
             raise ValueError(f"{nets.num_blocks} networks for {len(blocks)} blocks")
+        if sigma_ceiling is not None and not sigma_ceiling > 0:
+            raise ValueError(f"sigma_ceiling must be a positive multiple of the mean sigma, got {sigma_ceiling}")
         self.nets, self.blocks, self.normalize, self.cuda_graph = nets.float(), list(blocks), normalize, cuda_graph
+        self.sigma_ceiling = sigma_ceiling
         self.effective_sizes = torch.tensor([b.effective_size for b in blocks], dtype=torch.float64)
         self.sigma_prev = torch.ones(len(blocks))  # carried state, on the device once in use
         self.losses_prev = torch.zeros(2)  # L+_{t-1}, L-_{t-1}
@@ -118,6 +130,8 @@ class LearnedVariance:
 
     def _compute(self, params: Sequence[Tensor], from_sums: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         sigma = self.nets(self.features(params, from_sums))
+        if self.sigma_ceiling is not None:  # the mean, not the median: plain reductions stay capturable
+            sigma = torch.minimum(sigma, self.sigma_ceiling * sigma.mean())
         c = (
             normalisation_factor(sigma, self.effective_sizes)
             if self.normalize
@@ -187,6 +201,7 @@ def learned_variance_for(
     batch_size: int,
     world_size: int = 1,
     normalize: bool = True,
+    sigma_ceiling: float | None = None,
 ) -> LearnedVariance:
     """Load a learned-optimizer file onto `model`, its networks ordered like the optimizer's walk."""
     from zolightning.variance.blocks import describe_blocks, trainable_named_parameters
@@ -197,7 +212,7 @@ def learned_variance_for(
     learned.check_matches([(n, tuple(p.shape)) for n, p in named])
     by_id = {id(p): block for (_, p), block in zip(named, describe_blocks(model, batch_size, world_size))}
     blocks = [by_id[id(p)] for p in walk]
-    return LearnedVariance(learned.nets_for([b.name for b in blocks]), blocks, normalize)
+    return LearnedVariance(learned.nets_for([b.name for b in blocks]), blocks, normalize, sigma_ceiling=sigma_ceiling)
 
 
 def sigma_by_kind(sigma: Tensor, kinds: Sequence[str]) -> dict[str, float]:
