@@ -121,10 +121,13 @@ class CompiledTrunk:
         attention_mask = F.pad(attention_mask, (0, pad_tokens, 0, pad_rows), value=0)
         if pad_rows:
             attention_mask[rows:, 0] = 1  # padding rows attend to one token: no fully masked softmax
+        return input_ids, attention_mask
+
+    def _run_compiled(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         for dim in self.dynamic_dims:
             torch._dynamo.maybe_mark_dynamic(input_ids, dim)
             torch._dynamo.maybe_mark_dynamic(attention_mask, dim)
-        return input_ids, attention_mask
+        return self.compiled(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def _compiled(self, input_ids: Tensor, attention_mask: Tensor, target: tuple[int, int]) -> Tensor:
         # Dynamo guards on global state: validation runs under inference mode, and bf16-true training sets the
@@ -139,7 +142,7 @@ class CompiledTrunk:
                 return captured.hidden
             if self.graphs:  # each call is a new step for CUDA-graph trees: the last call's outputs are dead by now
                 torch.compiler.cudagraph_mark_step_begin()
-            hidden = self.compiled(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self._run_compiled(input_ids, attention_mask)
         self._count_recompiles()
         return hidden
 
@@ -150,7 +153,7 @@ class CompiledTrunk:
             input_ids, attention_mask = self._padded(ids, torch.ones_like(ids), shape)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                hidden = self.compiled(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                hidden = self._run_compiled(input_ids, attention_mask)
         self._pool = self._pool if self._pool is not None else graph.pool()
         self._captured[shape] = SimpleNamespace(
             graph=graph, input_ids=input_ids, attention_mask=attention_mask, hidden=hidden
