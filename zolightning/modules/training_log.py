@@ -36,12 +36,13 @@ def on_host(metrics: dict[str, Tensor | float]) -> dict[str, Tensor]:
     return out
 
 
-def _to_logger(module: L.LightningModule, metrics: dict[str, Tensor]) -> None:
-    """Straight to the logger, at the step Lightning gives `self.log` values: each `self.log` call costs
-    Lightning's result bookkeeping (py-spy: 0.7 ms per step on average for a dozen metrics per interval)."""
+def _to_logger(module: L.LightningModule, metrics: dict[str, Tensor | float], step: int | None = None) -> None:
+    """Straight to the loggers, by default at the step Lightning gives `self.log` values: each `self.log` call
+    costs Lightning's result bookkeeping (py-spy: 0.7 ms per step on average for a dozen metrics per interval)."""
     if module.trainer.sanity_checking:
         return
-    step = getattr(module.trainer.fit_loop.epoch_loop, "_batches_that_stepped", module.global_step - 1)
+    if step is None:
+        step = getattr(module.trainer.fit_loop.epoch_loop, "_batches_that_stepped", module.global_step - 1)
     for logger in module.loggers:  # every configured logger, as self.log would
         logger.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
@@ -84,8 +85,8 @@ class TrainingLog:
         datamodule = getattr(module.trainer, "datamodule", None)
         counts = {f"data/truncated_{split}": n for split, n in getattr(datamodule, "truncated", {}).items()}
         counts |= {f"data/left_out_{split}": len(rows) for split, rows in getattr(datamodule, "left_out", {}).items()}
-        if counts and module.logger is not None:
-            module.logger.log_metrics(counts, step=0)
+        if counts:
+            _to_logger(module, counts, step=0)
 
     def after_step(self, module: L.LightningModule, out, batch: dict, start: float) -> None:
         self.loss.add(out.loss)

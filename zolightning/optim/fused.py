@@ -82,6 +82,7 @@ def _lookup(params: Sequence[Tensor]) -> _Known:
         known = _known[key] = _Known(params, pointers)
         if len(_known) > 8:  # a few lists per optimizer; views made per call come and go
             _known.popitem(last=False)
+    _known.move_to_end(key)  # least recently used goes first: per-call views do not push out a step's list
     return known
 
 

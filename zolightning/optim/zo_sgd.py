@@ -195,12 +195,17 @@ class ZOSGD(Optimizer):
         return self._constants[key]
 
     def _per_group(self, values: list[float], dtype: torch.dtype = torch.float32) -> Tensor:
-        """One value per group as a per-tensor device vector. An lr schedule changes it every step: one shared
-        value is a fill on the device, not a new host list copied over."""
-        if len(set(values)) == 1:
+        """One value per group as a per-tensor device vector, cached like `_vector`. An lr schedule changes it
+        every step: one shared value is then a fill on the device, not a new host list copied over."""
+        if len(set(values)) != 1:
+            return self._vector([v for v, group in zip(values, self.param_groups) for _ in group["params"]], dtype)
+        key = ("per group", dtype, values[0])
+        if key not in self._constants:
+            if len(self._constants) > 16:  # as in _vector: changing values must not grow the cache
+                self._constants.clear()
             device = self.param_groups[0]["params"][0].device
-            return torch.full((len(self._tensors()),), values[0], dtype=dtype, device=device)
-        return self._vector([v for v, group in zip(values, self.param_groups) for _ in group["params"]], dtype)
+            self._constants[key] = torch.full((len(self._tensors()),), values[0], dtype=dtype, device=device)
+        return self._constants[key]
 
     def _philox_shift(
         self, seed: int, scales: Scales, offset: float, update: tuple[Tensor, Tensor] | None = None
