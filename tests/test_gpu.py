@@ -159,3 +159,51 @@ def test_training_steps_between_logging_steps_never_wait_for_the_gpu(tmp_path, d
          "--trainer.callbacks.init_args.mode", "error"]
     )  # fmt: skip
     assert sorted(scalars(tmp_path / "tiny-sst2-mezo" / "version_0")["train/loss"]) == [4, 9]
+
+
+def _planned_steps(tiny_data, capture: bool, steps: int = 10):
+    from zolightning.fast_forward import FastScoringModel, compiled_graph_count
+    from zolightning.shape_plan import plan_shapes
+
+    data = tiny_data(num_eval=12, eval_batch_size=8)
+    model = load_causal_lm("tiny-llama").cuda()
+    fast = FastScoringModel(model, plan=plan_shapes(data.scoring_shapes(), multiple=32, max_lengths=2))
+    fast.trunk.warm_up(torch.device("cuda"))
+    graphs = compiled_graph_count()
+    optimizer = ZOSGD(list(model.parameters()), lr=1e-3, seed=0, noise="philox", sync=False)
+    if capture:
+        optimizer.capture_steps(pool=fast.trunk.pool)
+    stream, losses = data.train_dataloader().dataset, []
+    for step in range(steps):
+        batch = fast.trunk.planned({k: v.cuda() if torch.is_tensor(v) else v for k, v in stream.batch(step).items()})
+        if capture:
+            optimizer.step_graphs.bind(batch)
+        losses.append(optimizer.step(lambda b=batch: batch_loss(fast, b)[0]).loss)
+    assert compiled_graph_count() == graphs and fast.trunk.recompiles == 0 and fast.trunk.eager_batches == 0
+    return torch.stack(losses), [p.detach().clone() for p in model.parameters()], optimizer.step_graphs
+
+
+def test_captured_zo_steps_take_the_eager_steps_bit_for_bit(tiny_data):
+    eager_losses, eager_weights, _ = _planned_steps(tiny_data, capture=False)
+    losses, weights, graphs = _planned_steps(tiny_data, capture=True)
+    assert graphs.failure is None and graphs.captured >= 1 and graphs.replays >= 1
+    assert graphs.replays + graphs.eager_steps == 10
+    assert torch.equal(losses, eager_losses)
+    assert all(torch.equal(a, b) for a, b in zip(weights, eager_weights))
+
+
+def test_a_fit_replays_its_steps_as_cuda_graphs(tmp_path, data_dir, monkeypatch):
+    from pathlib import Path
+
+    from benchmarks.read_curves import scalars
+    from zolightning.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    main(
+        ["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--data.data_dir", str(data_dir),
+         "--trainer.accelerator", "gpu", "--trainer.max_steps", "30", "--trainer.log_every_n_steps", "10",
+         "--trainer.val_check_interval", "15", "--trainer.enable_progress_bar", "false",
+         "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    )  # fmt: skip
+    logged = scalars(tmp_path / "tiny-sst2-mezo" / "version_0")
+    assert logged["perf/step_replays"][30] >= 20 and logged["perf/recompiles"][30] == 0

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch._dynamo.utils import counters
 
 from zolightning.scoring import _hidden_then_head
-from zolightning.shape_plan import ShapePlan
+from zolightning.shape_plan import ShapePlan, plan_shapes
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,21 @@ class CompiledTrunk:
             hidden = self._eager(input_ids, attention_mask)
         return SimpleNamespace(last_hidden_state=hidden[:rows, :length])
 
+    @property
+    def pool(self):
+        """The memory pool of the captured shapes (None before the first capture)."""
+        return self._pool
+
+    def planned(self, batch: dict) -> dict:
+        """`batch` with its tokens padded to their planned shape (what a step graph is captured for), or as is
+        when it has no planned shape."""
+        input_ids = batch["input_ids"]
+        target = None if self.plan is None or self.eager_reason else self.plan.bucket(*input_ids.shape)
+        if target is None or target == tuple(input_ids.shape):
+            return batch
+        input_ids, attention_mask = self._padded(input_ids, batch["attention_mask"], target)
+        return batch | {"input_ids": input_ids, "attention_mask": attention_mask}
+
     def _padded(self, input_ids: Tensor, attention_mask: Tensor, target: tuple[int, int]) -> tuple[Tensor, Tensor]:
         rows, length = input_ids.shape
         pad_rows, pad_tokens = target[0] - rows, target[1] - length
@@ -134,7 +149,9 @@ class CompiledTrunk:
         # default dtype to bfloat16 around steps. One state always, or each of them would compile again.
         with torch.inference_mode(False), torch.no_grad(), _default_dtype(torch.float32):
             input_ids, attention_mask = self._padded(input_ids, attention_mask, target)
-            captured = self._captured.get(target)
+            # inside the capture of a whole ZO step (step_graphs.py) the compiled code is recorded, not our replay
+            capturing = input_ids.is_cuda and torch.cuda.is_current_stream_capturing()
+            captured = None if capturing else self._captured.get(target)
             if captured is not None:  # the last call's output is dead by now: the shared pool may reuse it
                 captured.input_ids.copy_(input_ids)
                 captured.attention_mask.copy_(attention_mask)
@@ -230,3 +247,18 @@ class FastScoringModel:
 
     def __call__(self, *args, **kwargs):
         raise TypeError("FastScoringModel only serves scoring.answer_logprobs (trunk + head)")
+
+
+def compile_for_data(model: nn.Module, datamodule, bucket: int, max_lengths: int) -> tuple[FastScoringModel, float]:
+    """(scorer, seconds compiling): the shapes planned from the data module's loaders (`scoring_shapes`), each
+    compiled now; without a plan, lengths padded to a multiple of `bucket` and compiled on first use."""
+    loaders = datamodule.scoring_shapes() if hasattr(datamodule, "scoring_shapes") else None
+    plan = plan_shapes(loaders, bucket, max_lengths) if loaders else None
+    scorer = FastScoringModel(model, bucket, plan=plan)
+    if plan is None:
+        return scorer, 0.0
+    log.info("compiling the scoring forward for %s", plan.describe())
+    seconds = scorer.trunk.warm_up(next(model.parameters()).device)
+    failed = f" (failed, eager: {scorer.trunk.eager_reason})" if scorer.trunk.eager_reason else ""
+    log.info("scoring forward compiled in %.1f s%s", seconds, failed)
+    return scorer, seconds

@@ -95,3 +95,19 @@ def choose_path(model: nn.Module, noise: str, fast_forward: bool | str, recorded
 def describe(path: ZOPath, device: torch.device) -> str:
     forward = "compiled forward" if path.fast_forward else "eager forward"
     return f"ZO path on {device}: noise={path.noise} ({path.noise_definition}), {forward} [{path.why}]"
+
+
+def step_graph_refusal(module, optimizer) -> str | None:
+    """Why whole ZO steps cannot be replayed as CUDA graphs in this fit (`optim/step_graphs.py`); None: they can."""
+    from zolightning.optim.zo_sgd import ZOSGD
+
+    scorer = module._fast_scorer
+    checks = [
+        (module.hparams.get("step_graphs", True), "step_graphs=false"),
+        (module.device.type == "cuda", "not on CUDA"),
+        (module.trainer.world_size == 1, "more than one process (the losses are all-reduced)"),
+        (type(optimizer) is ZOSGD and not optimizer.sync, "only MeZO's zo_sgd step without host sync is captured"),
+        (module.hparams.objective in ("loss", "accuracy"), f"objective={module.hparams.objective} decodes"),
+        (scorer is not None and scorer.trunk.replays and not scorer.trunk.eager_reason, "no planned compiled forward"),
+    ]
+    return next((why for ok, why in checks if not ok), None)

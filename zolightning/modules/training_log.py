@@ -122,6 +122,9 @@ class TrainingLog:
         if fast is not None:
             perf["perf/recompiles"] = float(fast.trunk.recompiles)
             perf["perf/eager_batches"] = float(fast.trunk.eager_batches)
+        graphs = getattr(module.optimizers().optimizer, "step_graphs", None)
+        if graphs is not None:
+            perf["perf/step_replays"] = float(graphs.replays)
         if module.device.type == "cuda":
             perf["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(module.device) / 2**30
         return perf

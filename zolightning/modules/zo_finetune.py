@@ -16,8 +16,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 
-from zolightning.fast_forward import FastScoringModel
-from zolightning.fast_path import ZOPath, choose_path, describe
+from zolightning.fast_forward import FastScoringModel, compile_for_data
+from zolightning.fast_path import ZOPath, choose_path, describe, step_graph_refusal
 from zolightning.generation import greedy_answers, negative_f1, update_squad
 from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.models.adapters import adapter_summary, add_adapters
@@ -25,7 +25,6 @@ from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import build_zo_optimizer
 from zolightning.optim.shards import is_sharded, shard_model
 from zolightning.scoring import batch_loss, negative_accuracy
-from zolightning.shape_plan import plan_shapes
 from zolightning.stopping import GracefulStop
 from zolightning.variance.learned import LearnedVariance, learned_variance_for
 
@@ -98,6 +97,8 @@ class ZOFineTuneModule(L.LightningModule):
         lora_alpha: LoRA scaling numerator (the update is alpha / r · B A).
         lora_target_modules: names of the linear layers that get adapters (default: q_proj, v_proj, as MeZO).
         prefix_tokens: prefix tuning's number of virtual tokens per layer.
+        step_graphs: on the fast path (one CUDA device, zo_sgd), replay each whole ZO step as a CUDA graph per
+            planned batch shape (`optim/step_graphs.py`); false: queue its kernels one by one.
     """
 
     def __init__(
@@ -135,6 +136,7 @@ class ZOFineTuneModule(L.LightningModule):
         lora_alpha: float = 16,
         lora_target_modules: list[str] | None = None,
         prefix_tokens: int = 20,
+        step_graphs: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -243,10 +245,20 @@ class ZOFineTuneModule(L.LightningModule):
                 sorted(map(str, dtypes)),
             )
         self._train_log.data_counts(self)
+        optimizer = self.optimizers().optimizer
+        refusal = step_graph_refusal(self, optimizer)
+        if refusal is None:
+            optimizer.capture_steps(pool=self.scorer.trunk.pool)
+            log.info("ZO steps replay as CUDA graphs, one per batch shape (captured at its second batch)")
+        elif self.path.fast_forward:
+            log.info("ZO steps queue their kernels one by one: %s", refusal)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         optimizer = self.optimizers()
         strategy = self.trainer.strategy
+        if optimizer.optimizer.step_graphs is not None:  # the closure reads exactly this batch
+            batch = self.scorer.trunk.planned(batch)
+            optimizer.optimizer.step_graphs.bind(batch)
 
         def closure() -> torch.Tensor:
             return strategy.reduce(self._objective(batch), reduce_op="mean")  # every rank takes the same step
@@ -284,21 +296,9 @@ class ZOFineTuneModule(L.LightningModule):
     def _build_fast_scorer(self) -> FastScoringModel:
         """Plan the shapes from the data module's loaders and compile them all now, before any step."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        plan = None
-        if hasattr(datamodule, "scoring_shapes"):
-            loaders = datamodule.scoring_shapes()
-            if loaders:
-                plan = plan_shapes(loaders, self.hparams.fast_forward_bucket, self.hparams.fast_forward_lengths)
-        scorer = FastScoringModel(self.model, self.hparams.fast_forward_bucket, plan=plan)
-        if plan is not None:
-            log.info("compiling the scoring forward for %s", plan.describe())
-            seconds = scorer.trunk.warm_up(self.device)
-            log.info(
-                "scoring forward compiled in %.1f s%s",
-                seconds,
-                f" (failed, eager: {scorer.trunk.eager_reason})" if scorer.trunk.eager_reason else "",
-            )
-            self._train_log.timer.compile_seconds = seconds
+        h = self.hparams
+        scorer, seconds = compile_for_data(self.model, datamodule, h.fast_forward_bucket, h.fast_forward_lengths)
+        self._train_log.timer.compile_seconds = seconds
         return scorer
 
     def on_fit_start(self) -> None:

@@ -155,9 +155,9 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
     def _shift_kernel(
-        pointers, program_tensor, program_start, numels, keys, firsts, pre, alpha, mult, seed_lo, seed_hi, partials,
-        DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, STATS: tl.constexpr, BLOCK: tl.constexpr,
-        FAST: tl.constexpr, ROUNDS: tl.constexpr,
+        pointers, program_tensor, program_start, numels, keys, firsts, pre, alpha, mult, seed_lo, seed_hi, seed_at,
+        partials, DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, STATS: tl.constexpr, BLOCK: tl.constexpr,
+        FAST: tl.constexpr, ROUNDS: tl.constexpr, SEED_IN_MEMORY: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         t = tl.load(program_tensor + pid)
@@ -165,8 +165,13 @@ if triton is not None:
         n = tl.load(numels + t)
         weights = tl.load(pointers + t).to(tl.pointer_type(DTYPE))
         key = tl.load(keys + t).to(tl.uint32)
-        k0 = seed_lo.to(tl.uint32)
-        k1 = seed_hi.to(tl.uint32)
+        if SEED_IN_MEMORY:  # a CUDA graph replays one launch for every step: the seed is read, not baked in
+            both = tl.load(seed_at)
+            k0 = (both & 0xFFFFFFFF).to(tl.uint32)
+            k1 = ((both >> 32) & 0xFFFFFFFF).to(tl.uint32)
+        else:
+            k0 = seed_lo.to(tl.uint32)
+            k1 = seed_hi.to(tl.uint32)
         # z of element i is that of element firsts[t] + i of the full tensor (shards; a multiple of 4)
         q = (tl.load(firsts + t) + start) // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
         z = _normals(k0, k1, q, key, FAST, ROUNDS)
@@ -252,7 +257,7 @@ def _build_plan(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[
 def shift(
     params: Sequence[Tensor],
     keys: Sequence[int],
-    seed: int,
+    seed: int | Tensor,
     pre: Tensor,
     alpha: Tensor,
     mult: Tensor,
@@ -262,6 +267,7 @@ def shift(
 ) -> None:
     """In place, one launch per dtype: tensor i <- mult_i * round(w - pre_i z_i) + alpha_i z_i.
 
+    `seed` may be a 0-dim int64 tensor on the tensors' device (read by the kernel: `step_graphs.py`).
     `firsts[i]` (shards): tensor i holds the full tensor's elements from that flat index on; it must be a
     multiple of 4 (one Philox call yields the normals of 4 consecutive elements; see `aligned`).
 
@@ -272,6 +278,7 @@ def shift(
     firsts = tuple(firsts or ())  # empty: whole tensors (the plan fills in zeros)
     if any(f % 4 for f in firsts):
         raise ValueError(f"shard offsets must be multiples of 4 for the fused pass, got {firsts}")
+    seed_arguments = (0, 0, seed) if torch.is_tensor(seed) else (seed & 0xFFFFFFFF, seed >> 32, pre)
     for dtype, plan in _plan(params, keys, firsts).items():
         whole = plan.index.numel() == len(params)
         per_tensor = [v if whole else v.index_select(0, plan.index) for v in (pre, alpha, mult)]
@@ -279,10 +286,10 @@ def shift(
         _shift_kernel[(plan.programs,)](
             plan.pointers, plan.program_tensor, plan.program_start, plan.numels, plan.keys, plan.firsts,
             *(v.float().contiguous() for v in per_tensor),
-            seed & 0xFFFFFFFF, seed >> 32, partials if partials is not None else pre,
+            *seed_arguments, partials if partials is not None else pre,
             DTYPE=_TL_DTYPES[dtype], STOCHASTIC=stochastic_rounding and dtype == torch.bfloat16,
             STATS=partials is not None, BLOCK=BLOCK, FAST=not INTERPRET, ROUNDS=ROUNDS,
-            num_warps=8,
+            SEED_IN_MEMORY=torch.is_tensor(seed), num_warps=8,
         )  # fmt: skip
         if partials is not None:
             running = torch.cat([partials.new_zeros(1, 2, dtype=torch.float64), partials.double().cumsum(0)])

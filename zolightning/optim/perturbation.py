@@ -57,7 +57,7 @@ def shift_reference(p: Tensor, z: Tensor, pre: float, alpha: float, mult: float,
 def shift(
     params: Sequence[Tensor],
     keys: Sequence[int],
-    seed: int,
+    seed: int | Tensor,
     pre: Tensor,
     alpha: Tensor,
     mult: Tensor,
@@ -66,6 +66,8 @@ def shift(
     offsets: Sequence[int] | None = None,
 ) -> None:
     """One pass over `params`: tensor i <- mult_i * base_i + alpha_i * z_i (per-tensor vectors, float32).
+
+    `seed`: an int, or a 0-dim int64 device tensor holding it (read by the fused kernel, for CUDA graphs).
 
     `offsets[i]`: the flat index in its full tensor of tensor i's first element, for shards (`shards.py`); the
     fused kernel takes offsets that are multiples of 4 (rows of any weight matrix whose width is), others run the
@@ -79,6 +81,7 @@ def shift(
     if fused.usable(params) and (offsets is None or not any(o % 4 for o in offsets)):
         fused.shift(params, keys, seed, pre, alpha, mult, stochastic_rounding, statistics, offsets)
         return
+    seed = int(seed)  # a device seed (step graphs) is meant for the fused pass: here it is read once
     offsets = offsets or [0] * len(params)
     pre_l, alpha_l, mult_l = pre.tolist(), alpha.tolist(), mult.tolist()
     for i, (p, key) in enumerate(zip(params, keys)):

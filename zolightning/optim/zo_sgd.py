@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from zolightning.optim import perturbation
 from zolightning.optim.noise import NoiseSource, step_seed
 from zolightning.optim.shards import is_sharded, local_shard
+from zolightning.optim.step_graphs import StepGraphs
 
 NOISE_KINDS = ("generator", "philox")
 
@@ -64,14 +65,19 @@ class SkipCounter:
 
     def add(self, skipped: bool | Tensor) -> None:
         if torch.is_tensor(skipped):
-            if self._device is None:
-                self._device = torch.tensor(self._host, dtype=torch.int64, device=skipped.device)
+            self.on_device(skipped.device)
             flag = skipped.to(torch.int64)
-            self._device = torch.stack([self._device[0] + flag, (self._device[1] + 1) * flag])
+            # in place: a CUDA graph of the step (step_graphs.py) replays this update on the same memory
+            self._device.copy_(torch.stack([self._device[0] + flag, (self._device[1] + 1) * flag]))
         elif self._device is not None:
             self.add(torch.tensor(skipped, device=self._device.device))
         else:
             self._host = [self._host[0] + skipped, (self._host[1] + 1) * skipped]
+
+    def on_device(self, device: torch.device) -> None:
+        """Count on `device` from now on (before a CUDA-graph capture, which cannot copy host values over)."""
+        if self._device is None:
+            self._device = torch.tensor(self._host, dtype=torch.int64, device=device)
 
     def _read(self) -> list[int]:
         return self._host if self._device is None else self._device.tolist()
@@ -146,6 +152,7 @@ class ZOSGD(Optimizer):
         self._noise = NoiseSource()
         self._constants: dict[tuple, Tensor] = {}
         self._step_params: list[Tensor] | None = None
+        self.step_graphs: StepGraphs | None = None  # `capture_steps`
         self.register_step_pre_hook(ZOSGD._forget_step_params)  # every step (and subclass steps) checks afresh
         self.register_step_post_hook(ZOSGD._forget_step_params)
 
@@ -246,9 +253,13 @@ class ZOSGD(Optimizer):
         flag `ok`, a False makes it a plain restore (mult 1, step 0), decided on the device."""
         lrs = [group["lr"] for group in self.param_groups]
         mults = [1.0 - group["lr"] * group["weight_decay"] for group in self.param_groups]
+        if self.step_graphs is not None:  # filled before the step: a replayed graph reads this step's lr
+            lr, k = self.step_graphs.lr, self.step_graphs.mult
+        else:
+            lr, k = self._per_group(lrs, torch.float64), self._per_group(mults)
         minus_g = -g if ok is None else torch.where(ok, -g, 0.0)
-        step = (self._per_group(lrs, torch.float64) * minus_g).float()  # lr * g in float64, rounded once
-        mult = self._per_group(mults) if ok is None else torch.where(ok, self._per_group(mults), 1.0)
+        step = (lr * minus_g).float()  # lr * g in float64, rounded once
+        mult = k if ok is None else torch.where(ok, k, 1.0)
         self._philox_shift(seed, scales, 0.0, (mult, step))
 
     def _restore_and_update(self, seed: int, g: float, scales: Scales) -> None:
@@ -291,8 +302,9 @@ class ZOSGD(Optimizer):
         self.num_steps += 1
         return ZOStepOutput((loss_plus + loss_minus) / 2, math.nan, loss_plus, loss_minus, True)
 
-    def _step_on_device(self, seed: int, scales: Scales, closure: Callable[[], Tensor | float]) -> ZOStepOutput:
-        """The step with g kept on the device: a skipped step is an update pass with mult 1 and step 0."""
+    def _device_step(self, seed: int | Tensor, scales: Scales, closure: Callable[[], Tensor | float]) -> Tensor:
+        """The GPU work of a step with g kept on the device (a skipped step is an update pass with mult 1 and
+        step 0), as [loss, g, L+, L-, skipped] in float32. Host state is left as found: a CUDA graph records it."""
         device = self.param_groups[0]["params"][0].device
         self._perturb(seed, +1.0, scales)
         loss_plus = torch.as_tensor(closure(), device=device).detach().float()
@@ -302,8 +314,23 @@ class ZOSGD(Optimizer):
         ok = torch.isfinite(g)
         self._philox_update(seed, scales, g, ok)
         self._skips.add(~ok)
+        return torch.stack([(loss_plus + loss_minus) / 2, g.float(), loss_plus, loss_minus, (~ok).float()])
+
+    def _step_on_device(self, seed: int, scales: Scales, closure: Callable[[], Tensor | float]) -> ZOStepOutput:
+        if self.step_graphs is not None:
+            summary = self.step_graphs.run(seed, scales, closure)
+        else:
+            summary = self._device_step(seed, scales, closure)
         self.num_steps += 1
-        return ZOStepOutput((loss_plus + loss_minus) / 2, g.float(), loss_plus, loss_minus, ~ok)
+        loss, g, loss_plus, loss_minus, skipped = summary.unbind()
+        return ZOStepOutput(loss, g, loss_plus, loss_minus, skipped.bool())
+
+    def capture_steps(self, pool=None, limit: int = 16) -> StepGraphs:
+        """Replay whole steps as CUDA graphs (`step_graphs.py`); needs sync=False on one CUDA device."""
+        if self.sync or self.sharded:
+            raise ValueError("step graphs need sync=False (philox, no block scales) and unsharded weights")
+        self.step_graphs = StepGraphs(self, pool, limit)
+        return self.step_graphs
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor | float]) -> ZOStepOutput:  # type: ignore[override]
