@@ -101,7 +101,7 @@ def finish(run: Launched, reader: threading.Thread, timeout: float) -> int:
 
 def fit_case(args, case: str, logs: Path) -> dict:
     launched_at = time.strftime("%H:%M:%S")
-    run, reader = launch(case, fit_command(args, case, logs, args.steps))
+    run, reader = launch(case, fit_command(args, case, logs, args.steps, args.fit_args.split()))
     code = finish(run, reader, args.timeout)
     if args.log_dir:  # the fit's own log lines (timestamps of each phase), progress bars left out
         Path(args.log_dir).mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,9 @@ def fit_case(args, case: str, logs: Path) -> dict:
         "first_step_s": float((run.found("first_step_s") or ["nan"])[0]),
         "compile_s": float((run.found("compile_s") or ["0"])[0]),
         "steps_per_s": steps_per_s,
-        "step_ms": 1e3 / steps_per_s,
+        "step_ms": 1e3 / steps_per_s,  # the whole run after step 1: step-graph captures and first replays included
+        # steady: the median logging interval (perf/step_seconds, 10 steps each), the first two left out
+        "steady_step_ms": 1e3 * statistics.median(curves.get("perf/step_seconds", [float("nan")] * 3)[2:]),
         "val_s": statistics.mean(val) if val else float("nan"),
         "peak_gib": max(curves.get("perf/peak_mem_gib", [float("nan")])),
         "recompiles": (curves.get("perf/recompiles") or [float("nan")])[-1],
@@ -127,8 +129,9 @@ def fit_case(args, case: str, logs: Path) -> dict:
     }
 
 
-def isolated_step_ms(args, case: str) -> tuple[float, tuple[int, int]]:
-    """Our step at the case's most frequent training shape, in this process, with the same dtype and plan."""
+def isolated_step_ms(args, case: str) -> tuple[float, float, tuple[int, int]]:
+    """Our step at the case's most frequent training shape, in this process, with the same dtype and plan:
+    (ms queued kernel by kernel, ms replayed as a step graph, the shape)."""
     import torch
 
     from benchmarks.step_time import random_batch
@@ -156,9 +159,13 @@ def isolated_step_ms(args, case: str) -> tuple[float, tuple[int, int]]:
 
     def steps():
         for _ in range(5):
+            if optimizer.step_graphs is not None:
+                optimizer.step_graphs.bind(batch)
             optimizer.step(lambda: batch_loss(scorer, batch)[0])
 
-    return timed(steps, 20) / 5 * 1e3, shape
+    eager = timed(steps, 20) / 5 * 1e3
+    optimizer.capture_steps(pool=scorer.trunk.pool)  # the step as a fit replays it: one CUDA graph
+    return eager, timed(steps, 20) / 5 * 1e3, shape
 
 
 def squad_validation(args, logs: Path) -> dict:
@@ -193,6 +200,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=400, help="seconds per launched process")
     parser.add_argument("--no-isolated", action="store_true", help="skip the isolated step measurement")
     parser.add_argument("--squad-eval-batch", type=int, help="squad-val: override the config's eval_batch_size")
+    parser.add_argument("--fit-args", default="", help="more fit flags for each case: '--model.step_graphs false'")
     parser.add_argument("--log-dir", help="append each fit's log lines to <log-dir>/<case>.log")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="fit_throughput_"))
@@ -204,8 +212,11 @@ def main() -> None:
         else:
             row = fit_case(args, case, logs)
             if not args.no_isolated and row["exit"] == 0:
-                row["isolated_step_ms"], row["isolated_shape"] = isolated_step_ms(args, case)
-                row["fit_step_over_isolated"] = row["step_ms"] / row["isolated_step_ms"]
+                row["isolated_step_ms"], row["isolated_graph_step_ms"], row["isolated_shape"] = isolated_step_ms(
+                    args, case
+                )
+                row["steady_fit_step_over_isolated"] = row["steady_step_ms"] / row["isolated_step_ms"]
+                row["steady_fit_step_over_isolated_graph"] = row["steady_step_ms"] / row["isolated_graph_step_ms"]
             print(row, flush=True)
 
 

@@ -12,7 +12,7 @@ if [ "$1" = check ]; then  # GPU tests, then the tiny model through the auto pat
   python3 -m benchmarks.read_curves /tmp/logs/tiny-sst2-mezo/version_0 --tags perf/recompiles perf/eager_batches val/acc
 elif [ "$1" = throughput ]; then
   timeout -k 10 ${LIMIT:-560} python3 -m benchmarks.fit_throughput --model "$GGUF" --data-dir "$DATA" \
-    --cases ${CASES:-sst2-bf16 sst2-bf16 sst2-fp32 boolq-bf16} --steps ${STEPS:-600} --log-dir "$OUT" 2>&1 | tee -a "$OUT/throughput.log"
+    --cases ${CASES:-sst2-bf16 sst2-bf16 sst2-fp32 boolq-bf16} --steps ${STEPS:-600} --log-dir "$OUT" ${FIT_ARGS:+--fit-args="$FIT_ARGS"} 2>&1 | tee -a "$OUT/throughput.log"
 elif [ "$1" = accuracy ]; then  # the fast default vs the reference path, same lr, 3 seeds, 2,000 steps, all at once
   c="--config configs/sst2/mezo.yaml --model.model $GGUF --data.data_dir $DATA --trainer.enable_progress_bar false"
   c="$c --trainer.max_steps ${STEPS:-2000} --trainer.val_check_interval 500 --trainer.logger.init_args.save_dir /tmp/acc"
