@@ -203,7 +203,7 @@ def test_a_fit_replays_its_steps_as_cuda_graphs(tmp_path, data_dir, monkeypatch)
     main(
         ["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--data.data_dir", str(data_dir),
          "--trainer.accelerator", "gpu", "--trainer.max_steps", "30", "--trainer.log_every_n_steps", "10",
-         "--trainer.val_check_interval", "15", "--trainer.enable_progress_bar", "false",
+         "--trainer.val_check_interval", "15", "--trainer.enable_progress_bar", "false", "--model.step_graphs", "true",
          "--trainer.logger.init_args.save_dir", str(tmp_path)]
     )  # fmt: skip
     logged = scalars(tmp_path / "tiny-sst2-mezo" / "version_0")

@@ -103,7 +103,7 @@ def step_graph_refusal(module, optimizer) -> str | None:
 
     scorer = module._fast_scorer
     checks = [
-        (module.hparams.get("step_graphs", True), "step_graphs=false"),
+        (module.hparams.get("step_graphs", False), "step_graphs=false"),
         (module.device.type == "cuda", "not on CUDA"),
         (module.trainer.world_size == 1, "more than one process (the losses are all-reduced)"),
         (type(optimizer) is ZOSGD and not optimizer.sync, "only MeZO's zo_sgd step without host sync is captured"),

@@ -98,7 +98,8 @@ class ZOFineTuneModule(L.LightningModule):
         lora_target_modules: names of the linear layers that get adapters (default: q_proj, v_proj, as MeZO).
         prefix_tokens: prefix tuning's number of virtual tokens per layer.
         step_graphs: on the fast path (one CUDA device, zo_sgd), replay each whole ZO step as a CUDA graph per
-            planned batch shape (`optim/step_graphs.py`); false: queue its kernels one by one.
+            planned batch shape (`optim/step_graphs.py`). Off by default: a lone SmolLM2 fit is GPU-bound either
+            way, and the graphs' pool raised BoolQ's peak 0.49 -> 1.30 GiB (docs/benchmarks.md); for host-bound fits.
     """
 
     def __init__(
@@ -136,7 +137,7 @@ class ZOFineTuneModule(L.LightningModule):
         lora_alpha: float = 16,
         lora_target_modules: list[str] | None = None,
         prefix_tokens: int = 20,
-        step_graphs: bool = True,
+        step_graphs: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -250,8 +251,8 @@ class ZOFineTuneModule(L.LightningModule):
         if refusal is None:
             optimizer.capture_steps(pool=self.scorer.trunk.pool)
             log.info("ZO steps replay as CUDA graphs, one per batch shape (captured at its second batch)")
-        elif self.path.fast_forward:
-            log.info("ZO steps queue their kernels one by one: %s", refusal)
+        elif self.path.fast_forward and self.hparams.step_graphs:
+            log.warning("step_graphs asked for, but ZO steps queue their kernels one by one: %s", refusal)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         optimizer = self.optimizers()
