@@ -98,3 +98,20 @@ def test_the_module_says_why_steps_are_not_captured():
     assert "zo_sgd" in step_graph_refusal(_module(), ZOSGD(params, noise="philox", sync=True))
     adam = build_zo_optimizer("zo_adam", params, noise="philox", sync=False)
     assert "zo_sgd" in step_graph_refusal(_module(), adam)
+
+
+def test_a_batch_is_padded_to_its_planned_shape_before_a_step_graph_sees_it():
+    from zolightning.fast_forward import CompiledTrunk
+    from zolightning.shape_plan import ShapePlan
+
+    trunk = CompiledTrunk(torch.nn.Identity(), ShapePlan(rows=(2, 4), lengths=(8, 16)))
+    ids = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids > 0).long(), "gold": torch.tensor([0, 1])}
+    planned = trunk.planned(batch)
+    assert planned["input_ids"].shape == (2, 8) and torch.equal(planned["input_ids"][:, :3], ids)
+    assert planned["attention_mask"][:, 3:].sum() == 0 and planned["gold"] is batch["gold"]
+    assert trunk.planned(planned) is planned  # already at a planned shape
+    wide = {"input_ids": torch.ones(2, 40, dtype=torch.long), "attention_mask": torch.ones(2, 40, dtype=torch.long)}
+    assert trunk.planned(wide) is wide  # outside the plan: left to the eager path
+    rows = trunk.planned({"input_ids": torch.ones(3, 8, dtype=torch.long), "attention_mask": torch.ones(3, 8)})
+    assert rows["input_ids"].shape == (4, 8) and rows["attention_mask"][3, 0] == 1  # a padding row sees one token
