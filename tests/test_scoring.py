@@ -69,3 +69,25 @@ def test_candidate_mask_handles_a_varying_number_of_candidates():
     batch = collate(examples, pad_id=2)
     scores = candidate_scores(answer_logprobs(model, batch), batch)
     assert scores.shape == (2, 3) and scores[0, 2] == float("-inf") and torch.isfinite(scores[1]).all()
+
+
+def test_scoring_forwards_keep_no_key_value_cache(monkeypatch):
+    # a cache would hold every layer's keys and values to the end of the forward (and be outputs of a compiled one)
+    import transformers.cache_utils
+
+    from zolightning.fast_forward import FastScoringModel
+    from zolightning.shape_plan import ShapePlan
+
+    created = []
+    cache = transformers.cache_utils.DynamicCache
+    original = cache.__init__
+    monkeypatch.setattr(cache, "__init__", lambda self, *a, **k: created.append(1) or original(self, *a, **k))
+    model = load_causal_lm("tiny-llama")
+    batch = collate([EncodedExample(((5, 9, 11, 40, 7, 3),), (2,), 0, False)] * 2, 0, "lm")
+    outside_the_plan = FastScoringModel(model, plan=ShapePlan(rows=(1,), lengths=(1,)))  # its eager trunk
+    with torch.no_grad():
+        batch_loss(model, batch)
+        batch_loss(outside_the_plan, batch)
+        assert not created
+        model(input_ids=batch["input_ids"])  # the check can fail: a plain forward makes one
+    assert len(created) == 1

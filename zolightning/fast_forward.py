@@ -92,9 +92,10 @@ class CompiledTrunk:
 
     def _eager(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         self.eager_batches += 1
-        return self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> SimpleNamespace:
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor, use_cache: bool = False) -> SimpleNamespace:
+        """The trunk's last hidden states (`use_cache` is accepted as the trunk's own call takes it: never a cache)."""
         rows, length = input_ids.shape
         target = None if self.eager_reason else self._padded_shape(rows, length)
         if target is None:
@@ -142,7 +143,7 @@ class CompiledTrunk:
         for dim in self.dynamic_dims:
             torch._dynamo.maybe_mark_dynamic(input_ids, dim)
             torch._dynamo.maybe_mark_dynamic(attention_mask, dim)
-        return self.compiled(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.compiled(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
     def _compiled(self, input_ids: Tensor, attention_mask: Tensor, target: tuple[int, int]) -> Tensor:
         # Dynamo guards on global state: validation runs under inference mode, and bf16-true training sets the

@@ -35,9 +35,11 @@ def has_prefix(model: nn.Module) -> bool:
 
 
 def prefix_inputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> dict:
-    """The forward's keyword arguments for a batch: with a prefix, its key/value cache and the widened mask."""
+    """The forward's keyword arguments for a batch: with a prefix, its key/value cache and the widened mask.
+    Without one, no cache: a scoring forward never decodes further, and a cache would keep every layer's keys and
+    values alive to the end of the forward (and make them outputs of a compiled one)."""
     if not has_prefix(model):
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     rows = input_ids.shape[0]
     widened = torch.cat([attention_mask.new_ones(rows, model.prefix_length), attention_mask], dim=1)
     return {"input_ids": input_ids, "attention_mask": widened, "past_key_values": model.prefix_prompt(batch_size=rows)}
