@@ -251,12 +251,11 @@ class ZOSGD(Optimizer):
     def _philox_update(self, seed: int, scales: Scales, g: float | Tensor, ok: Tensor | None = None) -> None:
         """The restore-and-update pass: theta_new = k theta - lr g s z, k = 1 - lr wd per group. With a device
         flag `ok`, a False makes it a plain restore (mult 1, step 0), decided on the device."""
-        lrs = [group["lr"] for group in self.param_groups]
-        mults = [1.0 - group["lr"] * group["weight_decay"] for group in self.param_groups]
         if self.step_graphs is not None:  # filled before the step: a replayed graph reads this step's lr
             lr, k = self.step_graphs.lr, self.step_graphs.mult
         else:
-            lr, k = self._per_group(lrs, torch.float64), self._per_group(mults)
+            lr = self._per_group([group["lr"] for group in self.param_groups], torch.float64)
+            k = self._per_group([1.0 - group["lr"] * group["weight_decay"] for group in self.param_groups])
         minus_g = -g if ok is None else torch.where(ok, -g, 0.0)
         step = (lr * minus_g).float()  # lr * g in float64, rounded once
         mult = k if ok is None else torch.where(ok, k, 1.0)
