@@ -1,0 +1,49 @@
+"""Mean training loss of each seed's run over a window of steps, and the paired difference between two methods:
+for grids cut before they finished, where `zolightning compare table` leaves out runs that stopped at different
+steps (the window must be one every run reached).
+
+    python -m benchmarks.window_loss runs/squad-sigma-ceiling/squad mezo learned_cap2 --start 250 --end 340
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from benchmarks.read_curves import scalars
+from zolightning.compare.results import paired_test
+
+
+def window_means(method_dir: Path, start: int, end: int) -> dict[int, float]:
+    """seed -> mean `train/loss` logged at steps start..end, over every lr folder's seed runs."""
+    means = {}
+    for run in sorted(method_dir.glob("lr*/seed*")):
+        curve = scalars(run / "tb")["train/loss"]
+        values = [v for step, v in curve.items() if start <= step <= end]
+        if max(curve) < end:
+            raise SystemExit(f"{run} stopped at step {max(curve)}, before the window's end {end}")
+        means[int(run.name.removeprefix("seed"))] = statistics.fmean(values)
+    return means
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task_dir", type=Path, help="<grid out_dir>/<task>")
+    parser.add_argument("baseline")
+    parser.add_argument("method")
+    parser.add_argument("--start", type=int, required=True)
+    parser.add_argument("--end", type=int, required=True)
+    args = parser.parse_args()
+    base, other = (window_means(args.task_dir / m, args.start, args.end) for m in (args.baseline, args.method))
+    for name, means in ((args.baseline, base), (args.method, other)):
+        print(f"{name}: " + ", ".join(f"seed {s} {v:.3f}" for s, v in sorted(means.items())))
+    diffs = [other[s] - base[s] for s in sorted(set(base) & set(other))]
+    mean, p, n = paired_test(other, base)
+    spread = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+    window = f"steps {args.start}-{args.end}"
+    print(f"{args.method} - {args.baseline}, {window}: {mean:+.3f} ± {spread:.3f} (paired t, p = {p:.2f}, n = {n})")
+
+
+if __name__ == "__main__":
+    main()
