@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 
+from zolightning.compile_regions import mark_layer_regions
 from zolightning.scoring import _hidden_then_head
 from zolightning.shape_plan import ShapePlan, plan_shapes
 
@@ -229,11 +230,20 @@ class FastScoringModel:
         bucket: without a plan, sequence lengths are padded up to a multiple of this.
         mode: `torch.compile` mode; default `reduce-overhead` (CUDA graphs) on CUDA, `default` elsewhere.
         plan: the shapes to compile for (`shape_plan.plan_shapes`); batches are padded up to them.
+        regions: trace one decoder layer and reuse it for the others (`compile_regions.py`): the same graph,
+            compiled in a fraction of the time; off: dynamo traces every layer.
     """
 
     base_model_prefix = "trunk"
 
-    def __init__(self, model: nn.Module, bucket: int = 32, mode: str | None = None, plan: ShapePlan | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        bucket: int = 32,
+        mode: str | None = None,
+        plan: ShapePlan | None = None,
+        regions: bool = True,
+    ):
         split = _hidden_then_head(model)
         if split is None:
             raise ValueError(f"{type(model).__name__} post-processes its logits; fast_forward cannot split it")
@@ -241,6 +251,7 @@ class FastScoringModel:
         if mode is None:
             mode = "reduce-overhead" if next(model.parameters()).is_cuda else "default"
         self.config = model.config
+        self.regions = mark_layer_regions(trunk) if regions else 0  # layers traced as one region
         self.trunk = CompiledTrunk(trunk, plan, bucket, mode)
 
     def get_output_embeddings(self) -> nn.Module:
@@ -250,15 +261,19 @@ class FastScoringModel:
         raise TypeError("FastScoringModel only serves scoring.answer_logprobs (trunk + head)")
 
 
-def compile_for_data(model: nn.Module, datamodule, bucket: int, max_lengths: int) -> tuple[FastScoringModel, float]:
+def compile_for_data(
+    model: nn.Module, datamodule, bucket: int, max_lengths: int, regions: bool = True
+) -> tuple[FastScoringModel, float]:
     """(scorer, seconds compiling): the shapes planned from the data module's loaders (`scoring_shapes`), each
-    compiled now; without a plan, lengths padded to a multiple of `bucket` and compiled on first use."""
+    compiled now; without a plan, lengths padded to a multiple of `bucket` and compiled on first use.
+    `regions`: see `FastScoringModel`."""
     loaders = datamodule.scoring_shapes() if hasattr(datamodule, "scoring_shapes") else None
     plan = plan_shapes(loaders, bucket, max_lengths) if loaders else None
-    scorer = FastScoringModel(model, bucket, plan=plan)
+    scorer = FastScoringModel(model, bucket, plan=plan, regions=regions)
     if plan is None:
         return scorer, 0.0
-    log.info("compiling the scoring forward for %s", plan.describe())
+    traced = f", one decoder layer traced for all {scorer.regions}" if scorer.regions else ""
+    log.info("compiling the scoring forward for %s%s", plan.describe(), traced)
     seconds = scorer.trunk.warm_up(next(model.parameters()).device)
     failed = f" (failed, eager: {scorer.trunk.eager_reason})" if scorer.trunk.eager_reason else ""
     log.info("scoring forward compiled in %.1f s%s", seconds, failed)

@@ -78,6 +78,7 @@ class ZOFineTuneModule(L.LightningModule):
             (`fast_forward.py`, `shape_plan.py`). `auto`: on for CUDA, off on the CPU.
         fast_forward_bucket: planned sequence lengths are multiples of this, in tokens.
         fast_forward_lengths: at most this many planned sequence lengths (chosen to minimise padding).
+        fast_forward_regions: compile the repeated decoder layers by tracing one (`compile_regions.py`).
         optimizer: the ZO update rule (`zolightning/optim/estimated.py`): `zo_sgd` (MeZO), `zo_sgd_momentum`,
             `zo_sgd_sign`, `zo_sgd_conserve` (keeps a step only if it lowers the minibatch loss; 2-3 more
             forwards), `zo_adam`, `hizoo` (diagonal curvature-scaled perturbations, 3 forwards a step; no
@@ -123,6 +124,7 @@ class ZOFineTuneModule(L.LightningModule):
         fast_forward: bool | Literal["auto"] = "auto",
         fast_forward_bucket: int = 32,
         fast_forward_lengths: int = 4,
+        fast_forward_regions: bool = True,
         optimizer: Literal[
             "zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam", "hizoo", "lozo"
         ] = "zo_sgd",
@@ -298,7 +300,8 @@ class ZOFineTuneModule(L.LightningModule):
         """Plan the shapes from the data module's loaders and compile them all now, before any step."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         h = self.hparams
-        scorer, seconds = compile_for_data(self.model, datamodule, h.fast_forward_bucket, h.fast_forward_lengths)
+        sizes = h.fast_forward_bucket, h.fast_forward_lengths
+        scorer, seconds = compile_for_data(self.model, datamodule, *sizes, h.fast_forward_regions)
         self._train_log.timer.compile_seconds = seconds
         return scorer
 
