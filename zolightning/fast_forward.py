@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 
-from zolightning.compile_regions import mark_layer_regions
+from zolightning.compiled_layers import CompiledLayers, repeated_layers
 from zolightning.scoring import _hidden_then_head
 from zolightning.shape_plan import ShapePlan, plan_shapes
 
@@ -60,14 +60,20 @@ class CompiledTrunk:
     """`trunk(input_ids, attention_mask)` compiled, inputs padded to the plan's shapes (or, without a plan,
     lengths to a multiple of `bucket`)."""
 
-    def __init__(self, trunk: nn.Module, plan: ShapePlan | None = None, bucket: int = 32, mode: str | None = None):
+    def __init__(
+        self,
+        trunk: nn.Module,
+        plan: ShapePlan | None = None,
+        bucket: int = 32,
+        mode: str | None = None,
+        layers: bool = True,
+    ):
         if bucket < 1:
             raise ValueError(f"bucket must be >= 1, got {bucket}")
         self.trunk, self.plan, self.bucket = trunk, plan, bucket
         # planned shapes: captured by warm_up as our own graphs; unplanned: PyTorch's CUDA-graph trees
         self.replays = mode == "reduce-overhead" and plan is not None
         self.graphs = mode == "reduce-overhead" and not self.replays
-        self.compiled = torch.compile(trunk, mode=None if self.replays else mode)
         self._captured: dict[tuple[int, int], SimpleNamespace] = {}
         self._pool = None
         self.eager_reason: str | None = None  # set when compilation failed: every batch then runs eagerly
@@ -75,6 +81,10 @@ class CompiledTrunk:
         self.recompiles = 0  # graphs built after warm-up
         self._graphs_after_warm_up: int | None = None
         self.dynamic_dims = self._dynamic_dims()
+        # with a plan, one decoder layer is compiled for all (compiled_layers.py); else the whole trunk
+        layers = layers and plan is not None and repeated_layers(trunk) is not None
+        self.layers = CompiledLayers(trunk, self.dynamic_dims) if layers else None
+        self.compiled = self._layered if layers else torch.compile(trunk, mode=None if self.replays else mode)
         if plan is not None:
             # Each shape is one graph of dynamo's cache in the worst case (a dimension the model specialises).
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(plan.shapes) + 2)
@@ -140,10 +150,16 @@ class CompiledTrunk:
             attention_mask[rows:, 0] = 1  # padding rows attend to one token: no fully masked softmax
         return input_ids, attention_mask
 
+    def _layered(self, **inputs):
+        """The eager trunk with every layer run by the one compiled layer."""
+        with self.layers.active():
+            return self.trunk(**inputs)
+
     def _run_compiled(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        for dim in self.dynamic_dims:
-            torch._dynamo.maybe_mark_dynamic(input_ids, dim)
-            torch._dynamo.maybe_mark_dynamic(attention_mask, dim)
+        if self.layers is None:  # CompiledLayers marks the layers' inputs instead
+            for dim in self.dynamic_dims:
+                torch._dynamo.maybe_mark_dynamic(input_ids, dim)
+                torch._dynamo.maybe_mark_dynamic(attention_mask, dim)
         return self.compiled(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
     def _compiled(self, input_ids: Tensor, attention_mask: Tensor, target: tuple[int, int]) -> Tensor:
@@ -201,6 +217,10 @@ class CompiledTrunk:
             # CUDA-graph trees run a shape eagerly, then record it, then replay: three calls reach the replay.
             for _ in range(3 if self.graphs else 1):
                 self(ids, torch.ones_like(ids))
+            if length > 1:  # eager mask code drops a mask without padding: the padded case is another graph
+                padded = torch.ones_like(ids)
+                padded[:, -1] = 0
+                self(ids, padded)
             if self.replays and device.type == "cuda" and not self.eager_reason:
                 self._capture_or_say_why((rows, length), device)
             if device.type == "cuda":
@@ -230,8 +250,8 @@ class FastScoringModel:
         bucket: without a plan, sequence lengths are padded up to a multiple of this.
         mode: `torch.compile` mode; default `reduce-overhead` (CUDA graphs) on CUDA, `default` elsewhere.
         plan: the shapes to compile for (`shape_plan.plan_shapes`); batches are padded up to them.
-        regions: trace one decoder layer and reuse it for the others (`compile_regions.py`): the same graph,
-            compiled in a fraction of the time; off: dynamo traces every layer.
+        layers: with a plan, compile one decoder layer and run every layer through it (`compiled_layers.py`):
+            compiled in a fraction of the time; off: the whole trunk is one compiled graph.
     """
 
     base_model_prefix = "trunk"
@@ -242,7 +262,7 @@ class FastScoringModel:
         bucket: int = 32,
         mode: str | None = None,
         plan: ShapePlan | None = None,
-        regions: bool = True,
+        layers: bool = True,
     ):
         split = _hidden_then_head(model)
         if split is None:
@@ -251,8 +271,7 @@ class FastScoringModel:
         if mode is None:
             mode = "reduce-overhead" if next(model.parameters()).is_cuda else "default"
         self.config = model.config
-        self.regions = mark_layer_regions(trunk) if regions else 0  # layers traced as one region
-        self.trunk = CompiledTrunk(trunk, plan, bucket, mode)
+        self.trunk = CompiledTrunk(trunk, plan, bucket, mode, layers)
 
     def get_output_embeddings(self) -> nn.Module:
         return self._head
@@ -262,18 +281,19 @@ class FastScoringModel:
 
 
 def compile_for_data(
-    model: nn.Module, datamodule, bucket: int, max_lengths: int, regions: bool = True
+    model: nn.Module, datamodule, bucket: int, max_lengths: int, layers: bool = True
 ) -> tuple[FastScoringModel, float]:
     """(scorer, seconds compiling): the shapes planned from the data module's loaders (`scoring_shapes`), each
     compiled now; without a plan, lengths padded to a multiple of `bucket` and compiled on first use.
-    `regions`: see `FastScoringModel`."""
+    `layers`: see `FastScoringModel`."""
     loaders = datamodule.scoring_shapes() if hasattr(datamodule, "scoring_shapes") else None
     plan = plan_shapes(loaders, bucket, max_lengths) if loaders else None
-    scorer = FastScoringModel(model, bucket, plan=plan, regions=regions)
+    scorer = FastScoringModel(model, bucket, plan=plan, layers=layers)
     if plan is None:
         return scorer, 0.0
-    traced = f", one decoder layer traced for all {scorer.regions}" if scorer.regions else ""
-    log.info("compiling the scoring forward for %s%s", plan.describe(), traced)
+    layered = scorer.trunk.layers
+    scope = f"one decoder layer compiled for all {len(layered)}" if layered else "the whole trunk compiled"
+    log.info("compiling the scoring forward for %s, %s", plan.describe(), scope)
     seconds = scorer.trunk.warm_up(next(model.parameters()).device)
     failed = f" (failed, eager: {scorer.trunk.eager_reason})" if scorer.trunk.eager_reason else ""
     log.info("scoring forward compiled in %.1f s%s", seconds, failed)

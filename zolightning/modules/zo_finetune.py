@@ -78,7 +78,7 @@ class ZOFineTuneModule(L.LightningModule):
             (`fast_forward.py`, `shape_plan.py`). `auto`: on for CUDA, off on the CPU.
         fast_forward_bucket: planned sequence lengths are multiples of this, in tokens.
         fast_forward_lengths: at most this many planned sequence lengths (chosen to minimise padding).
-        fast_forward_regions: compile the repeated decoder layers by tracing one (`compile_regions.py`).
+        fast_forward_layers: compile one decoder layer and run every layer through it (`compiled_layers.py`).
         optimizer: the ZO update rule (`zolightning/optim/estimated.py`): `zo_sgd` (MeZO), `zo_sgd_momentum`,
             `zo_sgd_sign`, `zo_sgd_conserve` (keeps a step only if it lowers the minibatch loss; 2-3 more
             forwards), `zo_adam`, `hizoo` (diagonal curvature-scaled perturbations, 3 forwards a step; no
@@ -124,7 +124,7 @@ class ZOFineTuneModule(L.LightningModule):
         fast_forward: bool | Literal["auto"] = "auto",
         fast_forward_bucket: int = 32,
         fast_forward_lengths: int = 4,
-        fast_forward_regions: bool = True,
+        fast_forward_layers: bool = True,
         optimizer: Literal[
             "zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam", "hizoo", "lozo"
         ] = "zo_sgd",
@@ -301,7 +301,7 @@ class ZOFineTuneModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         h = self.hparams
         sizes = h.fast_forward_bucket, h.fast_forward_lengths
-        scorer, seconds = compile_for_data(self.model, datamodule, *sizes, h.fast_forward_regions)
+        scorer, seconds = compile_for_data(self.model, datamodule, *sizes, h.fast_forward_layers)
         self._train_log.timer.compile_seconds = seconds
         return scorer
 
