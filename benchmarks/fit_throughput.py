@@ -188,7 +188,8 @@ def shared_fits(args, logs: Path, count: int = 4) -> dict:
     runs = [launch(f"shared{i}", fit_command(args, "sst2-bf16", logs / f"shared{i}", 100)) for i in range(count)]
     codes = [finish(run, reader, args.timeout) for run, reader in runs]
     return {"case": f"{count} SST-2 bf16 fits on one GPU", "exits": codes,
-            "launch_to_first_step_s": [run.first_step_wall for run, _ in runs]}  # fmt: skip
+            "launch_to_first_step_s": [run.first_step_wall for run, _ in runs],
+            "compile_s": [float(next(iter(run.found("compile_s")), "nan")) for run, _ in runs]}  # fmt: skip
 
 
 def main() -> None:
