@@ -6,7 +6,8 @@ mode `reduce-overhead`, replays each shape as a CUDA graph (one launch). Every b
 the `ShapePlan` (`shape_plan.py`): rows of padding and tokens of padding on the right, neither of which changes
 the hidden states of the real tokens under causal attention; they are sliced away before the LM head.
 
-Compilation is bounded: the dimensions the plan varies are marked dynamic, so one compiled graph serves every
+Compilation is bounded: one decoder layer is compiled and runs every layer (`compiled_layers.py`; the whole trunk
+without a plan or with `layers=False`), the dimensions the plan varies marked dynamic, so one graph serves every
 planned shape, and `warm_up` runs each shape before training so that no compile or graph capture happens
 later. With a plan on CUDA, `warm_up` captures each planned shape as our own `torch.cuda.CUDAGraph` (static
 input buffers, one memory pool shared by all shapes), and a call is two copies and a replay. PyTorch's
