@@ -7,7 +7,7 @@ from torch._dynamo.utils import counters
 
 from tests.test_fast_forward import _batch
 from zolightning.compiled_layers import CompiledLayers, is_routed, repeated_layers
-from zolightning.fast_forward import FastScoringModel
+from zolightning.fast_forward import FastScoringModel, compiled_graph_count
 from zolightning.models import load_causal_lm
 from zolightning.scoring import batch_loss
 from zolightning.shape_plan import ShapePlan
@@ -27,8 +27,10 @@ def _traced_calls(layers: bool) -> tuple[int, FastScoringModel, nn.Module]:
 
 def test_one_layer_is_traced_for_all_and_scores_equal_the_eager_model():
     whole, _, _ = _traced_calls(layers=False)
+    graphs = compiled_graph_count()
     layered, fast, model = _traced_calls(layers=True)
-    assert len(fast.trunk.layers) == 2 and 0 < layered < whole
+    # two graphs whatever the depth: with and without a mask tensor (one per layer would be a guard on the layer)
+    assert len(fast.trunk.layers) == 2 and 0 < layered < whole and compiled_graph_count() - graphs == 2
     with torch.no_grad():
         for lengths in ([20, 17, 9], [40, 33, 12, 5], [30, 30, 30]):  # padded and unpadded masks, both row counts
             batch = _batch(lengths)
