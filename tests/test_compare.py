@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from zolightning.compare import Grid, GridError, GridRunner
 from zolightning.compare.cli import main as compare_main
 from zolightning.compare.results import summarize, table
-from zolightning.compare.runner import fit_command, read_status
+from zolightning.compare.runner import fit_command, last_error, read_status
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "configs/tiny/{task}_mezo.yaml"
@@ -175,12 +175,30 @@ def test_a_tiny_grid_runs_once_and_a_rerun_does_nothing(tmp_path, data_dir, monk
     monkeypatch.chdir(REPO)
     grid = _with_bad_method(_grid(tmp_path, seeds=[0], parallel=2))
     fit_args = ["--data.data_dir", str(data_dir), "--trainer.limit_val_batches", "1"]
-    assert GridRunner(grid, fit_args, say=print).run() == 1
+    said: list[str] = []
+    assert GridRunner(grid, fit_args, say=said.append).run() == 1
     states = {r.method: read_status(r)["state"] for r in grid.runs()}
     assert states == {"const": "done", "linear": "done", "bad": "failed"}
+    bad = next(r for r in grid.runs() if r.method == "bad")
+    assert "cosine" in read_status(bad)["error"]  # why it failed, in its status and in what the runner said
+    assert any("failed after" in line and "cosine" in line for line in said)
     again: list[str] = []
     assert GridRunner(grid, fit_args, say=again.append).run() == 1  # the failed run is left alone
     assert again[0].startswith("grid t: 0 run(s) to go")
+
+
+def test_the_last_error_line_of_a_fit_log_says_why_it_failed(tmp_path):
+    log = tmp_path / "fit.log"
+    log.write_text(
+        '12:00:00 INFO started\nTraceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 514.00 MiB.\n"
+    )
+    assert last_error(log) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 514.00 MiB."
+    assert last_error(log, limit=22) == "torch.OutOfMemoryError"
+    log.write_text('usage: zolightning fit [-h]\nerror: Parser key "model.lr":\n  Expected a float. Got: x\nend\n')
+    assert last_error(log) == 'error: Parser key "model.lr": Expected a float. Got: x'
+    log.write_text("12:00:00 INFO all fine\n")
+    assert last_error(log) is None and last_error(tmp_path / "missing.log") is None
 
 
 def _with_bad_method(grid: Grid) -> Grid:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from zolightning.compare.grid import Grid, RunSpec
 
@@ -26,6 +28,26 @@ STOPPED_CODES = {128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -si
 def read_status(run: RunSpec) -> dict | None:
     path = run.run_dir / "status.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+_ERROR_LINE = re.compile(r"[\w.]*(Error|Exception)\b.*|(\S+: )?error: .*")  # a traceback's last line, a CLI refusal
+
+
+def last_error(log_path: Path, limit: int = 200) -> str | None:
+    """The last error of a fit's log (why it failed, e.g. out of GPU memory) with its indented continuation
+    lines, on one line shortened to `limit`."""
+    if not log_path.is_file():
+        return None
+    lines = log_path.read_text(errors="replace").splitlines()[-400:]
+    starts = [i for i, line in enumerate(lines) if _ERROR_LINE.fullmatch(line)]
+    if not starts:
+        return None
+    error = [lines[starts[-1]]]
+    for line in lines[starts[-1] + 1 :]:
+        if not line[:1].isspace():
+            break
+        error.append(line.strip())
+    return " ".join(error)[:limit]
 
 
 def fit_command(run: RunSpec, extra_args: Sequence[str] = ()) -> list[str]:
@@ -152,8 +174,12 @@ class GridRunner:
         code, seconds = item.process.returncode, time.monotonic() - item.started
         state = "done" if code == 0 else "stopped" if code in STOPPED_CODES else "failed"
         status = {"state": state, "returncode": code, "seconds": round(seconds, 1), "resumed": item.resumed}
+        error = last_error(item.run.run_dir / "fit.log") if state == "failed" else None
+        if error:
+            status["error"] = error
         (item.run.run_dir / "status.json").write_text(json.dumps(status, indent=1) + "\n")
-        note = "" if state != "failed" else f" (exit {code}; see {item.run.run_dir / 'fit.log'})"
+        why = f": {error}" if error else ""
+        note = "" if state != "failed" else f" (exit {code}{why}; see {item.run.run_dir / 'fit.log'})"
         self.say(f"[{finished}/{total}] {item.run.run_id}: {state} after {seconds:.0f} s{note}")
 
     def _say_status(self) -> None:
