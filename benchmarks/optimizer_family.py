@@ -2,12 +2,14 @@
 
     python -m benchmarks.optimizer_family --model $GGUF --noise philox          # SmolLM2, fp32, batch 16 x 64
     python -m benchmarks.optimizer_family --model smollm2 --dtype bfloat16      # its shape, random weights
+    python -m benchmarks.optimizer_family --model smollm2 --fast-forward        # the fit's compiled forward
 
-Each rule steps the same model on the same random batch (eager forward: the comparison is of the update
-rules, not of the forward); medians after warm-up, and the peak allocated memory of one step with the rule's
-state in place. `ratio` is the step time over `zo_sgd`'s (issue #14: ≤ 1.15 on the fast path, ZO-Adam
-excepted). `fused` says whether the rule ran its update as one pass (`fused_rules.py`) and `sync` whether its
-step read g on the host.
+Each rule steps the same model on the same random batch (eager forward by default: the comparison is of the
+update rules, not of the forward; `--fast-forward`: the compiled, CUDA-graphed forward of a GPU fit, planned for
+the batch's one shape, where the rules' own costs weigh more); medians after warm-up, and the peak allocated
+memory of one step with the rule's state in place. `ratio` is the step time over `zo_sgd`'s (issue #14: <= 1.15
+on the fast path, ZO-Adam excepted). `fused` says whether the rule ran its update as one pass (`fused_rules.py`)
+and `sync` whether its step read g on the host.
 """
 
 from __future__ import annotations
@@ -18,12 +20,24 @@ import torch
 
 from benchmarks.step_time import build_model, random_batch
 from benchmarks.timing import peak_mib, timed
+from zolightning.fast_forward import FastScoringModel
 from zolightning.models.lora import add_lora
 from zolightning.optim import OPTIMIZER_NAMES, build_zo_optimizer
 from zolightning.scoring import batch_loss
+from zolightning.shape_plan import ShapePlan
 
 
-def measure(model, batch, name: str, noise: str, repeats: int, queries: int = 1) -> tuple[float, float]:
+def scoring_model(model, batch: dict, fast_forward: bool):
+    """What scores the batch: the model, or (fast_forward) its trunk compiled and captured for the batch's shape."""
+    if not fast_forward:
+        return model
+    scorer = FastScoringModel(model, plan=ShapePlan(rows=(batch["input_ids"].shape[0],),
+                                                    lengths=(batch["input_ids"].shape[1],)))  # fmt: skip
+    scorer.trunk.warm_up(batch["input_ids"].device)
+    return scorer
+
+
+def measure(model, scorer, batch, name: str, noise: str, repeats: int, queries: int = 1) -> tuple[float, float]:
     params = [p for p in model.parameters() if p.requires_grad]
     # as in a fit: philox steps keep g on the device where the rule can (the registry keeps the others synced)
     optimizer = build_zo_optimizer(
@@ -31,7 +45,7 @@ def measure(model, batch, name: str, noise: str, repeats: int, queries: int = 1)
     )
 
     def step():
-        optimizer.step(lambda: batch_loss(model, batch)[0])
+        optimizer.step(lambda: batch_loss(scorer, batch)[0])
 
     seconds = timed(step, repeats)
     fused = getattr(optimizer, "_fuses", lambda: name == "zo_sgd")()
@@ -46,23 +60,27 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--fast-forward", action="store_true", help="score with the fit's compiled forward")
     args = parser.parse_args()
     model = build_model(args.model, getattr(torch, args.dtype))
     model.requires_grad_(True)
     batch = random_batch(model.config.vocab_size, args.batch, args.length)
+    scorer = scoring_model(model, batch, args.fast_forward)
     with torch.no_grad():
-        inference = peak_mib(lambda: batch_loss(model, batch))
-    print(f"{args.model} {args.dtype} noise={args.noise} batch {args.batch}x{args.length}: "
+        inference = peak_mib(lambda: batch_loss(scorer, batch))
+    forward = "compiled forward" if args.fast_forward else "eager forward"
+    print(f"{args.model} {args.dtype} noise={args.noise} batch {args.batch}x{args.length} {forward}: "
           f"inference peak {inference:.0f} MiB")  # fmt: skip
     print("| rule | step (ms) | ratio to zo_sgd | peak (MiB) | fused | sync |\n|---|---|---|---|---|---|")
     base = None
     for name, queries in [*((n, 1) for n in OPTIMIZER_NAMES), ("zo_sgd", 4)]:
-        seconds, peak, fused, sync = measure(model, batch, name, args.noise, args.repeats, queries)
+        seconds, peak, fused, sync = measure(model, scorer, batch, name, args.noise, args.repeats, queries)
         base = base or seconds
         label = name if queries == 1 else f"{name}, q={queries}"
         print(f"| {label} | {1000 * seconds:.1f} | {seconds / base:.2f} | {peak:.0f} | {fused} | {sync} |", flush=True)
     lora_model, _ = add_lora(model)
-    seconds, peak, fused, sync = measure(lora_model, batch, "zo_sgd", args.noise, args.repeats)
+    lora_scorer = scoring_model(lora_model, batch, args.fast_forward)
+    seconds, peak, fused, sync = measure(lora_model, lora_scorer, batch, "zo_sgd", args.noise, args.repeats)
     print(f"| zo_sgd, LoRA r 8 (q,v) | {1000 * seconds:.1f} | {seconds / base:.2f} | {peak:.0f} | {fused} | {sync} |")
 
 
