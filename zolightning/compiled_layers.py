@@ -6,8 +6,8 @@ identical layers at every start, ~11 s of a warm start on the GPU machine even w
 inputs of the compiled code (PyTorch inlines built-in modules), so the graph traced for the first layer serves the
 other 29. What lies between layers (embedding, rotary tables, the attention mask, the final norm) stays eager;
 on CUDA it is recorded in the same CUDA graph as the compiled layers (`fast_forward.CompiledTrunk._capture`).
-Marking each plain `torch.compiler.nested_compile_region` instead kept the trunk one graph but still traced every
-layer (cold start 52 -> 41 s, warm unchanged on the H100), hence the compiled call per layer.
+Marking each layer with `torch.compiler.nested_compile_region` instead kept the trunk one graph but still traced
+every layer (cold compile 52 -> 41 s, warm unchanged on the H100), hence the compiled call per layer.
 
 The routing is installed only while `CompiledLayers.active()` is entered: the model's own eager and generation
 forwards never see it.
