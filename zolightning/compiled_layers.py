@@ -59,6 +59,7 @@ class CompiledLayers:
             raise ValueError(f"{type(trunk).__name__} has no stack of identical layers to compile one of")
         self.layers, self.dynamic = layers, dynamic
         self.compiled = torch.compile(_call_layer)
+        self._forwards = [self._routed(layer) for layer in layers]  # installed by active()
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -85,8 +86,8 @@ class CompiledLayers:
     @contextmanager
     def active(self) -> Iterator[None]:
         """Inside: every layer's forward is the compiled one (an instance attribute, removed on exit)."""
-        for layer in self.layers:
-            layer.forward = self._routed(layer)
+        for layer, forward in zip(self.layers, self._forwards):
+            layer.forward = forward
         try:
             yield
         finally:
