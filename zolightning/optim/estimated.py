@@ -113,7 +113,7 @@ class EstimatedZO(ZOSGD):
         self.apply_update(estimates, scales, closure)
         return self._completed(loss_plus, loss_minus, sum(g for _, g in estimates) / len(estimates))
 
-    # ---- the fused path (one query, philox, fused-pass weights) ---------------------------------------
+    # ---- the fused path (philox, fused-pass weights) ----------------------------------------------------
     def fused_rule(self) -> str | None:
         """This rule's name in `fused_rules.RULES`, or None: the update runs tensor by tensor."""
         return None
@@ -121,38 +121,64 @@ class EstimatedZO(ZOSGD):
     def _fuses(self) -> bool:
         if not hasattr(self, "_fusable"):  # the tensors never change: decide once
             tensors = [p for _, p in self._tensors()]
-            self._fusable = self.noise == "philox" and self.queries == 1 and fused_rules.usable(tensors)
+            self._fusable = self.noise == "philox" and fused_rules.usable(tensors)
         return self._fusable and self.fused_rule() is not None
 
     def _fused_step(self, closure: Callable, scales, all_finite) -> ZOStepOutput:
-        seed = self.query_seeds()[0]
-        self._perturb(seed, +1.0, scales)
-        plus = closure()
-        self._perturb(seed, -2.0, scales)
-        minus = closure()
+        """The queries' perturbation passes (each query's restore is its own pass, the last one's is folded into
+        the update), then the rule's update in one pass over all queries' z."""
+        seeds, plus, minus = self.query_seeds(), [], []
+        for j, seed in enumerate(seeds):
+            if j:
+                self._perturb(seeds[j - 1], +1.0, scales)  # back at θ before the next query
+            self._perturb(seed, +1.0, scales)
+            plus.append(closure())
+            self._perturb(seed, -2.0, scales)
+            minus.append(closure())
         if not self.sync:  # as ZOSGD's device step: a non-finite g turns the pass into a plain restore
             device = self.param_groups[0]["params"][0].device
-            plus, minus = (torch.as_tensor(v, device=device).detach().float() for v in (plus, minus))
+            plus, minus = (
+                torch.stack([torch.as_tensor(v, device=device).detach().float() for v in vs]) for vs in (plus, minus)
+            )
             g = (plus.double() - minus.double()) / (2 * self.eps)
-            ok = torch.isfinite(g)
-            self._fused_update(seed, scales, torch.where(ok, g, 0.0), ok)
+            ok = torch.isfinite(g).all()
+            self._fused_apply(seeds, scales, torch.where(ok, g, 0.0), ok, closure)
             self._skips.add(~ok)
             self.num_steps += 1
-            return ZOStepOutput((plus + minus) / 2, g.float(), plus, minus, ~ok)
-        plus, minus = float(plus), float(minus)
-        g = (plus - minus) / (2 * self.eps)
-        if not (math.isfinite(g) and bool(all_finite)):
-            self._perturb(seed, +1.0, scales)
-            return self._skip(plus, minus)
-        self._fused_update(seed, scales, g, None)
-        return self._completed(plus, minus, g)
+            return ZOStepOutput(((plus + minus) / 2).mean(), g.float().mean(), plus.mean(), minus.mean(), ~ok)
+        plus, minus = [float(v) for v in plus], [float(v) for v in minus]
+        g = [(a - b) / (2 * self.eps) for a, b in zip(plus, minus)]
+        loss_plus, loss_minus = sum(plus) / len(plus), sum(minus) / len(minus)
+        if not (all(map(math.isfinite, g)) and bool(all_finite)):
+            self._perturb(seeds[-1], +1.0, scales)
+            return self._skip(loss_plus, loss_minus)
+        self._fused_apply(seeds, scales, g, None, closure)
+        return self._completed(loss_plus, loss_minus, sum(g) / len(g))
 
-    def _fused_update(self, seed: int, scales, g: float | Tensor, ok: Tensor | None) -> None:
-        """From θ + offset·ε·s⊙z to the rule's new θ in one pass (`fused_rules.update`)."""
-        rule, tensors = self.fused_rule(), self._params()
+    def _fused_apply(self, seeds: list[int], scales, g, ok: Tensor | None, closure: Callable) -> None:
+        """From θ + offset·ε·s⊙z (the last query's z) to the rule's new θ; Conserve adds its trial steps here."""
+        self._fused_update(seeds, scales, g, ok)
+
+    def _coefficients(self, scales, g) -> Tensor:
+        """[queries, tensors]: c_jt = g_j s_t / q, the weight of query j's z in tensor t's estimate, rounded once
+        from float64 as the reference path's host product."""
+        s = self._vector(scales).double()
+        if torch.is_tensor(g):
+            return (g.double().reshape(-1, 1) * s / g.numel()).float()
+        return torch.stack([s * (value / len(g)) for value in g]).float()
+
+    def _fused_update(self, seeds: list[int], scales, g, ok: Tensor | None) -> None:
+        """The restore of the last query and the rule's update in one pass (`fused_rules.update`)."""
+        rule = self.fused_rule()
+        pre = torch.zeros(len(seeds), len(self._params()), device=self._vector(scales).device)
+        pre[-1] = self._vector(scales) * (self._offset * self.eps)
         lrs = self._per_group([group["lr"] for group in self.param_groups])
         mults = self._per_group([1.0 - group["lr"] * group["weight_decay"] for group in self.param_groups])
-        s = self._vector(scales)
+        self._rule_pass(rule, seeds, pre, self._coefficients(scales, g), lrs, mults, ok)
+        self._offset = 0.0
+
+    def _rule_pass(self, rule: str, seeds: list[int], pre: Tensor, coefficient: Tensor, lrs, mults, ok) -> None:
+        tensors = self._params()
         states = []
         for p in tensors:
             state = self.state[p]
@@ -162,10 +188,7 @@ class EstimatedZO(ZOSGD):
             states.append([state[name] for name in fused_rules.STATE_NAMES[rule]])
         hyper = self.fused_hyper().reshape(len(tensors), fused_rules.HYPER_WIDTH)
         flag = self._vector([1.0]) if ok is None else ok
-        coefficient = (s.double() * g).float()  # g s rounded once, as the reference path's host product
-        pre = s * (self._offset * self.eps)
-        fused_rules.update(tensors, states, rule, seed, pre, coefficient, lrs, mults, hyper, flag)
-        self._offset = 0.0
+        fused_rules.update(tensors, states, rule, seeds, pre, coefficient, lrs, mults, hyper, flag)
 
     def fused_hyper(self) -> Tensor:
         """Per tensor, `fused_rules.HYPER_WIDTH` float32 numbers the rule reads (see fused_rules)."""
@@ -311,6 +334,41 @@ class ZOSGDConserve(EstimatedZO):
             wide = p.detach().to(torch.promote_types(p.dtype, torch.float32))
             p.copy_(wide.sub_(grad, alpha=factor * group["lr"]))
 
+    def fused_rule(self) -> str:
+        return "plain"
+
+    def _fused_apply(self, seeds: list[int], scales, g, ok: Tensor | None, closure: Callable) -> None:
+        """The trials as passes of the fused rule: from w = round(θ − x·lr·ĝ) the pass to position y removes
+        x·lr·ĝ (θ recovered on its dtype grid, as after a perturbation) and subtracts y·lr·ĝ."""
+        coefficient = self._coefficients(scales, g)
+        lrs = self._per_group([group["lr"] for group in self.param_groups])
+        ones = torch.ones_like(lrs)
+        self._perturb(seeds[-1], +1.0, scales)  # θ itself, for L0
+        where = 0.0
+
+        def move(to: float) -> None:
+            nonlocal where
+            self._rule_pass("plain", seeds, -where * lrs * coefficient, coefficient, to * lrs, ones, None)
+            where = to
+
+        before = float(closure())
+        move(1.0)
+        if float(closure()) <= before:
+            self.last_choice = "descent"
+        else:
+            move(-1.0)
+            if float(closure()) <= before:
+                self.last_choice = "ascent"
+            else:
+                move(0.0)
+                self.last_choice = "stay"
+        self._decay()
+
+    def _decay(self) -> None:
+        for group in self.param_groups:  # decoupled decay after the choice
+            if group["weight_decay"]:
+                torch._foreach_mul_(group["params"], 1.0 - group["lr"] * group["weight_decay"])
+
     def apply_update(self, estimates: list[tuple[int, float]], scales, closure: Callable) -> None:
         before = float(closure())
         self._move(estimates, scales, +1.0)
@@ -323,6 +381,4 @@ class ZOSGDConserve(EstimatedZO):
             else:
                 self._move(estimates, scales, +1.0)
                 self.last_choice = "stay"
-        for group in self.param_groups:  # decoupled decay after the choice
-            if group["weight_decay"]:
-                torch._foreach_mul_(group["params"], 1.0 - group["lr"] * group["weight_decay"])
+        self._decay()

@@ -40,6 +40,11 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _TL_DTYPES = {}
 
 
+def by_bits(dtype: torch.dtype) -> bool:
+    """Whether the kernels round float32 to `dtype` on the bits (bf16 under the interpreter: see `_narrow`)."""
+    return INTERPRET and dtype == torch.bfloat16
+
+
 class _Known:
     """What was worked out for one list of tensors: valid while they are the same objects (weak references:
     ids of dead tensors are reused) at the same storage addresses. A ZO step asks three times per step about
@@ -120,6 +125,15 @@ if triton is not None:
         return c0, c1, c2, c3
 
     @triton.jit
+    def _narrow(x, DTYPE: tl.constexpr, BY_BITS: tl.constexpr):
+        # x (float32) to DTYPE, to nearest even. The GPU's conversion does this; Triton's interpreter truncates
+        # bf16, so under it (BY_BITS) the rounding is done on the bits: the tests then see the GPU's numbers.
+        if BY_BITS:
+            bits = x.to(tl.uint32, bitcast=True)
+            x = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        return x.to(DTYPE)
+
+    @triton.jit
     def _uniform(x):
         return ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
 
@@ -157,7 +171,7 @@ if triton is not None:
     def _shift_kernel(
         pointers, program_tensor, program_start, numels, keys, firsts, pre, alpha, mult, seed_lo, seed_hi, seed_at,
         partials, DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, STATS: tl.constexpr, BLOCK: tl.constexpr,
-        FAST: tl.constexpr, ROUNDS: tl.constexpr, SEED_IN_MEMORY: tl.constexpr,
+        FAST: tl.constexpr, ROUNDS: tl.constexpr, SEED_IN_MEMORY: tl.constexpr, BY_BITS: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         t = tl.load(program_tensor + pid)
@@ -179,7 +193,7 @@ if triton is not None:
         offsets = start + tl.arange(0, BLOCK).to(tl.int64)
         inside = offsets < n
         w = tl.load(weights + offsets, mask=inside, other=0.0).to(tl.float32)
-        base = (w - tl.load(pre + t) * z).to(DTYPE).to(tl.float32)
+        base = _narrow(w - tl.load(pre + t) * z, DTYPE, BY_BITS).to(tl.float32)
         value = tl.load(mult + t) * base + tl.load(alpha + t) * z
         if STOCHASTIC:  # counter word 3 = 1: bits apart from z's
             c0, c1, c2 = _counters(q, key)
@@ -188,7 +202,7 @@ if triton is not None:
             raw = (value.to(tl.uint32, bitcast=True) + bits) & 0xFFFF0000
             stored = raw.to(tl.float32, bitcast=True).to(DTYPE)
         else:
-            stored = value.to(DTYPE)
+            stored = _narrow(value, DTYPE, BY_BITS)
         tl.store(weights + offsets, stored, mask=inside)
         if STATS:  # this block's sum and sum of squares of the stored weights (next step's block features)
             v = tl.where(inside, stored.to(tl.float32), 0.0)
@@ -289,7 +303,7 @@ def shift(
             *seed_arguments, partials if partials is not None else pre,
             DTYPE=_TL_DTYPES[dtype], STOCHASTIC=stochastic_rounding and dtype == torch.bfloat16,
             STATS=partials is not None, BLOCK=BLOCK, FAST=not INTERPRET, ROUNDS=ROUNDS,
-            SEED_IN_MEMORY=torch.is_tensor(seed), num_warps=8,
+            SEED_IN_MEMORY=torch.is_tensor(seed), BY_BITS=by_bits(dtype), num_warps=8,
         )  # fmt: skip
         if partials is not None:
             running = torch.cat([partials.new_zeros(1, 2, dtype=torch.float64), partials.double().cumsum(0)])

@@ -39,30 +39,38 @@ if fused.triton is not None:
     import triton
     import triton.language as tl
 
-    from zolightning.optim.fused import _normals
+    from zolightning.optim.fused import _narrow, _normals
 
-    @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+    @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "tensors"])
     def _rule_kernel(
         pointers, first_states, second_states, program_tensor, program_start, numels, keys,
-        pre, coefficient, lr, mult, hyper, ok, seed_lo, seed_hi,
-        DTYPE: tl.constexpr, RULE: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr, ROUNDS: tl.constexpr,
+        pre, coefficient, lr, mult, hyper, ok, seed_lo, seed_hi, more_seeds, tensors,
+        DTYPE: tl.constexpr, RULE: tl.constexpr, QUERIES: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr,
+        ROUNDS: tl.constexpr, BY_BITS: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         t = tl.load(program_tensor + pid)
         start = tl.load(program_start + pid)
         n = tl.load(numels + t)
         weights = tl.load(pointers + t).to(tl.pointer_type(DTYPE))
-        k0 = seed_lo.to(tl.uint32)
-        k1 = seed_hi.to(tl.uint32)
+        key = tl.load(keys + t).to(tl.uint32)
         q = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
-        z = _normals(k0, k1, q, tl.load(keys + t).to(tl.uint32), FAST, ROUNDS)  # the perturbation passes' z
+        z = _normals(seed_lo.to(tl.uint32), seed_hi.to(tl.uint32), q, key, FAST, ROUNDS)  # the passes' z
+        carried = tl.load(pre + t) * z  # the perturbation the weights carry now
+        estimate = tl.load(coefficient + t) * z
+        for j in tl.static_range(1, QUERIES):  # the other queries' z, in query order (as the reference sums)
+            both = tl.load(more_seeds + j - 1)
+            k0 = (both & 0xFFFFFFFF).to(tl.uint32)
+            k1 = ((both >> 32) & 0xFFFFFFFF).to(tl.uint32)
+            z = _normals(k0, k1, q, key, FAST, ROUNDS)
+            carried += tl.load(pre + j * tensors + t) * z
+            estimate += tl.load(coefficient + j * tensors + t) * z
 
         offsets = start + tl.arange(0, BLOCK).to(tl.int64)
         inside = offsets < n
         go = tl.load(ok) != 0
         w = tl.load(weights + offsets, mask=inside, other=0.0).to(tl.float32)
-        base = (w - tl.load(pre + t) * z).to(DTYPE).to(tl.float32)
-        estimate = tl.load(coefficient + t) * z
+        base = _narrow(w - carried, DTYPE, BY_BITS).to(tl.float32)
         h = hyper + t * 8  # HYPER_WIDTH
         if RULE == 0:
             direction = estimate
@@ -85,7 +93,7 @@ if fused.triton is not None:
             tl.store(v_at, tl.where(go, v, v_old), mask=inside)
             direction = (m / tl.load(h + 4)) / (tl.sqrt(v / tl.load(h + 5)) + tl.load(h + 6))
         value = tl.where(go, tl.load(mult + t) * base - tl.load(lr + t) * direction, base)
-        tl.store(weights + offsets, value.to(DTYPE), mask=inside)
+        tl.store(weights + offsets, _narrow(value, DTYPE, BY_BITS), mask=inside)
 
 
 _state_tables: dict[tuple, Tensor] = {}
@@ -105,7 +113,7 @@ def update(
     params: Sequence[Tensor],
     states: Sequence[Sequence[Tensor]],
     rule: str,
-    seed: int,
+    seed: int | Sequence[int],
     pre: Tensor,
     coefficient: Tensor,
     lr: Tensor,
@@ -117,22 +125,36 @@ def update(
 
     `states[i]`: tensor i's float32 state buffers in `STATE_NAMES[rule]` order; `pre`, `coefficient`, `lr`,
     `mult`: float32 per-tensor vectors; `hyper`: float32 [n, HYPER_WIDTH]; `ok`: one element, 0 = restore only.
+
+    Several queries: `seed` lists their seeds and `pre`, `coefficient` are [queries, n]. Then
+    base = round(w − Σ_j pre_j z_j) and ĝ = Σ_j coefficient_j z_j (z_j drawn from seed j).
     """
+    seeds = [seed] if isinstance(seed, int) else list(seed)
     keys = list(range(len(params)))
     wanted = len(STATE_NAMES[rule])
     if any(len(s) != wanted for s in states):
         raise ValueError(f"rule {rule!r} takes {wanted} state tensors per weight")
+    pre, coefficient = pre.reshape(len(seeds), -1), coefficient.reshape(len(seeds), -1)
+    more_seeds = _seed_table(seeds[1:], pre.device) if len(seeds) > 1 else ok
     flag = ok.reshape(1).to(torch.int32)
     for dtype, plan in fused._plan(params, keys, ()).items():
         chosen = [i for i, p in enumerate(params) if p.dtype == dtype]  # the plan's tensors, read on the host
         whole = len(chosen) == len(params)
-        per_tensor = [v if whole else v.index_select(0, plan.index) for v in (pre, coefficient, lr, mult, hyper)]
+        per_tensor = [v if whole else v.index_select(0, plan.index) for v in (lr, mult, hyper)]
+        per_query = [v if whole else v.index_select(1, plan.index) for v in (pre, coefficient)]
         tables = [_addresses([states[i][j] for i in chosen], pre.device) for j in range(wanted)]
         tables += [plan.pointers] * (2 - wanted)  # unused by the rule: any valid pointer table
         _rule_kernel[(plan.programs,)](
             plan.pointers, *tables, plan.program_tensor, plan.program_start, plan.numels, plan.keys,
-            *(v.float().contiguous() for v in per_tensor), flag,
-            seed & 0xFFFFFFFF, seed >> 32,
-            DTYPE=fused._TL_DTYPES[dtype], RULE=RULES[rule], BLOCK=fused.BLOCK, FAST=not fused.INTERPRET,
-            ROUNDS=ROUNDS, num_warps=8,
+            *(v.float().contiguous() for v in per_query), *(v.float().contiguous() for v in per_tensor), flag,
+            seeds[0] & 0xFFFFFFFF, seeds[0] >> 32, more_seeds, len(chosen),
+            DTYPE=fused._TL_DTYPES[dtype], RULE=RULES[rule], QUERIES=len(seeds), BLOCK=fused.BLOCK,
+            FAST=not fused.INTERPRET, ROUNDS=ROUNDS, BY_BITS=fused.by_bits(dtype), num_warps=8,
         )  # fmt: skip
+
+
+def _seed_table(seeds: Sequence[int], device: torch.device) -> Tensor:
+    """The seeds as int64 on the device (as signed words: the kernel reads their two halves), copied without
+    waiting for the GPU."""
+    words = torch.tensor([s - (1 << 64) if s >= 1 << 63 else s for s in seeds], dtype=torch.int64)
+    return (words.pin_memory() if device.type == "cuda" else words).to(device, non_blocking=True)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from zolightning.optim import fused_shaped
 from zolightning.optim.estimated import EstimatedZO
 from zolightning.optim.noise import step_seed
 from zolightning.optim.perturbation import add_normal
@@ -52,8 +53,41 @@ class ShapedZO(EstimatedZO):
         return scales.tolist() if torch.is_tensor(scales) else list(scales)
 
     def _perturb(self, seed: int, factor: float, scales) -> None:
+        if self._fuses():
+            s, offset = self._vector(scales), self._offset + factor
+            self.shaped_pass(seed, s * (self._offset * self.eps), s * (offset * self.eps), torch.ones_like(s))
+            self._offset = offset
+            return
         for index, ((_, p), s) in enumerate(zip(self._tensors(), self._scale_list(scales))):
             _axpy(p, self.direction(index, p, seed), factor * self.eps * s)
+
+    # ---- the fused path: one launch per pass (`fused_shaped.py`); philox noise, one query -----------
+    DEVICE_STEP = True  # the fused path may keep g on the device; the tensor-by-tensor path reads it anyway
+
+    def _fuses(self) -> bool:
+        if not hasattr(self, "_fusable"):  # the tensors never change: decide once
+            tensors = [p for _, p in self._tensors()]
+            self._fusable = self.noise == "philox" and self.queries == 1 and fused_shaped.usable(tensors)
+        return self._fusable
+
+    def shaped_pass(self, seed: int, pre: Tensor, alpha: Tensor, mult: Tensor, refresh: Tensor | None = None) -> None:
+        """All tensors: w <- mult·round(w − pre·D_old) + alpha·D_new (per-tensor vectors; see fused_shaped)."""
+        raise NotImplementedError
+
+    def _update_factors(self, g: Tensor | list[float], ok: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(alpha, mult) of the update pass: θ ← k·θ − lr·g·D per group, or a plain restore where `ok` is False."""
+        g = g[0] if isinstance(g, list) else g.reshape(())
+        lr = self._per_group([group["lr"] for group in self.param_groups], torch.float64)
+        k = self._per_group([1.0 - group["lr"] * group["weight_decay"] for group in self.param_groups])
+        if ok is None:
+            return (lr * -g).float(), k
+        return (lr * torch.where(ok, -g, 0.0)).float(), torch.where(ok, k, 1.0)
+
+    def _fused_update(self, seeds: list[int], scales, g, ok: Tensor | None) -> None:
+        s = self._vector(scales)
+        alpha, mult = self._update_factors(g, ok)
+        self.shaped_pass(seeds[0], s * (self._offset * self.eps), s * alpha, mult)
+        self._offset = 0.0
 
     def gradient_estimates(self, estimates: list[tuple[int, float]], scales) -> Iterator[tuple[dict, Tensor, Tensor]]:
         for index, ((group, p), s) in enumerate(zip(self._tensors(), self._scale_list(scales))):
@@ -95,6 +129,18 @@ class LOZO(ShapedZO):
             seed = step_seed(self.seed ^ _LAZY_TAG, window)
             self._v_cache[key] = self.normal(seed, index, (n, self.rank), like, slot=2).clone()
         return self._v_cache[key]
+
+    def shaped_pass(self, seed: int, pre: Tensor, alpha: Tensor, mult: Tensor, refresh: Tensor | None = None) -> None:
+        params = self._params()
+        if getattr(self, "_factors", None) is None:
+            self._factors, self._drawn = fused_shaped.LowRankTables(params, self.rank), (None, None)
+        window = self.num_steps // self.interval
+        if self._drawn[1] != window:
+            self._factors.fill(self._factors.v, step_seed(self.seed ^ _LAZY_TAG, window))
+        if self._drawn[0] != seed:
+            self._factors.fill(self._factors.u, seed)
+        self._drawn = (seed, window)
+        fused_shaped.lowrank_pass(params, self._factors, seed, pre, alpha, mult)
 
     def direction(self, index: int, p: Tensor, seed: int) -> Tensor:
         if p.dim() < 2:
@@ -164,10 +210,16 @@ class HiZOO(ShapedZO):
     def direction(self, index: int, p: Tensor, seed: int) -> Tensor:
         return self.normal(seed, index, tuple(p.shape), p).mul_(self._sigma(p).sqrt())
 
+    def shaped_pass(self, seed: int, pre: Tensor, alpha: Tensor, mult: Tensor, refresh: Tensor | None = None) -> None:
+        params = self._params()
+        fused_shaped.hizoo_pass(params, [self._sigma(p) for p in params], seed, pre, alpha, mult, refresh)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor | float]) -> ZOStepOutput:  # type: ignore[override]
         if closure is None:
             raise ValueError("HiZOO.step needs a closure returning the loss")
+        if self._fuses():
+            return self._fused_hizoo_step(closure)
         seed = self.query_seeds()[0]
         scales = [1.0] * len(self._tensors())
         loss_zero = float(closure())
@@ -191,3 +243,34 @@ class HiZOO(ShapedZO):
             wide.sub_(z.mul_(sigma.sqrt()), alpha=group["lr"] * g)
             p.copy_(wide)
         return self._completed(loss_plus, loss_minus, g)
+
+    def _fused_hizoo_step(self, closure: Callable[[], Tensor | float]) -> ZOStepOutput:
+        """The same step in three passes: +ε√Σz, −2ε√Σz, then restore, refresh Σ and update in one. g and the
+        curvature stay on the device (a non-finite one makes the last pass a plain restore with Σ kept)."""
+        seed, device = self.query_seeds()[0], self.param_groups[0]["params"][0].device
+        scales = [1.0] * len(self._tensors())
+        losses = [torch.as_tensor(closure(), device=device).detach().double()]
+        self._perturb(seed, +1.0, scales)
+        losses.append(torch.as_tensor(closure(), device=device).detach().double())
+        self._perturb(seed, -2.0, scales)
+        losses.append(torch.as_tensor(closure(), device=device).detach().double())
+        loss_zero, loss_plus, loss_minus = losses
+        g = (loss_plus - loss_minus) / (2 * self.eps)
+        curvature = (loss_plus + loss_minus - 2 * loss_zero).abs() / (2 * self.eps**2)
+        ok = torch.isfinite(g) & torch.isfinite(curvature)
+        zero = torch.zeros_like(g)
+        refresh = torch.stack(
+            [torch.where(ok, self.hessian_smooth, zero), torch.where(ok, curvature, zero), zero + self.max_sigma]
+        )
+        alpha, mult = self._update_factors(g, ok)
+        s = self._vector(scales)
+        self.shaped_pass(seed, s * (self._offset * self.eps), alpha, mult, refresh)
+        self._offset = 0.0
+        self.num_steps += 1
+        summary = torch.stack([(loss_plus + loss_minus) / 2, g, loss_plus, loss_minus, (~ok).double()]).float()
+        if self.sync:  # one read for the whole step
+            loss, g, loss_plus, loss_minus, skipped = summary.tolist()
+            self._skips.add(bool(skipped))
+            return ZOStepOutput(loss, g, loss_plus, loss_minus, bool(skipped))
+        self._skips.add(~ok)
+        return ZOStepOutput(*summary[:4].unbind(), ~ok)
