@@ -8,8 +8,10 @@ Each rule steps the same model on the same random batch (eager forward by defaul
 update rules, not of the forward; `--fast-forward`: the compiled, CUDA-graphed forward of a GPU fit, planned for
 the batch's one shape, where the rules' own costs weigh more); medians after warm-up, and the peak allocated
 memory of one step with the rule's state in place. `ratio` is the step time over `zo_sgd`'s (issue #14: <= 1.15
-on the fast path, ZO-Adam excepted). `fused` says whether the rule ran its update as one pass (`fused_rules.py`)
-and `sync` whether its step read g on the host.
+on the fast path, ZO-Adam excepted); rules that spend more forward passes per step (HiZOO 3, Conserve 4-5, q
+queries 2q) are also compared per forward pass (`per forward`: the step time over `forwards`, against zo_sgd's
+over 2). `fused` says whether the rule's passes ran fused (`fused_rules.py`, `fused_shaped.py`) and `sync`
+whether its step read g on the host.
 """
 
 from __future__ import annotations
@@ -37,19 +39,34 @@ def scoring_model(model, batch: dict, fast_forward: bool):
     return scorer
 
 
-def measure(model, scorer, batch, name: str, noise: str, repeats: int, queries: int = 1) -> tuple[float, float]:
+def measure(model, scorer, batch, name: str, noise: str, repeats: int, queries: int = 1) -> tuple:
     params = [p for p in model.parameters() if p.requires_grad]
     # as in a fit: philox steps keep g on the device where the rule can (the registry keeps the others synced)
     optimizer = build_zo_optimizer(
         name, params, lr=1e-7, eps=1e-3, noise=noise, queries=queries, sync=noise != "philox"
     )
 
+    calls = {"steps": 0, "forwards": 0}
+
+    def loss():
+        calls["forwards"] += 1
+        return batch_loss(scorer, batch)[0]
+
     def step():
-        optimizer.step(lambda: batch_loss(scorer, batch)[0])
+        calls["steps"] += 1
+        optimizer.step(loss)
 
     seconds = timed(step, repeats)
     fused = getattr(optimizer, "_fuses", lambda: name == "zo_sgd")()
-    return seconds, peak_mib(step), fused, optimizer.sync
+    return seconds, peak_mib(step), fused, optimizer.sync, calls["forwards"] / calls["steps"]
+
+
+def row(label: str, seconds: float, base: float, peak: float, fused: bool, sync: bool, forwards: float) -> str:
+    per_forward = (seconds / forwards) / (base / 2)
+    return (
+        f"| {label} | {1000 * seconds:.1f} | {seconds / base:.2f} | {forwards:.1f} | {per_forward:.2f} | {peak:.0f} "
+        f"| {fused} | {sync} |"
+    )
 
 
 def main() -> None:
@@ -71,17 +88,17 @@ def main() -> None:
     forward = "compiled forward" if args.fast_forward else "eager forward"
     print(f"{args.model} {args.dtype} noise={args.noise} batch {args.batch}x{args.length} {forward}: "
           f"inference peak {inference:.0f} MiB")  # fmt: skip
-    print("| rule | step (ms) | ratio to zo_sgd | peak (MiB) | fused | sync |\n|---|---|---|---|---|---|")
+    print("| rule | step (ms) | ratio to zo_sgd | forwards | per forward | peak (MiB) | fused | sync |")
+    print("|---|---|---|---|---|---|---|---|")
     base = None
-    for name, queries in [*((n, 1) for n in OPTIMIZER_NAMES), ("zo_sgd", 4)]:
-        seconds, peak, fused, sync = measure(model, scorer, batch, name, args.noise, args.repeats, queries)
+    for name, queries in [*((n, 1) for n in OPTIMIZER_NAMES), ("zo_sgd", 4), ("zo_sgd_momentum", 4)]:
+        seconds, *rest = measure(model, scorer, batch, name, args.noise, args.repeats, queries)
         base = base or seconds
-        label = name if queries == 1 else f"{name}, q={queries}"
-        print(f"| {label} | {1000 * seconds:.1f} | {seconds / base:.2f} | {peak:.0f} | {fused} | {sync} |", flush=True)
+        print(row(name if queries == 1 else f"{name}, q={queries}", seconds, base, *rest), flush=True)
     lora_model, _ = add_lora(model)
     lora_scorer = scoring_model(lora_model, batch, args.fast_forward)
-    seconds, peak, fused, sync = measure(lora_model, lora_scorer, batch, "zo_sgd", args.noise, args.repeats)
-    print(f"| zo_sgd, LoRA r 8 (q,v) | {1000 * seconds:.1f} | {seconds / base:.2f} | {peak:.0f} | {fused} | {sync} |")
+    seconds, *rest = measure(lora_model, lora_scorer, batch, "zo_sgd", args.noise, args.repeats)
+    print(row("zo_sgd, LoRA r 8 (q,v)", seconds, base, *rest))
 
 
 if __name__ == "__main__":

@@ -101,10 +101,14 @@ def test_planned_cuda_graph_forward_has_no_recompiles_after_warm_up(tiny_data):
     assert compiled_graph_count() == graphs and fast.trunk.recompiles == 0 and fast.trunk.eager_batches == 0
 
 
-@pytest.mark.parametrize("name", ["zo_sgd_momentum", "zo_sgd_sign", "zo_adam", "lozo", "hizoo"])
-def test_estimated_and_shaped_rules_follow_the_cpu_reference_on_the_gpu(name):
-    # their z comes from the fused pass on the GPU (`add_normal`, or the whole update in one pass for momentum,
-    # sign and Adam: fused_rules.py) and from the PyTorch reference on the CPU
+@pytest.mark.parametrize(
+    "name, options",
+    [("zo_sgd_momentum", {}), ("zo_sgd_sign", {}), ("zo_adam", {}), ("lozo", {"lozo_rank": 2}), ("hizoo", {}),
+     ("zo_sgd_conserve", {}), ("zo_sgd_momentum", {"queries": 2})],
+)  # fmt: skip
+def test_estimated_and_shaped_rules_follow_the_cpu_reference_on_the_gpu(name, options):
+    # on the GPU every pass is fused (fused_rules.py, fused_shaped.py: z, √Σ z and U Vᵀ made in the kernels);
+    # on the CPU they run tensor by tensor with the PyTorch reference of the same noise
     from zolightning.optim import build_zo_optimizer
 
     examples = [EncodedExample(((5, 9, 11, 40, 7, 3),), (2,), 0, False)] * 4
@@ -112,7 +116,8 @@ def test_estimated_and_shaped_rules_follow_the_cpu_reference_on_the_gpu(name):
     for device in ("cuda", "cpu"):
         model = load_causal_lm("tiny-llama").to(device)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples, 0, "lm").items()}
-        optimizer = build_zo_optimizer(name, list(model.parameters()), lr=1e-3, seed=0, noise="philox", lozo_rank=2)
+        optimizer = build_zo_optimizer(name, list(model.parameters()), lr=1e-3, seed=0, noise="philox", **options)
+        assert optimizer._fuses() == (device == "cuda")
         for _ in range(3):
             optimizer.step(lambda m=model, b=batch: batch_loss(m, b)[0])
         results.append(torch.cat([p.detach().cpu().flatten() for p in model.parameters()]))
