@@ -29,9 +29,10 @@ from zolightning.optim.zo_sgd import ZOSGD, ZOStepOutput
 class EstimatedZO(ZOSGD):
     """Base: q two-point queries at θ, weights restored after each, then `update(group, p, grad, state)`.
 
-    With philox noise, one query and weights the fused pass can address (CUDA + Triton), a rule that names its
-    `fused_rule()` runs restore, estimate, state and update as one pass (`fused_rules.py`): the step then costs
-    what MeZO's does, plus the state's memory traffic. Rules with `DEVICE_STEP` may also keep g on the device
+    With philox noise and weights the fused pass can address (CUDA + Triton), a rule that names its
+    `fused_rule()` runs restore, estimate, state and update as one pass over all q queries' z (`fused_rules.py`);
+    each earlier query's restore is a perturbation pass: a step costs what q MeZO steps' passes do, plus the
+    state's memory traffic. Rules with `DEVICE_STEP` may also keep g on the device
     there (`sync=False`, as ZOSGD); elsewhere they read it on the host.
 
     Args (beyond ZOSGD's):

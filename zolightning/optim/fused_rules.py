@@ -1,12 +1,13 @@
 """The estimated rules' restore-and-update as one fused pass: ZO-SGD (plain), momentum, sign and Adam.
 
-With one query the estimate of tensor i is ĝ_i = c_i z_i (c_i = g s_i, `estimated.py`), so a rule's whole
-update is elementwise in (weight, z, state). The reference path spends several passes per tensor on it (restore,
+With one query the estimate of tensor i is ĝ_i = c_i z_i (c_i = g s_i, `estimated.py`); with q, the sum of q such
+terms, each z_j redrawn in the kernel from its query's seed. Either way a rule's whole update is elementwise in
+(weight, the z_j, state). The reference path spends several passes per tensor on it (restore,
 draw z into a buffer, update the state, update the weight) and a launch or more for each of them; this pass does
 it in one launch per dtype over every tensor, like MeZO's restore-and-update (`fused.py`), with the same z:
 
-    base = round(w − pre·z)        the weight with its current perturbation removed (the restore pass)
-    ĝ = c·z                         the estimate
+    base = round(w − Σ_j pre_j·z_j)   the weight with its current perturbation removed (the restore pass)
+    ĝ = Σ_j c_j·z_j                    the estimate
     d = rule(ĝ, state)              plain: ĝ; momentum: m ← μm + ĝ; sign: sign(ĝ); Adam: m, v, bias correction
     w ← mult·base − lr·d            mult = 1 − lr·wd (decoupled decay)
 
