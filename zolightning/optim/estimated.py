@@ -137,16 +137,15 @@ class EstimatedZO(ZOSGD):
             self._perturb(seed, -2.0, scales)
             minus.append(closure())
         if not self.sync:  # as ZOSGD's device step: a non-finite g turns the pass into a plain restore
-            device = self.param_groups[0]["params"][0].device
-            plus, minus = (
-                torch.stack([torch.as_tensor(v, device=device).detach().float() for v in vs]) for vs in (plus, minus)
-            )
+            plus, minus = self._on_device(plus), self._on_device(minus)  # 0-dim with one query: no stack, no mean
             g = (plus.double() - minus.double()) / (2 * self.eps)
-            ok = torch.isfinite(g).all()
+            ok = torch.isfinite(g) if g.dim() == 0 else torch.isfinite(g).all()
             self._fused_apply(seeds, scales, torch.where(ok, g, 0.0), ok, closure)
             self._skips.add(~ok)
             self.num_steps += 1
-            return ZOStepOutput(((plus + minus) / 2).mean(), g.float().mean(), plus.mean(), minus.mean(), ~ok)
+            if g.dim():
+                plus, minus, g = plus.mean(), minus.mean(), g.mean()
+            return ZOStepOutput((plus + minus) / 2, g.float(), plus, minus, ~ok)
         plus, minus = [float(v) for v in plus], [float(v) for v in minus]
         g = [(a - b) / (2 * self.eps) for a, b in zip(plus, minus)]
         loss_plus, loss_minus = sum(plus) / len(plus), sum(minus) / len(minus)
@@ -155,6 +154,12 @@ class EstimatedZO(ZOSGD):
             return self._skip(loss_plus, loss_minus)
         self._fused_apply(seeds, scales, g, None, closure)
         return self._completed(loss_plus, loss_minus, sum(g) / len(g))
+
+    def _on_device(self, losses: list) -> Tensor:
+        """The queries' losses as float32 on the weights' device: a 0-dim tensor for one query, else a vector."""
+        device = self.param_groups[0]["params"][0].device
+        values = [torch.as_tensor(v, device=device).detach().float() for v in losses]
+        return values[0] if len(values) == 1 else torch.stack(values)
 
     def _fused_apply(self, seeds: list[int], scales, g, ok: Tensor | None, closure: Callable) -> None:
         """From θ + offset·ε·s⊙z (the last query's z) to the rule's new θ; Conserve adds its trial steps here."""
@@ -165,14 +170,16 @@ class EstimatedZO(ZOSGD):
         from float64 as the reference path's host product."""
         s = self._vector(scales).double()
         if torch.is_tensor(g):
-            return (g.double().reshape(-1, 1) * s / g.numel()).float()
-        return torch.stack([s * (value / len(g)) for value in g]).float()
+            product = g.double().reshape(-1, 1) * s
+            return (product if g.numel() == 1 else product / g.numel()).float()
+        rows = [s * (value / len(g)) for value in g]
+        return (rows[0][None] if len(rows) == 1 else torch.stack(rows)).float()
 
     def _fused_update(self, seeds: list[int], scales, g, ok: Tensor | None) -> None:
         """The restore of the last query and the rule's update in one pass (`fused_rules.update`)."""
         rule = self.fused_rule()
-        pre = torch.zeros(len(seeds), len(self._params()), device=self._vector(scales).device)
-        pre[-1] = self._vector(scales) * (self._offset * self.eps)
+        last = (self._vector(scales) * (self._offset * self.eps))[None]  # only the last query's z is on the weights
+        pre = last if len(seeds) == 1 else torch.cat([last.new_zeros(len(seeds) - 1, last.shape[1]), last])
         lrs = self._per_group([group["lr"] for group in self.param_groups])
         mults = self._per_group([1.0 - group["lr"] * group["weight_decay"] for group in self.param_groups])
         self._rule_pass(rule, seeds, pre, self._coefficients(scales, g), lrs, mults, ok)

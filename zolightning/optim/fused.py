@@ -134,6 +134,21 @@ if triton is not None:
         return x.to(DTYPE)
 
     @triton.jit
+    def _program_block(pointers, program_tensor, program_start, numels, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+        # every kernel's program: its tensor t, the block's first element, the weights' address, offsets and mask
+        pid = tl.program_id(0)
+        t = tl.load(program_tensor + pid)
+        start = tl.load(program_start + pid)
+        offsets = start + tl.arange(0, BLOCK).to(tl.int64)
+        inside = offsets < tl.load(numels + t)
+        return t, start, tl.load(pointers + t).to(tl.pointer_type(DTYPE)), offsets, inside
+
+    @triton.jit
+    def _seed_words(both):
+        # a 64-bit seed read from memory as Philox's two key words
+        return (both & 0xFFFFFFFF).to(tl.uint32), ((both >> 32) & 0xFFFFFFFF).to(tl.uint32)
+
+    @triton.jit
     def _uniform(x):
         return ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
 
@@ -173,16 +188,12 @@ if triton is not None:
         partials, DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, STATS: tl.constexpr, BLOCK: tl.constexpr,
         FAST: tl.constexpr, ROUNDS: tl.constexpr, SEED_IN_MEMORY: tl.constexpr, BY_BITS: tl.constexpr,
     ):  # fmt: skip
-        pid = tl.program_id(0)
-        t = tl.load(program_tensor + pid)
-        start = tl.load(program_start + pid)
-        n = tl.load(numels + t)
-        weights = tl.load(pointers + t).to(tl.pointer_type(DTYPE))
+        t, start, weights, offsets, inside = _program_block(
+            pointers, program_tensor, program_start, numels, DTYPE, BLOCK
+        )
         key = tl.load(keys + t).to(tl.uint32)
         if SEED_IN_MEMORY:  # a CUDA graph replays one launch for every step: the seed is read, not baked in
-            both = tl.load(seed_at)
-            k0 = (both & 0xFFFFFFFF).to(tl.uint32)
-            k1 = ((both >> 32) & 0xFFFFFFFF).to(tl.uint32)
+            k0, k1 = _seed_words(tl.load(seed_at))
         else:
             k0 = seed_lo.to(tl.uint32)
             k1 = seed_hi.to(tl.uint32)
@@ -190,8 +201,6 @@ if triton is not None:
         q = (tl.load(firsts + t) + start) // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
         z = _normals(k0, k1, q, key, FAST, ROUNDS)
 
-        offsets = start + tl.arange(0, BLOCK).to(tl.int64)
-        inside = offsets < n
         w = tl.load(weights + offsets, mask=inside, other=0.0).to(tl.float32)
         base = _narrow(w - tl.load(pre + t) * z, DTYPE, BY_BITS).to(tl.float32)
         value = tl.load(mult + t) * base + tl.load(alpha + t) * z
@@ -206,6 +215,7 @@ if triton is not None:
         tl.store(weights + offsets, stored, mask=inside)
         if STATS:  # this block's sum and sum of squares of the stored weights (next step's block features)
             v = tl.where(inside, stored.to(tl.float32), 0.0)
+            pid = tl.program_id(0)
             tl.store(partials + 2 * pid, tl.sum(v, axis=0))
             tl.store(partials + 2 * pid + 1, tl.sum(v * v, axis=0))
 

@@ -40,7 +40,7 @@ if fused.triton is not None:
     import triton
     import triton.language as tl
 
-    from zolightning.optim.fused import _narrow, _normals
+    from zolightning.optim.fused import _narrow, _normals, _program_block, _seed_words
 
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "tensors"])
     def _rule_kernel(
@@ -49,26 +49,20 @@ if fused.triton is not None:
         DTYPE: tl.constexpr, RULE: tl.constexpr, QUERIES: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr,
         ROUNDS: tl.constexpr, BY_BITS: tl.constexpr,
     ):  # fmt: skip
-        pid = tl.program_id(0)
-        t = tl.load(program_tensor + pid)
-        start = tl.load(program_start + pid)
-        n = tl.load(numels + t)
-        weights = tl.load(pointers + t).to(tl.pointer_type(DTYPE))
+        t, start, weights, offsets, inside = _program_block(
+            pointers, program_tensor, program_start, numels, DTYPE, BLOCK
+        )
         key = tl.load(keys + t).to(tl.uint32)
         q = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
         z = _normals(seed_lo.to(tl.uint32), seed_hi.to(tl.uint32), q, key, FAST, ROUNDS)  # the passes' z
         carried = tl.load(pre + t) * z  # the perturbation the weights carry now
         estimate = tl.load(coefficient + t) * z
         for j in tl.static_range(1, QUERIES):  # the other queries' z, in query order (as the reference sums)
-            both = tl.load(more_seeds + j - 1)
-            k0 = (both & 0xFFFFFFFF).to(tl.uint32)
-            k1 = ((both >> 32) & 0xFFFFFFFF).to(tl.uint32)
+            k0, k1 = _seed_words(tl.load(more_seeds + j - 1))
             z = _normals(k0, k1, q, key, FAST, ROUNDS)
             carried += tl.load(pre + j * tensors + t) * z
             estimate += tl.load(coefficient + j * tensors + t) * z
 
-        offsets = start + tl.arange(0, BLOCK).to(tl.int64)
-        inside = offsets < n
         go = tl.load(ok) != 0
         w = tl.load(weights + offsets, mask=inside, other=0.0).to(tl.float32)
         base = _narrow(w - carried, DTYPE, BY_BITS).to(tl.float32)

@@ -42,7 +42,7 @@ if fused.triton is not None:
     import triton
     import triton.language as tl
 
-    from zolightning.optim.fused import _narrow, _normals
+    from zolightning.optim.fused import _narrow, _normals, _program_block
 
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
     def _shaped_kernel(
@@ -51,13 +51,9 @@ if fused.triton is not None:
         DTYPE: tl.constexpr, MODE: tl.constexpr, UPDATE: tl.constexpr, RANK: tl.constexpr, BLOCK: tl.constexpr,
         FAST: tl.constexpr, ROUNDS: tl.constexpr, BY_BITS: tl.constexpr,
     ):  # fmt: skip
-        pid = tl.program_id(0)
-        t = tl.load(program_tensor + pid)
-        start = tl.load(program_start + pid)
-        n = tl.load(numels + t)
-        weights = tl.load(pointers + t).to(tl.pointer_type(DTYPE))
-        offsets = start + tl.arange(0, BLOCK).to(tl.int64)
-        inside = offsets < n
+        t, start, weights, offsets, inside = _program_block(
+            pointers, program_tensor, program_start, numels, DTYPE, BLOCK
+        )
         q = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
         key = tl.load(keys + t).to(tl.uint32)
         if MODE == 0:  # HiZOO
@@ -149,6 +145,7 @@ class LowRankTables:
         u_at, v_at = [p.data_ptr() for p in params], [p.data_ptr() for p in params]  # unused for vectors
         for i, c, u, v in zip(self.matrices, columns, self.u, self.v):
             width[i], flags[i], u_at[i], v_at[i] = c, 1, u.data_ptr(), v.data_ptr()
+        self._zeros, self._ones = torch.zeros(len(rows), device=device), torch.ones(len(rows), device=device)
         self.tables = {
             "us": torch.tensor(u_at, dtype=torch.int64, device=device),
             "vs": torch.tensor(v_at, dtype=torch.int64, device=device),
@@ -159,8 +156,7 @@ class LowRankTables:
 
     def fill(self, factors: list[Tensor], seed: int) -> None:
         """Draw `factors` (self.u or self.v) from `seed`: factor i gets the normals of tensor key matrices[i]."""
-        ones = self.u_flat.new_ones(len(factors))
-        fused.shift(factors, self.matrices, seed, ones * 0, ones, ones * 0)  # mult 0: w <- z
+        fused.shift(factors, self.matrices, seed, self._zeros, self._ones, self._zeros)  # mult 0: w <- z
 
 
 def _views(flat: Tensor, shapes: list[tuple[int, int]]) -> list[Tensor]:

@@ -55,7 +55,8 @@ class ShapedZO(EstimatedZO):
     def _perturb(self, seed: int, factor: float, scales) -> None:
         if self._fuses():
             s, offset = self._vector(scales), self._offset + factor
-            self.shaped_pass(seed, s * (self._offset * self.eps), s * (offset * self.eps), torch.ones_like(s))
+            ones = self._per_group([1.0] * len(self.param_groups))  # cached: no fill per pass
+            self.shaped_pass(seed, s * (self._offset * self.eps), s * (offset * self.eps), ones)
             self._offset = offset
             return
         for index, ((_, p), s) in enumerate(zip(self._tensors(), self._scale_list(scales))):
