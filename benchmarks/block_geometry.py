@@ -2,12 +2,12 @@
 
     python -m benchmarks.block_geometry --data-dir ../shared/data [--task sst2] [--batches 8] [--probes 3]
 
-For MeZO (s = 1 everywhere) and each learned-optimizer file (its sigma at step 0 on this model and batch size,
-normalised as in training), prints the terms of the second-order model of one ZO step (zolightning/variance/
-geometry.py): signal gbar^T S gbar, minibatch norm E g^T S g, curvature tr(S H) and 2 E g^T S H S g, the largest lr
-at which a step still lowers the loss, the best one-step decrease relative to MeZO's, and the expected change at
-`--lr`. Hessian terms come from second differences of the loss at the training eps, tr(H) by Hutchinson probes
-(mean +- standard error over probes and batches).
+For MeZO (s = 1 everywhere) and each learned-optimizer file (its c * sigma on this model and batch size, as in a
+run once the networks' loss history holds the first batch's loss), prints the terms of the second-order model of
+one ZO step (zolightning/variance/geometry.py): signal gbar^T S gbar, minibatch norm E g^T S g, curvature tr(S H)
+and 2 E g^T S H S g, the largest lr at which a step still lowers the loss, the best one-step decrease relative to
+MeZO's, and the expected change at `--lr`. Hessian terms come from second differences of the loss at the training
+eps, tr(H) by Hutchinson probes (mean +- standard error over probes and batches).
 """
 
 from __future__ import annotations
@@ -23,20 +23,29 @@ from zolightning.models import load_causal_lm
 from zolightning.scoring import batch_loss
 from zolightning.variance.blocks import block_kind, trainable_named_parameters
 from zolightning.variance.geometry import GeometrySums, allocation_terms, kind_table, observe_batch
-from zolightning.variance.learned import learned_variance_for
+from zolightning.variance.learned import LearnedVariance, learned_variance_for
 
 FILES = sorted(str(p) for p in (Path(__file__).parents[1] / "optimizers").glob("smollm2-135m-instruct.*.safetensors"))
 
 
-def allocations(model, walk, args) -> dict[str, torch.Tensor]:
-    """MeZO's ones, then every file's normalised c * sigma at step 0, and the best file under the ceiling."""
-    out = {"MeZO": torch.ones(len(walk))}
+def steady_scales(variance: LearnedVariance, walk, loss: float, steps: int) -> torch.Tensor:
+    """c * sigma once the networks' history holds L+ = L- = `loss` (step 0's zero history gives other sigma)."""
+    for _ in range(steps):
+        scales = variance.scales(walk)
+        variance.observe(loss, loss)
+    return scales.detach().cpu()
+
+
+def allocations(model, walk, loss: float, args) -> dict[str, torch.Tensor]:
+    """MeZO's ones, then every file's normalised c * sigma in a run, and the best file under the ceiling."""
+    out, fit_batch = {"MeZO": torch.ones(len(walk))}, args.fit_batch_size or args.batch_size
     for path in args.files:
         name = Path(path).name.removeprefix("smollm2-135m-instruct.").removesuffix(".safetensors")
-        out[name] = learned_variance_for(path, model, walk, args.batch_size).scales(walk).detach().cpu()
+        variance = learned_variance_for(path, model, walk, fit_batch)
+        out[name] = steady_scales(variance, walk, loss, args.history_steps)
         if args.ceiling and name.endswith(".best"):
-            capped = learned_variance_for(path, model, walk, args.batch_size, sigma_ceiling=args.ceiling)
-            out[f"{name} cap {args.ceiling:g}"] = capped.scales(walk).detach().cpu()
+            capped = learned_variance_for(path, model, walk, fit_batch, sigma_ceiling=args.ceiling)
+            out[f"{name} cap {args.ceiling:g}"] = steady_scales(capped, walk, loss, args.history_steps)
     return out
 
 
@@ -65,16 +74,17 @@ def print_allocations(sums: GeometrySums, lrs: list[float]) -> None:
     terms = allocation_terms(sums)
     mezo = terms["MeZO"]
     print(
-        "| allocation | signal / MeZO | minibatch g^T S g / MeZO | tr(S H) | 2 E g^T S H S g | lr_max | "
-        "best decrease / MeZO | " + " | ".join(f"E dL at lr {lr:g}" for lr in lrs) + " |"
+        "| allocation | signal / MeZO | minibatch g^T S g / MeZO | tr(S H) | 2 E g^T S H S g | second-order / MeZO | "
+        "lr_max | best decrease / MeZO | " + " | ".join(f"E dL at lr {lr:g}" for lr in lrs) + " |"
     )
-    print("|---" * (7 + len(lrs)) + "|")
+    print("|---" * (8 + len(lrs)) + "|")
     for name, t in terms.items():
         changes = " | ".join(f"{t.expected_change(lr):+.3g}" for lr in lrs)
         print(
             f"| {name} | {t.signal / mezo.signal:.3f} | {t.minibatch / mezo.minibatch:.3f} | "
-            f"{t.trace:.4g} +- {t.trace_sem:.2g} | {t.gradient_term:.3g} | {t.lr_max:.3g} | "
-            f"{t.best_decrease / mezo.best_decrease:.3f} | {changes} |"
+            f"{t.trace:.4g} +- {t.trace_sem:.2g} | {t.gradient_term:.3g} +- {t.gradient_term_sem:.2g} | "
+            f"{t.denominator / mezo.denominator:.3g} | {t.lr_max:.3g} | {t.best_decrease / mezo.best_decrease:.3f} | "
+            f"{changes} |"
         )
     print(f"\nMeZO: signal {mezo.signal:.4g}, minibatch g^2 {mezo.minibatch:.4g} (n = {sums.batches} batches)")
 
@@ -85,12 +95,18 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--fit-batch-size",
+        type=int,
+        help="the fit's batch size, for the embedding's effective size (default: --batch-size)",
+    )
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--probes", type=int, default=3, help="Hutchinson probes per batch")
     parser.add_argument("--eps", type=float, default=1e-3)
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-5, 3e-5])
     parser.add_argument("--files", nargs="*", default=FILES)
     parser.add_argument("--ceiling", type=float, default=2.0, help="also the best file under this sigma ceiling")
+    parser.add_argument("--history-steps", type=int, default=10, help="steps of loss history before sigma is read")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -101,11 +117,12 @@ def main() -> None:
     model = load_causal_lm(args.model, dtype="float32", seed=args.seed)
     named = trainable_named_parameters(model)
     walk = [p for _, p in named]
-    sums = GeometrySums(kinds=[block_kind(n) for n, _ in named], allocations=allocations(model, walk, args))
-    generator = torch.Generator().manual_seed(args.seed)
-    start, batches = time.perf_counter(), iter(data.train_dataloader())
-    for i in range(args.batches):
-        batch = next(batches)
+    batches = [batch for batch, _ in zip(data.train_dataloader(), range(args.batches))]
+    with torch.no_grad():
+        first_loss = float(batch_loss(model, batches[0])[0])
+    sums = GeometrySums([block_kind(n) for n, _ in named], allocations(model, walk, first_loss, args))
+    generator, start = torch.Generator().manual_seed(args.seed), time.perf_counter()
+    for i, batch in enumerate(batches):
         observe_batch(sums, walk, lambda b=batch: batch_loss(model, b)[0], args.eps, args.probes, generator)
         print(f"batch {i + 1}/{args.batches} done, {time.perf_counter() - start:.0f} s", flush=True)
     print(

@@ -128,6 +128,7 @@ class AllocationTerms:
     trace: float  # B = tr(S H)
     trace_sem: float
     gradient_term: float  # D = 2 E g_i^T S H S g_i
+    gradient_term_sem: float
 
     @property
     def lr_max(self) -> float:
@@ -154,9 +155,9 @@ def allocation_terms(sums: GeometrySums) -> dict[str, AllocationTerms]:
     for name, s in sums.allocations.items():
         s_sq = s.double() ** 2
         trace, sem = _mean_and_sem(sums.allocation_trace[name])
-        gradient = 2 * _mean_and_sem(sums.gradient_term[name])[0]
+        gradient, gradient_sem = (2 * x for x in _mean_and_sem(sums.gradient_term[name]))
         terms[name] = AllocationTerms(
-            float((s_sq * signal).sum()), float((s_sq * minibatch).sum()), trace, sem, gradient
+            float((s_sq * signal).sum()), float((s_sq * minibatch).sum()), trace, sem, gradient, gradient_sem
         )
     return terms
 
