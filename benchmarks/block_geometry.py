@@ -89,7 +89,7 @@ def print_allocations(sums: GeometrySums, lrs: list[float]) -> None:
     print(f"\nMeZO: signal {mezo.signal:.4g}, minibatch g^2 {mezo.minibatch:.4g} (n = {sums.batches} batches)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data-dir", required=True)
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--ceiling", type=float, default=2.0, help="also the best file under this sigma ceiling")
     parser.add_argument("--history-steps", type=int, default=10, help="steps of loss history before sigma is read")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     data = TaskDataModule(
         args.task, tokenizer=args.model, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed

@@ -98,3 +98,17 @@ def test_expected_change_matches_zosgd_steps(allocation, fraction):
     mean = sum(changes) / len(changes)
     assert mean == pytest.approx(terms.expected_change(lr), rel=0.15)
     assert (mean < 0) == (fraction < 1)
+
+
+def test_block_geometry_command_on_the_tiny_model(tmp_path, data_dir, capsys):
+    """The benchmark end to end: a learned file, its capped twin and MeZO, every block kind in the tables."""
+    from benchmarks.block_geometry import main
+    from tests.test_module import _learned_file
+
+    path = _learned_file(tmp_path / "tiny.best.safetensors")
+    main(["--model", "tiny-llama", "--data-dir", str(data_dir), "--batches", "2", "--probes", "1", "--files", path])
+    out = capsys.readouterr().out
+    assert "| MeZO | 1.000 | 1.000 |" in out
+    assert "| tiny.best |" in out and "| tiny.best cap 2 |" in out
+    for kind in ("embedding", "attn_q", "mlp", "norm"):
+        assert f"| {kind} |" in out
