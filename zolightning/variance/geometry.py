@@ -6,9 +6,9 @@ changes a loss that is quadratic near theta (gradient g, Hessian H) by, in expec
     E[dL] = -lr g^T S g + lr^2 / 2 * ((g^T S g) tr(S H) + 2 g^T S H S g).
 
 With minibatches, the first term sees the mean gradient (the signal, A_signal = gbar^T S gbar) and the second the
-minibatch gradient the estimate carries (A_noise = E_i g_i^T S g_i). Hence, per allocation s:
-  * the step lowers the loss only while lr < lr_max = 2 A_signal / (A_noise B + D), B = tr(S H), D = 2 E g^T S H S g;
-  * at its best lr it lowers it by A_signal^2 / (2 (A_noise B + D)), the number an allocation is judged by.
+minibatch gradient the estimate carries (A_mb = E_i g_i^T S g_i). Hence, per allocation s:
+  * the step lowers the loss only while lr < lr_max = 2 A_signal / (A_mb B + D), B = tr(S H), D = 2 E g^T S H S g;
+  * at its best lr it lowers it by A_signal^2 / (2 (A_mb B + D)), the number an allocation is judged by.
 Malladi et al. (MeZO, arXiv 2305.17333, sec. 4) use the same expansion for S = I. Everything is estimated without
 a second-order autograd pass: gradients by one backward per batch, tr(S H) by Hutchinson probes and g^T S H S g by
 one direction, both through second differences of the loss, (L(t + h d) + L(t - h d) - 2 L(t)) / h^2 = d^T H d.
@@ -51,7 +51,7 @@ class LossProbe:
 
 @dataclass
 class GeometrySums:
-    """Running sums over batches; `summary` turns them into the terms of the module docstring."""
+    """Running sums over batches; `allocation_terms` and `kind_table` turn them into the module docstring's terms."""
 
     kinds: list[str]
     allocations: dict[str, Tensor]  # name -> s, one scale per tensor
@@ -75,27 +75,15 @@ def observe_batch(
     probes: int,
     generator: torch.Generator,
 ) -> None:
-    """One batch: its gradient (backward), then probes of the curvature along random and gradient directions."""
-    for p in params:
-        p.grad = None
-    loss().backward()
-    grads = [p.grad.detach().float().clone() for p in params]
-    for p in params:
-        p.grad = None
+    """One batch: its gradient (backward), then probes of the curvature along gradient and random directions."""
+    grads = _gradient(params, loss)
     sq = torch.stack([(g.double() ** 2).sum() for g in grads])
     sums.grad_sq = sq if sums.grad_sq is None else sums.grad_sq + sq
     sums.grad_sum = grads if sums.grad_sum is None else [a + g for a, g in zip(sums.grad_sum, grads)]
     sums.batches += 1
     probe = LossProbe(params, loss)
     base = probe.base()
-    numel = sum(p.numel() for p in params)
-    for name, s in sums.allocations.items():
-        along = [g * float(sb) ** 2 for g, sb in zip(grads, s)]  # S g
-        norm_sq = sum(float((a.double() ** 2).sum()) for a in along)
-        unit = [a / norm_sq**0.5 for a in along]
-        # a step of the size of the whole eps z, so that the difference stands above the loss's rounding
-        curvature = probe.curvature(unit, eps * numel**0.5, base)
-        sums.gradient_term.setdefault(name, []).append(curvature * norm_sq)
+    _probe_along_gradient(sums, probe, grads, base, eps)
     for _ in range(probes):
         u = _gaussian_like(params, generator)
         for kind in dict.fromkeys(sums.kinds):
@@ -104,6 +92,28 @@ def observe_batch(
         for name, s in sums.allocations.items():
             scaled = [ub * float(sb) for ub, sb in zip(u, s)]
             sums.allocation_trace.setdefault(name, []).append(probe.curvature(scaled, eps, base))
+
+
+def _gradient(params: Sequence[Tensor], loss: Callable[[], Tensor]) -> list[Tensor]:
+    for p in params:
+        p.grad = None
+    loss().backward()
+    grads = [p.grad.detach().float().clone() for p in params]
+    for p in params:
+        p.grad = None
+    return grads
+
+
+def _probe_along_gradient(sums: GeometrySums, probe: LossProbe, grads: list[Tensor], base: float, eps: float) -> None:
+    """g^T S H S g for each allocation: the curvature along S g times |S g|^2."""
+    numel = sum(g.numel() for g in grads)
+    for name, s in sums.allocations.items():
+        along = [g * float(sb) ** 2 for g, sb in zip(grads, s)]
+        norm_sq = sum(float((a.double() ** 2).sum()) for a in along)
+        unit = [a / norm_sq**0.5 for a in along]
+        # a step as long as the whole eps z, so that the difference stands above the loss's rounding
+        curvature = probe.curvature(unit, eps * numel**0.5, base)
+        sums.gradient_term.setdefault(name, []).append(curvature * norm_sq)
 
 
 def _mean_and_sem(samples: Sequence[float]) -> tuple[float, float]:
