@@ -70,8 +70,8 @@ class LearnedVariance:
         cuda_graph: capture the computation in a CUDA graph on CUDA devices.
         sigma_ceiling: cap every sigma_i at this multiple of the mean sigma over blocks, before the
             normalisation and the history (None: the published method). Not in the paper: SmolLM2's own files
-            gave the tied embedding a sigma 5-10x the others, a step there ~20x MeZO's at the same lr, and
-            the runs diverged (docs/results.md); a ceiling bounds that block's share.
+            gave the tied embedding a sigma 5-10x the others, an expected step there 20-40x MeZO's at the same
+            lr, and the runs diverged (docs/results.md); a ceiling bounds that block's share.
     """
 
     def __init__(
