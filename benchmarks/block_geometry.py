@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.timing import to_device
 from zolightning.data import TaskDataModule
 from zolightning.models import load_causal_lm
 from zolightning.scoring import batch_loss
@@ -108,20 +109,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ceiling", type=float, default=2.0, help="also the best file under this sigma ceiling")
     parser.add_argument("--history-steps", type=int, default=10, help="steps of loss history before sigma is read")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for more batches and probes in the time")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     data = TaskDataModule(
         args.task, tokenizer=args.model, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed
     )
     data.setup()
-    model = load_causal_lm(args.model, dtype="float32", seed=args.seed)
+    device = torch.device(args.device)
+    model = load_causal_lm(args.model, dtype="float32", seed=args.seed).to(device)
     named = trainable_named_parameters(model)
     walk = [p for _, p in named]
-    batches = [batch for batch, _ in zip(data.train_dataloader(), range(args.batches))]
+    batches = [to_device(batch, device) for batch, _ in zip(data.train_dataloader(), range(args.batches))]
     with torch.no_grad():
         first_loss = float(batch_loss(model, batches[0])[0])
     sums = GeometrySums([block_kind(n) for n, _ in named], allocations(model, walk, first_loss, args))
-    generator, start = torch.Generator().manual_seed(args.seed), time.perf_counter()
+    generator, start = torch.Generator(device=device).manual_seed(args.seed), time.perf_counter()
     for i, batch in enumerate(batches):
         observe_batch(sums, walk, lambda b=batch: batch_loss(model, b)[0], args.eps, args.probes, generator)
         print(f"batch {i + 1}/{args.batches} done, {time.perf_counter() - start:.0f} s", flush=True)

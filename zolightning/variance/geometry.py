@@ -64,7 +64,7 @@ class GeometrySums:
 
 
 def _gaussian_like(params: Sequence[Tensor], generator: torch.Generator) -> list[Tensor]:
-    return [torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device) for p in params]
+    return [torch.randn(p.shape, generator=generator, device=p.device, dtype=torch.float32) for p in params]
 
 
 def observe_batch(
