@@ -214,3 +214,16 @@ def test_a_fit_replays_its_steps_as_cuda_graphs(tmp_path, data_dir, monkeypatch)
     logged = scalars(tmp_path / "tiny-sst2-mezo" / "version_0")
     last = max(logged["perf/step_replays"])
     assert logged["perf/step_replays"][last] >= last - 10 and logged["perf/recompiles"][last] == 0
+
+
+def test_block_geometry_runs_on_the_gpu(tmp_path, data_dir, capsys):
+    """Scales read on the CPU meet gradient sums on the GPU in the tables (a device mismatch once stopped it)."""
+    from benchmarks.block_geometry import main
+    from tests.test_module import _learned_file
+
+    path = _learned_file(tmp_path / "tiny.best.safetensors")
+    main(
+        ["--model", "tiny-llama", "--data-dir", str(data_dir), "--batches", "2", "--probes", "1", "--files", path]
+        + ["--device", "cuda"]
+    )
+    assert "| tiny.best cap 2 |" in capsys.readouterr().out

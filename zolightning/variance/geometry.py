@@ -128,7 +128,7 @@ def signal_per_tensor(sums: GeometrySums) -> Tensor:
     if n < 2:
         raise ValueError("the signal needs at least 2 batches")
     mean_sq = torch.stack([((g.double() / n) ** 2).sum() for g in sums.grad_sum])
-    return (n * mean_sq - sums.grad_sq / n) / (n - 1)
+    return ((n * mean_sq - sums.grad_sq / n) / (n - 1)).cpu()
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class AllocationTerms:
 
 def allocation_terms(sums: GeometrySums) -> dict[str, AllocationTerms]:
     signal = signal_per_tensor(sums)
-    minibatch = sums.grad_sq / sums.batches
+    minibatch = (sums.grad_sq / sums.batches).cpu()
     terms = {}
     for name, s in sums.allocations.items():
         s_sq = s.double() ** 2
@@ -174,7 +174,7 @@ def allocation_terms(sums: GeometrySums) -> dict[str, AllocationTerms]:
 
 def kind_table(sums: GeometrySums, numels: Sequence[int]) -> dict[str, dict[str, float]]:
     """Per block family: elements, signal and minibatch gradient norms, tr(H) with its standard error."""
-    signal, minibatch = signal_per_tensor(sums), sums.grad_sq / sums.batches
+    signal, minibatch = signal_per_tensor(sums), (sums.grad_sq / sums.batches).cpu()
     table = {}
     for kind in dict.fromkeys(sums.kinds):
         mask = torch.tensor([k == kind for k in sums.kinds])
