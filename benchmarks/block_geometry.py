@@ -24,7 +24,7 @@ from zolightning.models import load_causal_lm
 from zolightning.scoring import batch_loss
 from zolightning.variance.blocks import block_kind, trainable_named_parameters
 from zolightning.variance.geometry import GeometrySums, allocation_terms, kind_table, observe_batch
-from zolightning.variance.learned import LearnedVariance, learned_variance_for
+from zolightning.variance.learned import LearnedVariance, learned_variance_for, sigma_by_kind
 
 FILES = sorted(str(p) for p in (Path(__file__).parents[1] / "optimizers").glob("smollm2-135m-instruct.*.safetensors"))
 
@@ -61,9 +61,9 @@ def print_kinds(sums: GeometrySums, numels: list[int]) -> None:
         + " |"
     )
     print("|---" * (7 + len(names)) + "|")
+    by_kind = [sigma_by_kind(s, sums.kinds) for s in sums.allocations.values()]
     for kind, row in table.items():
-        mask = torch.tensor([k == kind for k in sums.kinds])
-        scales = [f"{float(s[mask].mean()):.3f}" for s in sums.allocations.values()]
+        scales = [f"{means[kind]:.3f}" for means in by_kind]
         print(
             f"| {kind} | {row['tensors']} | {row['elements']:,} | {row['signal'] / total_signal:.3f} | "
             f"{row['minibatch'] / total_minibatch:.3f} | {row['trace']:.4g} +- {row['trace_sem']:.2g} | "

@@ -131,10 +131,15 @@ def signal_per_tensor(sums: GeometrySums) -> Tensor:
     return ((n * mean_sq - sums.grad_sq / n) / (n - 1)).cpu()
 
 
+def minibatch_per_tensor(sums: GeometrySums) -> Tensor:
+    """E ||g_i,b||^2 per tensor: the minibatch gradient's norm, noise included."""
+    return (sums.grad_sq / sums.batches).cpu()
+
+
 @dataclass(frozen=True)
 class AllocationTerms:
     signal: float  # A_signal = gbar^T S gbar
-    minibatch: float  # A_noise = E g_i^T S g_i
+    minibatch: float  # A_mb = E g_i^T S g_i
     trace: float  # B = tr(S H)
     trace_sem: float
     gradient_term: float  # D = 2 E g_i^T S H S g_i
@@ -159,8 +164,7 @@ class AllocationTerms:
 
 
 def allocation_terms(sums: GeometrySums) -> dict[str, AllocationTerms]:
-    signal = signal_per_tensor(sums)
-    minibatch = (sums.grad_sq / sums.batches).cpu()
+    signal, minibatch = signal_per_tensor(sums), minibatch_per_tensor(sums)
     terms = {}
     for name, s in sums.allocations.items():
         s_sq = s.double() ** 2
@@ -174,7 +178,7 @@ def allocation_terms(sums: GeometrySums) -> dict[str, AllocationTerms]:
 
 def kind_table(sums: GeometrySums, numels: Sequence[int]) -> dict[str, dict[str, float]]:
     """Per block family: elements, signal and minibatch gradient norms, tr(H) with its standard error."""
-    signal, minibatch = signal_per_tensor(sums), (sums.grad_sq / sums.batches).cpu()
+    signal, minibatch = signal_per_tensor(sums), minibatch_per_tensor(sums)
     table = {}
     for kind in dict.fromkeys(sums.kinds):
         mask = torch.tensor([k == kind for k in sums.kinds])
