@@ -70,9 +70,15 @@ if fused.triton is not None:
                 new = tl.sqrt(sigma) * z
         else:  # LOZO
             if tl.load(lowrank + t) != 0:
+                # one 64-bit division per program; per element a 32-bit one (a 64-bit division is a long
+                # software routine on the GPU, and ran on every element of every pass)
                 width = tl.load(columns + t)
-                row = offsets // width
-                column = offsets - row * width
+                first_row = start // width
+                local = (start - first_row * width).to(tl.int32) + tl.arange(0, BLOCK)
+                width32 = width.to(tl.int32)
+                below = local // width32
+                column = local - below * width32
+                row = first_row + below
                 u = tl.load(us + t).to(tl.pointer_type(tl.float32))
                 v = tl.load(vs + t).to(tl.pointer_type(tl.float32))
                 old = tl.zeros([BLOCK], dtype=tl.float32)
