@@ -52,3 +52,45 @@ def test_the_export_merges_lora_and_reloads_with_transformers(tmp_path, tiny_dat
 def test_a_target_the_model_lacks_is_named_with_the_layers_it_has():
     with pytest.raises(LoraConfigError, match=r"lora_target_modules \['query'\].*q_proj"):
         ZOFineTuneModule(model="tiny-llama", peft="lora", lora_target_modules=["query"])
+
+
+def _adapted_tiny_model():
+    from zolightning.models.lora import add_lora
+    from zolightning.models.tiny import build_tiny_llama
+
+    torch.manual_seed(0)
+    model, _ = add_lora(build_tiny_llama(), r=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(std=0.1)  # B starts at zero: give the adapters a contribution to compare
+    return model.eval()
+
+
+def test_compiled_lora_sums_the_rank_inputs_in_the_graph_and_matches_eager():
+    from zolightning.models.lora import RankInputLinear
+
+    model = _adapted_tiny_model()
+    b_layers = [m for n, m in model.named_modules() if n.endswith("lora_B.default")]
+    assert b_layers and all(type(m) is RankInputLinear for m in b_layers)
+
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    adapted = model.model.layers[0].self_attn.q_proj
+    x = torch.randn(2, 5, adapted.in_features)
+    with torch.no_grad():
+        eager_q = adapted(x)
+        compiled_q = torch.compile(adapted, backend=recording, fullgraph=True)(x)
+    linears = [n for gm in graphs for n in gm.graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
+    assert len(linears) == 2  # the base layer and A; B's product is a sum the compiler fuses
+    torch.testing.assert_close(compiled_q, eager_q, rtol=1e-5, atol=1e-6)
+
+    tokens = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        eager = model(input_ids=tokens).logits
+        compiled = torch.compile(model, backend="aot_eager")(input_ids=tokens).logits
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
