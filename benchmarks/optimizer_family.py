@@ -78,6 +78,11 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--fast-forward", action="store_true", help="score with the fit's compiled forward")
+    parser.add_argument(
+        "--rules",
+        default=None,
+        help="rows to run, comma-separated (e.g. lozo,lora,zo_sgd_momentum q=4); zo_sgd always runs first",
+    )
     args = parser.parse_args()
     model = build_model(args.model, getattr(torch, args.dtype))
     model.requires_grad_(True)
@@ -91,10 +96,16 @@ def main() -> None:
     print("| rule | step (ms) | ratio to zo_sgd | forwards | per forward | peak (MiB) | fused | sync |")
     print("|---|---|---|---|---|---|---|---|")
     base = None
-    for name, queries in [*((n, 1) for n in OPTIMIZER_NAMES), ("zo_sgd", 4), ("zo_sgd_momentum", 4)]:
+    rows = [(n, n, 1) for n in OPTIMIZER_NAMES] + [(f"{n}, q=4", n, 4) for n in ("zo_sgd", "zo_sgd_momentum")]
+    wanted = None if args.rules is None else {"zo_sgd", *(r.strip() for r in args.rules.split(","))}
+    for label, name, queries in rows:
+        if wanted is not None and label.replace(" ", "") not in {w.replace(" ", "") for w in wanted}:
+            continue
         seconds, *rest = measure(model, scorer, batch, name, args.noise, args.repeats, queries)
         base = base or seconds
-        print(row(name if queries == 1 else f"{name}, q={queries}", seconds, base, *rest), flush=True)
+        print(row(label, seconds, base, *rest), flush=True)
+    if wanted is not None and "lora" not in wanted:
+        return
     lora_model, _ = add_lora(model)
     lora_scorer = scoring_model(lora_model, batch, args.fast_forward)
     seconds, *rest = measure(lora_model, lora_scorer, batch, "zo_sgd", args.noise, args.repeats)

@@ -57,6 +57,24 @@ def test_cuda_graph_forward_equals_eager_and_sees_updates():
             p.add_(0.01)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_lora_forward_equals_eager_on_the_gpu(dtype):
+    # LoRA's B as a fused sum of r products (models/lora.py) under inductor's CUDA kernels, fp32 adapters on bf16
+    from zolightning.fast_forward import FastScoringModel
+    from zolightning.models.lora import add_lora
+
+    model, _ = add_lora(load_causal_lm("tiny-llama").to("cuda", dtype), r=8)
+    for name, p in model.named_parameters():
+        if ".lora_B." in name:
+            p.normal_(std=0.1)
+    fast = FastScoringModel(model, bucket=64)
+    examples = [EncodedExample(((5, 9, 11, 40, 7),), (2,), 0, False)] * 4
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in collate(examples, 0, "lm").items()}
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(batch_loss(fast, batch)[0], batch_loss(model, batch)[0], rtol=0, atol=tolerance)
+
+
 def test_learned_variance_reads_the_fused_pass_statistics_in_its_cuda_graph(tmp_path):
     from zolightning.variance import BlockVarianceNets, LearnedOptimizerFile
     from zolightning.variance.blocks import describe_blocks, trainable_named_parameters
