@@ -156,6 +156,20 @@ def test_the_table_command_writes_results_and_plots(tmp_path):
     assert (out / "sst2_curves.png").stat().st_size > 10_000 and (out / "sst2_sigma.png").is_file()
 
 
+def test_per_run_lists_each_runs_figures_and_the_missing_ones(tmp_path, capsys):
+    from benchmarks.per_run import main as per_run
+
+    grid = _grid(tmp_path)
+    first, *rest = grid.runs()
+    _write_curves(first, {s: 0.25 for s in range(0, 50, 5)}, {49: 0.7}, {49: 0.8})
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps(_raw_of(grid)))
+    assert per_run([str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{first.run_id}: final train loss 0.2500, best dev 70.0, last eval 80.0"
+    assert len(lines) == len(rest) + 1 and all(line.endswith(")") and "missing" in line for line in lines[1:])
+
+
 def _raw_of(grid: Grid) -> dict:
     methods = {m.name: {"config": m.config, "args": m.args} for m in grid.methods}
     return {
@@ -256,6 +270,17 @@ def test_methods_with_their_own_lrs_are_compared_at_their_best_dev_lr(tmp_path):
     assert "| sst2 | best by dev: 0.01 vs 0.001 | linear | 2 | +0.0000 | – | +10.0 | – |" in text
     with pytest.raises(GridError, match="key 'lrs'"):
         _grid(tmp_path, methods={"m": {"config": TINY}}, lrs=None)
+
+
+def test_a_method_at_one_lr_is_paired_with_the_baseline_at_each_of_its_lrs(tmp_path):
+    methods = {"const": {"config": TINY, "lrs": [1e-3, 2e-3]}, "linear": {"config": TINY, "lrs": [1e-3]}}
+    grid = _grid(tmp_path, methods=methods, lrs=None, seeds=[0, 1])
+    for run in grid.runs():
+        evaluation = {"const": {1e-3: 0.70, 2e-3: 0.90}, "linear": {1e-3: 0.80}}[run.method][run.lr] + run.seed / 100
+        _write_curves(run, {s: 0.5 for s in range(0, 100, 10)}, {99: 0.7}, {99: evaluation})
+    text = table(grid, [summarize(r) for r in grid.runs()])
+    assert "| sst2 | 0.001 | linear | 2 | +0.0000 | – | +10.0 | – |" in text
+    assert "| sst2 | 0.001 vs 0.002 | linear | 2 | +0.0000 | – | -10.0 |" in text
 
 
 def test_runs_are_spread_over_the_devices_with_their_own_cuda_visible_devices(tmp_path, monkeypatch):

@@ -137,6 +137,7 @@ def _paired_lines(grid: Grid, groups: dict[tuple[str, str, float], list[RunResul
                 settings_here = [*settings, (la, lb, f"best by dev: {la:g} vs {lb:g}")] if la and lb else settings
             else:
                 settings_here = settings
+            settings_here = [*settings_here, *_cross_lr_settings(groups, task, method, baseline)]
             for la, lb, label in settings_here:
                 row, left_out = _pair_row(groups.get((task, method, la), []), groups.get((task, baseline, lb), []))
                 uneven += left_out
@@ -145,6 +146,15 @@ def _paired_lines(grid: Grid, groups: dict[tuple[str, str, float], list[RunResul
     if uneven:
         lines += ["", f"{uneven} pair(s) left out: the two runs stopped at different steps (unfinished runs)."]
     return lines
+
+
+def _cross_lr_settings(groups: dict, task: str, method: str, baseline: str) -> list[tuple[float, float, str]]:
+    """A method run at one lr against the baseline at each of its other lrs ("is it more than a larger lr?")."""
+    own = sorted({lr for t, m, lr in groups if t == task and m == method})
+    theirs = sorted({lr for t, m, lr in groups if t == task and m == baseline})
+    if len(own) != 1 or len(theirs) < 2:
+        return []
+    return [(own[0], lr, f"{own[0]:g} vs {lr:g}") for lr in theirs if lr != own[0]]
 
 
 def _pair_row(runs_a: list[RunResult], runs_b: list[RunResult]) -> tuple[str | None, int]:
