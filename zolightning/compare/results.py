@@ -149,12 +149,13 @@ def _paired_lines(grid: Grid, groups: dict[tuple[str, str, float], list[RunResul
 
 
 def _cross_lr_settings(groups: dict, task: str, method: str, baseline: str) -> list[tuple[float, float, str]]:
-    """A method run at one lr against the baseline at each of its other lrs ("is it more than a larger lr?")."""
+    """A method run at fewer lrs than the baseline, each of its lrs against each other lr of the baseline ("is it
+    more than a larger lr?")."""
     own = sorted({lr for t, m, lr in groups if t == task and m == method})
     theirs = sorted({lr for t, m, lr in groups if t == task and m == baseline})
-    if len(own) != 1 or len(theirs) < 2:
+    if not own or len(own) >= len(theirs):
         return []
-    return [(own[0], lr, f"{own[0]:g} vs {lr:g}") for lr in theirs if lr != own[0]]
+    return [(la, lb, f"{la:g} vs {lb:g}") for la in own for lb in theirs if lb != la]
 
 
 def _pair_row(runs_a: list[RunResult], runs_b: list[RunResult]) -> tuple[str | None, int]:
