@@ -96,7 +96,7 @@ def main() -> None:
     print("| rule | step (ms) | ratio to zo_sgd | forwards | per forward | peak (MiB) | fused | sync |")
     print("|---|---|---|---|---|---|---|---|")
     base = None
-    rows = [(n, n, 1) for n in OPTIMIZER_NAMES] + [(f"{n}, q=4", n, 4) for n in ("zo_sgd", "zo_sgd_momentum")]
+    rows = [(n, n, 1) for n in OPTIMIZER_NAMES] + [(f"{n}, q=4", n, 4) for n in ("zo_sgd", "zo_sgd_momentum", "lozo")]
     wanted = None if args.rules is None else {"zo_sgd", *(r.strip() for r in args.rules.split(","))}
     for label, name, queries in rows:
         if wanted is not None and label.replace(" ", "") not in {w.replace(" ", "") for w in wanted}:

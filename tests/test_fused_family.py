@@ -37,6 +37,7 @@ _INTERPRETED = textwrap.dedent(
 
     cases = [
         ("lozo", {"lozo_rank": 2, "lozo_interval": 2}),  # V redrawn at steps 0 and 2
+        ("lozo", {"lozo_rank": 2, "lozo_interval": 3, "queries": 3}),  # the queries' U summed before one pass
         ("hizoo", {"hessian_smooth": 0.1}),
         ("zo_sgd_conserve", {}),
         ("zo_sgd_conserve", {"queries": 2}),
@@ -77,13 +78,15 @@ _INTERPRETED = textwrap.dedent(
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
 
     # sync=False: g stays on the device; a non-finite loss restores the weights and keeps HiZOO's Σ
-    for name in ("hizoo", "lozo", "zo_sgd_momentum"):
-        params = weights(torch.float32)
-        queries = {"queries": 2} if name == "zo_sgd_momentum" else {}
+    for name, queries in (("hizoo", {}), ("lozo", {}), ("lozo", {"queries": 2}), ("zo_sgd_momentum", {"queries": 2})):
+        params, twin = weights(torch.float32), weights(torch.float32)
         optimizer = build_zo_optimizer(name, params, lr=1e-3, noise="philox", sync=False, **queries)
         assert optimizer._fuses() and not optimizer.sync, name
         out = optimizer.step(loss_of(params))
         assert torch.is_tensor(out.loss) and not bool(out.skipped), name
+        build_zo_optimizer(name, twin, lr=1e-3, noise="philox", sync=True, **queries).step(loss_of(twin))
+        for p, q in zip(params, twin):  # g from float32 losses on the device, float64 on the host: 1e-2 steps
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-4, msg=name)
         moved = [p.clone() for p in params]
         states = {k: v.clone() for p in params for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
         out = optimizer.step(lambda: torch.tensor(math.nan))

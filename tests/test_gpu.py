@@ -122,7 +122,7 @@ def test_planned_cuda_graph_forward_has_no_recompiles_after_warm_up(tiny_data):
 @pytest.mark.parametrize(
     "name, options",
     [("zo_sgd_momentum", {}), ("zo_sgd_sign", {}), ("zo_adam", {}), ("lozo", {"lozo_rank": 2}), ("hizoo", {}),
-     ("zo_sgd_conserve", {}), ("zo_sgd_momentum", {"queries": 2})],
+     ("zo_sgd_conserve", {}), ("zo_sgd_momentum", {"queries": 2}), ("lozo", {"lozo_rank": 2, "queries": 2})],
 )  # fmt: skip
 def test_estimated_and_shaped_rules_follow_the_cpu_reference_on_the_gpu(name, options):
     # on the GPU every pass is fused (fused_rules.py, fused_shaped.py: z, √Σ z and U Vᵀ made in the kernels);

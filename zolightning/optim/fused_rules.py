@@ -115,6 +115,7 @@ def update(
     mult: Tensor,
     hyper: Tensor,
     ok: Tensor,
+    keys: Sequence[int] | None = None,
 ) -> None:
     """In place, one launch per dtype: tensor i <- mult_i base_i − lr_i d_i, and its states (see the module doc).
 
@@ -123,9 +124,10 @@ def update(
 
     Several queries: `seed` lists their seeds and `pre`, `coefficient` are [queries, n]. Then
     base = round(w − Σ_j pre_j z_j) and ĝ = Σ_j coefficient_j z_j (z_j drawn from seed j).
+    `keys[i]`: tensor i's noise key (default i), for a subset of the tensors a rule perturbs.
     """
     seeds = [seed] if isinstance(seed, int) else list(seed)
-    keys = list(range(len(params)))
+    keys = list(range(len(params))) if keys is None else list(keys)
     wanted = len(STATE_NAMES[rule])
     if any(len(s) != wanted for s in states):
         raise ValueError(f"rule {rule!r} takes {wanted} state tensors per weight")

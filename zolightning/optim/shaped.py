@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from zolightning.optim import fused_shaped
+from zolightning.optim import fused_rules, fused_shaped
 from zolightning.optim.estimated import EstimatedZO
 from zolightning.optim.noise import step_seed
 from zolightning.optim.perturbation import add_normal
@@ -62,13 +62,15 @@ class ShapedZO(EstimatedZO):
         for index, ((_, p), s) in enumerate(zip(self._tensors(), self._scale_list(scales))):
             _axpy(p, self.direction(index, p, seed), factor * self.eps * s)
 
-    # ---- the fused path: one launch per pass (`fused_shaped.py`); philox noise, one query -----------
+    # ---- the fused path: one launch per pass (`fused_shaped.py`); philox noise -----------------------
     DEVICE_STEP = True  # the fused path may keep g on the device; the tensor-by-tensor path reads it anyway
+    FUSED_QUERIES = False  # whether the fused update takes q > 1 queries (LOZO's does)
 
     def _fuses(self) -> bool:
         if not hasattr(self, "_fusable"):  # the tensors never change: decide once
             tensors = [p for _, p in self._tensors()]
-            self._fusable = self.noise == "philox" and self.queries == 1 and fused_shaped.usable(tensors)
+            queries_ok = self.queries == 1 or self.FUSED_QUERIES
+            self._fusable = self.noise == "philox" and queries_ok and fused_shaped.usable(tensors)
         return self._fusable
 
     def shaped_pass(self, seed: int, pre: Tensor, alpha: Tensor, mult: Tensor, refresh: Tensor | None = None) -> None:
@@ -142,6 +144,45 @@ class LOZO(ShapedZO):
             self._factors.fill(self._factors.u, seed)
         self._drawn = (seed, window)
         fused_shaped.lowrank_pass(params, self._factors, seed, pre, alpha, mult)
+
+    FUSED_QUERIES = True
+
+    def _fused_update(self, seeds: list[int], scales, g, ok: Tensor | None) -> None:
+        """q > 1: back at θ, then θ ← k·θ − lr·s·(Σ_j g_j/q U_j) Vᵀ for the matrices in one pass (U Vᵀ is linear in U,
+        so the q queries' U are summed in the small factor buffer first) and k·θ − lr·s·Σ_j g_j/q z_j for the
+        vectors in one multi-query rule pass over them alone."""
+        if len(seeds) == 1:
+            return super()._fused_update(seeds, scales, g, ok)
+        self._perturb(seeds[-1], +1.0, scales)
+        s, factors = self._vector(scales), self._factors
+        alpha, mult = self._update_factors(self._vector([1.0]), ok)  # −lr and k per tensor (0 and 1 where not ok)
+        weights = torch.as_tensor(g, dtype=torch.float64, device=s.device).reshape(-1) / len(seeds)
+        total = torch.zeros_like(factors.u_flat)
+        for seed, weight in zip(seeds, weights):
+            factors.fill(factors.u, seed)
+            total.add_(factors.u_flat * weight.float())
+        factors.u_flat.copy_(total)
+        self._drawn = (None, self._drawn[1])  # the buffer holds no query's U any more
+        is_matrix = self._vector([float(p.dim() >= 2) for p in self._params()])
+        fused_shaped.lowrank_pass(
+            self._params(), factors, seeds[0], 0 * s, s * alpha * is_matrix, 1 + (mult - 1) * is_matrix
+        )
+        self._vector_update(seeds, scales, g, ok, mult)
+
+    def _vector_update(self, seeds: list[int], scales, g, ok: Tensor | None, mult: Tensor) -> None:
+        params = self._params()
+        vectors = [i for i, p in enumerate(params) if p.dim() < 2]
+        if not vectors:
+            return
+        index = torch.tensor(vectors, device=mult.device)
+        coefficient = self._coefficients(scales, g).index_select(1, index)
+        lrs = self._per_group([group["lr"] for group in self.param_groups]).index_select(0, index)
+        flag = self._vector([1.0]) if ok is None else ok
+        fused_rules.update(
+            [params[i] for i in vectors], [()] * len(vectors), "plain", seeds, 0 * coefficient, coefficient,
+            lrs, mult.index_select(0, index), torch.zeros(len(vectors), fused_rules.HYPER_WIDTH, device=mult.device),
+            flag, keys=vectors,
+        )  # fmt: skip
 
     def direction(self, index: int, p: Tensor, seed: int) -> Tensor:
         if p.dim() < 2:
