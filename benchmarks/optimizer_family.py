@@ -69,6 +69,10 @@ def row(label: str, seconds: float, base: float, peak: float, fused: bool, sync:
     )
 
 
+def _plain(label: str) -> str:
+    return label.replace(",", "").replace(" ", "")  # "lozo, q=4" (a row) == "lozo q=4" (in --rules)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2")
@@ -99,7 +103,7 @@ def main() -> None:
     rows = [(n, n, 1) for n in OPTIMIZER_NAMES] + [(f"{n}, q=4", n, 4) for n in ("zo_sgd", "zo_sgd_momentum", "lozo")]
     wanted = None if args.rules is None else {"zo_sgd", *(r.strip() for r in args.rules.split(","))}
     for label, name, queries in rows:
-        if wanted is not None and label.replace(" ", "") not in {w.replace(" ", "") for w in wanted}:
+        if wanted is not None and _plain(label) not in {_plain(w) for w in wanted}:
             continue
         seconds, *rest = measure(model, scorer, batch, name, args.noise, args.repeats, queries)
         base = base or seconds
