@@ -60,7 +60,7 @@ def test_cuda_graph_forward_equals_eager_and_sees_updates():
 @torch.no_grad()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_lora_forward_equals_eager_on_the_gpu(dtype):
-    # LoRA's B as a fused sum of r products (models/lora.py) under inductor's CUDA kernels, fp32 adapters on bf16
+    # peft's LoRA layers under inductor's CUDA kernels and the CUDA-graphed trunk; fp32 adapters on a bf16 model
     from zolightning.fast_forward import FastScoringModel
     from zolightning.models.lora import add_lora
 

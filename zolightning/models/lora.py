@@ -4,45 +4,14 @@
 replaced the targeted linear layers by LoRA layers (base weights frozen, `lora_A`/`lora_B` trainable). Every
 forward of the project (scoring, generation, the compiled trunk) runs on that inner model unchanged; the
 `PeftModel` is kept beside it for the merged export (`merge_and_unload`).
-
-Each adapter's B (r inputs) becomes a `RankInputLinear`: in compiled code its product is a sum of r terms that
-inductor fuses with peft's `result + B(A x)·scaling` around it, one kernel where cuBLAS ran a GEMM of inner size r
-and a separate add (LoRA's extra step time on the fast path, issue #14).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 # MeZO's LoRA setting (Malladi et al. 2023, appendix): r 8, alpha 16 on the attention query and value.
 DEFAULT_TARGETS = ("q_proj", "v_proj")
-
-
-class RankInputLinear(nn.Linear):
-    """A linear layer with few inputs (LoRA's B, no bias). Compiled, `x Wᵀ` is written as the sum over its r inputs,
-    which inductor unrolls (r <= 8) or reduces in the kernel that adds it to the base layer's output, instead of
-    a separate GEMM whose inner size is r; eager, it is `nn.Linear`. Parameters, state dict and peft's merge are
-    those of `nn.Linear`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bias is None and torch.compiler.is_compiling():
-            return (x.unsqueeze(-2) * self.weight).sum(-1)
-        return super().forward(x)
-
-
-def fuse_rank_products(model: nn.Module) -> int:
-    """Make every bias-free LoRA B of `model` a `RankInputLinear`; returns how many."""
-    from peft.tuners.lora import LoraLayer
-
-    count = 0
-    for layer in model.modules():
-        if isinstance(layer, LoraLayer):
-            for b in layer.lora_B.values():
-                if type(b) is nn.Linear and b.bias is None:
-                    b.__class__ = RankInputLinear
-                    count += 1
-    return count
 
 
 class LoraConfigError(ValueError):
@@ -67,5 +36,4 @@ def add_lora(
         )
     config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout, task_type="CAUSAL_LM")
     wrapped = get_peft_model(model, config)
-    fuse_rank_products(wrapped)
     return wrapped.get_base_model(), wrapped
