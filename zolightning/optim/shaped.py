@@ -116,6 +116,8 @@ class LOZO(ShapedZO):
         interval: ν, steps between redraws of V (the release's script uses 100).
     """
 
+    FUSED_QUERIES = True
+
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, rank: int = 1, interval: int = 100, **kwargs):
         if rank < 1 or interval < 1:
             raise ValueError(f"LOZO needs rank >= 1 and interval >= 1, got {rank}, {interval}")
@@ -145,8 +147,6 @@ class LOZO(ShapedZO):
         self._drawn = (seed, window)
         fused_shaped.lowrank_pass(params, self._factors, seed, pre, alpha, mult)
 
-    FUSED_QUERIES = True
-
     def _fused_update(self, seeds: list[int], scales, g, ok: Tensor | None) -> None:
         """q > 1: back at θ, then θ ← k·θ − lr·s·(Σ_j g_j/q U_j) Vᵀ for the matrices in one pass (U Vᵀ is linear in U,
         so the q queries' U are summed in the small factor buffer first) and k·θ − lr·s·Σ_j g_j/q z_j for the
@@ -171,17 +171,19 @@ class LOZO(ShapedZO):
 
     def _vector_update(self, seeds: list[int], scales, g, ok: Tensor | None, mult: Tensor) -> None:
         params = self._params()
-        vectors = [i for i, p in enumerate(params) if p.dim() < 2]
+        if getattr(self, "_vectors", None) is None:  # made once: no host-to-device copy in a step
+            vectors = [i for i, p in enumerate(params) if p.dim() < 2]
+            index = torch.tensor(vectors, dtype=torch.int64, device=mult.device)
+            self._vectors = vectors, index, torch.zeros(len(vectors), fused_rules.HYPER_WIDTH, device=mult.device)
+        vectors, index, hyper = self._vectors
         if not vectors:
             return
-        index = torch.tensor(vectors, device=mult.device)
         coefficient = self._coefficients(scales, g).index_select(1, index)
         lrs = self._per_group([group["lr"] for group in self.param_groups]).index_select(0, index)
         flag = self._vector([1.0]) if ok is None else ok
         fused_rules.update(
             [params[i] for i in vectors], [()] * len(vectors), "plain", seeds, 0 * coefficient, coefficient,
-            lrs, mult.index_select(0, index), torch.zeros(len(vectors), fused_rules.HYPER_WIDTH, device=mult.device),
-            flag, keys=vectors,
+            lrs, mult.index_select(0, index), hyper, flag, keys=vectors,
         )  # fmt: skip
 
     def direction(self, index: int, p: Tensor, seed: int) -> Tensor:
