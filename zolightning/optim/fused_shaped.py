@@ -141,6 +141,9 @@ class LowRankTables:
         device = params[0].device
         self.rank = rank
         self.matrices = [i for i, p in enumerate(params) if p.dim() >= 2]
+        self.vectors = [i for i, p in enumerate(params) if p.dim() < 2]
+        self.vector_index = torch.tensor(self.vectors, dtype=torch.int64, device=device)
+        self.is_matrix = torch.tensor([float(p.dim() >= 2) for p in params], device=device)
         rows = [params[i].shape[0] for i in self.matrices]
         columns = [params[i].numel() // params[i].shape[0] for i in self.matrices]
         self.u_flat = torch.zeros(sum(rows) * rank, device=device)

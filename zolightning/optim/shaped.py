@@ -163,21 +163,17 @@ class LOZO(ShapedZO):
             total.add_(factors.u_flat * weight.float())
         factors.u_flat.copy_(total)
         self._drawn = (None, self._drawn[1])  # the buffer holds no query's U any more
-        is_matrix = self._vector([float(p.dim() >= 2) for p in self._params()])
+        is_matrix = factors.is_matrix
         fused_shaped.lowrank_pass(
             self._params(), factors, seeds[0], 0 * s, s * alpha * is_matrix, 1 + (mult - 1) * is_matrix
         )
         self._vector_update(seeds, scales, g, ok, mult)
 
     def _vector_update(self, seeds: list[int], scales, g, ok: Tensor | None, mult: Tensor) -> None:
-        params = self._params()
-        if getattr(self, "_vectors", None) is None:  # made once: no host-to-device copy in a step
-            vectors = [i for i, p in enumerate(params) if p.dim() < 2]
-            index = torch.tensor(vectors, dtype=torch.int64, device=mult.device)
-            self._vectors = vectors, index, torch.zeros(len(vectors), fused_rules.HYPER_WIDTH, device=mult.device)
-        vectors, index, hyper = self._vectors
+        params, vectors, index = self._params(), self._factors.vectors, self._factors.vector_index
         if not vectors:
             return
+        hyper = torch.zeros(len(vectors), fused_rules.HYPER_WIDTH, device=mult.device)  # the plain rule reads none
         coefficient = self._coefficients(scales, g).index_select(1, index)
         lrs = self._per_group([group["lr"] for group in self.param_groups]).index_select(0, index)
         flag = self._vector([1.0]) if ok is None else ok
