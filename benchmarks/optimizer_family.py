@@ -17,6 +17,7 @@ whether its step read g on the host.
 from __future__ import annotations
 
 import argparse
+import gc
 
 import torch
 
@@ -27,6 +28,9 @@ from zolightning.models.lora import add_lora
 from zolightning.optim import OPTIMIZER_NAMES, build_zo_optimizer
 from zolightning.scoring import batch_loss
 from zolightning.shape_plan import ShapePlan
+
+# --rules names of the LoRA rows: adapters in the model's dtype (what every fit runs), or peft's float32 ones
+LORA_ROWS = {"model": "lora", "float32": "lora_fp32"}
 
 
 def scoring_model(model, batch: dict, fast_forward: bool):
@@ -85,12 +89,13 @@ def main() -> None:
     parser.add_argument(
         "--rules",
         default=None,
-        help="rows to run, comma-separated (e.g. lozo,lora,zo_sgd_momentum q=4); zo_sgd always runs first",
+        help="rows to run, comma-separated (e.g. lozo,lora,lora_fp32,zo_sgd_momentum q=4); zo_sgd always runs first",
     )
     args = parser.parse_args()
     model = build_model(args.model, getattr(torch, args.dtype))
     model.requires_grad_(True)
     batch = random_batch(model.config.vocab_size, args.batch, args.length)
+    print(f"# resident with the model alone: {torch.cuda.memory_allocated() / 2**20:.0f} MiB")
     scorer = scoring_model(model, batch, args.fast_forward)
     with torch.no_grad():
         inference = peak_mib(lambda: batch_loss(scorer, batch))
@@ -108,12 +113,24 @@ def main() -> None:
         seconds, *rest = measure(model, scorer, batch, name, args.noise, args.repeats, queries)
         base = base or seconds
         print(row(label, seconds, base, *rest), flush=True)
-    if wanted is not None and "lora" not in wanted:
-        return
-    lora_model, _ = add_lora(model)
-    lora_scorer = scoring_model(lora_model, batch, args.fast_forward)
-    seconds, *rest = measure(lora_model, lora_scorer, batch, "zo_sgd", args.noise, args.repeats)
-    print(row("zo_sgd, LoRA r 8 (q,v)", seconds, base, *rest))
+    scorer = None  # its captured graphs' memory pool would count in the LoRA rows' peaks
+    lora_rows(model, batch, args, base, wanted)
+
+
+def lora_rows(model, batch: dict, args, base: float, wanted: set | None) -> None:
+    """MeZO on LoRA adapters of `model`, in the model's dtype and then in float32 (peft's), each on a fresh scorer."""
+    for adapters in ("model", "float32"):
+        if wanted is not None and LORA_ROWS[adapters] not in wanted:
+            continue
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(f"# resident before the LoRA row: {torch.cuda.memory_allocated() / 2**20:.0f} MiB", flush=True)
+        lora_model, wrapper = add_lora(model, dtype=adapters)
+        scorer = scoring_model(lora_model, batch, args.fast_forward)
+        seconds, *rest = measure(lora_model, scorer, batch, "zo_sgd", args.noise, args.repeats)
+        print(row(f"zo_sgd, LoRA r 8 (q,v), {adapters} adapters", seconds, base, *rest), flush=True)
+        del scorer, lora_model
+        model = wrapper.unload()  # the base model again, for the next row's adapters
 
 
 if __name__ == "__main__":

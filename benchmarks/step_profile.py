@@ -28,13 +28,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--rule", default="zo_sgd")
     parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--lora-dtype", default="model", choices=["model", "float32"], help="the adapters' dtype")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rows", type=int, default=25, help="kernels listed")
     args = parser.parse_args()
     model = build_model(args.model, getattr(torch, args.dtype))
     model.requires_grad_(not args.lora)
     if args.lora:
-        model, _ = add_lora(model)
+        model, _ = add_lora(model, dtype=args.lora_dtype)
     batch = random_batch(model.config.vocab_size, 16, 64)
     scorer = scoring_model(model, batch, fast_forward=True)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -53,7 +54,8 @@ def main() -> None:
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     events.sort(key=lambda e: e.device_time_total, reverse=True)
     total = sum(e.device_time_total for e in events) / args.steps
-    label = f"{args.rule}{' + LoRA r 8 (q,v)' if args.lora else ''}, {args.dtype}"
+    lora = f" + LoRA r 8 (q,v), {args.lora_dtype} adapters" if args.lora else ""
+    label = f"{args.rule}{lora}, {args.dtype}"
     print(
         f"{label}: {total / 1000:.2f} ms of kernels per step, {sum(e.count for e in events) / args.steps:.0f} launches"
     )

@@ -75,3 +75,31 @@ def test_the_compiled_lora_forward_matches_eager():
         eager = model(input_ids=tokens).logits
         compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(input_ids=tokens).logits
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def _adapter_dtypes(model) -> set:
+    return {p.dtype for name, p in model.named_parameters() if ".lora_" in name}
+
+
+def test_adapters_take_the_models_dtype_unless_float32_is_asked_for():
+    from zolightning.models.lora import add_lora
+    from zolightning.models.tiny import build_tiny_llama
+
+    assert _adapter_dtypes(add_lora(build_tiny_llama().to(torch.bfloat16))[0]) == {torch.bfloat16}
+    assert _adapter_dtypes(add_lora(build_tiny_llama().to(torch.bfloat16), dtype="float32")[0]) == {torch.float32}
+    with pytest.raises(LoraConfigError, match="lora_dtype"):
+        add_lora(build_tiny_llama(), dtype="float64")
+
+
+def test_float32_adapters_on_a_bf16_base_train_under_32_true(tmp_path, tiny_data):
+    module, _, base = _fit(tmp_path, tiny_data, steps=2, dtype="bfloat16", lora_dtype="float32")
+    assert _adapter_dtypes(module.model) == {torch.float32}
+    assert {p.dtype for p in base.values()} == {torch.bfloat16}
+    assert any(p.abs().sum() > 0 for n, p in module.model.named_parameters() if ".lora_B." in n)
+
+
+def test_float32_adapters_under_bf16_true_are_refused_with_the_fix(tmp_path, tiny_data):
+    module = ZOFineTuneModule(model="tiny-llama", peft="lora", lora_dtype="float32")
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", precision="bf16-true", logger=False, default_root_dir=tmp_path)
+    with pytest.raises(LoraConfigError, match="32-true"):
+        trainer.fit(module, datamodule=tiny_data())

@@ -17,12 +17,13 @@ def add_adapters(
     lora_alpha: float = 16,
     lora_target_modules: list[str] | None = None,
     prefix_tokens: int = 20,
+    lora_dtype: str = "model",
 ):
     """(the model whose trainable tensors ZO perturbs, the PeftModel or None)."""
     if kind not in PEFT_KINDS:
         raise ValueError(f"peft must be one of {PEFT_KINDS}, got {kind!r}")
     if kind == "lora":
-        return add_lora(model, lora_r, lora_alpha, lora_target_modules)
+        return add_lora(model, lora_r, lora_alpha, lora_target_modules, dtype=lora_dtype)
     if kind == "prefix":
         return add_prefix(model, prefix_tokens)
     return model, None

@@ -17,10 +17,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 
 from zolightning.fast_forward import FastScoringModel, compile_for_data
-from zolightning.fast_path import ZOPath, choose_path, describe, step_graph_refusal
+from zolightning.fast_path import ZOPath, choose_path, describe, step_graph_refusal, warn_half_precision_generator
 from zolightning.generation import greedy_answers, negative_f1, update_squad
 from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.models.adapters import adapter_summary, add_adapters
+from zolightning.models.lora import check_adapter_dtype
 from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import build_zo_optimizer
 from zolightning.optim.shards import is_sharded, shard_model
@@ -97,6 +98,8 @@ class ZOFineTuneModule(L.LightningModule):
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (the update is alpha / r · B A).
         lora_target_modules: names of the linear layers that get adapters (default: q_proj, v_proj, as MeZO).
+        lora_dtype: the adapters' dtype: `model` (the weights', as `bf16-true` makes them anyway) or `float32`
+            (peft's float32 adapters on a half-precision base: needs `precision: 32-true`; slower in bf16).
         prefix_tokens: prefix tuning's number of virtual tokens per layer.
         step_graphs: on the fast path (one CUDA device, zo_sgd), replay each whole ZO step as a CUDA graph per
             planned batch shape (`optim/step_graphs.py`). Off by default: a lone SmolLM2 fit is GPU-bound either
@@ -138,6 +141,7 @@ class ZOFineTuneModule(L.LightningModule):
         lora_r: int = 8,
         lora_alpha: float = 16,
         lora_target_modules: list[str] | None = None,
+        lora_dtype: Literal["model", "float32"] = "model",
         prefix_tokens: int = 20,
         step_graphs: bool = False,
     ):
@@ -147,7 +151,9 @@ class ZOFineTuneModule(L.LightningModule):
         if variance == "learned" and not variance_file:
             raise ValueError("variance=learned needs variance_file (a learned-optimizer .safetensors)")
         base = load_causal_lm(model, dtype=dtype, seed=init_seed)
-        self.model, wrapper = add_adapters(base, peft, lora_r, lora_alpha, lora_target_modules, prefix_tokens)
+        self.model, wrapper = add_adapters(
+            base, peft, lora_r, lora_alpha, lora_target_modules, prefix_tokens, lora_dtype
+        )
         self._peft: tuple = (wrapper,) if wrapper is not None else ()  # outside the module tree: weights saved once
         if wrapper is not None:
             log.info(adapter_summary(self.model))
@@ -201,6 +207,7 @@ class ZOFineTuneModule(L.LightningModule):
 
     # ---- optimization -------------------------------------------------------------------------------
     def configure_optimizers(self):
+        check_adapter_dtype(self.model, self.hparams.lora_dtype)  # after the trainer's precision cast
         decay, no_decay = [], []
         for p in self.model.parameters():
             if p.requires_grad:
@@ -239,14 +246,7 @@ class ZOFineTuneModule(L.LightningModule):
     def on_train_start(self) -> None:
         if self.device.type == "cuda":  # perf/peak_mem_gib: the training peak, not set-up's broadcasts
             torch.cuda.reset_peak_memory_stats(self.device)
-        dtypes = {p.dtype for p in self.model.parameters()}
-        if dtypes & {torch.bfloat16, torch.float16} and self.path.noise == "generator":
-            log.warning(
-                "ZO training with %s weights and noise=generator: +eps/-2eps/+eps does not restore half-precision "
-                "weights exactly, and the rounding errors swamp the updates; use noise=philox, which recovers "
-                "each weight on its dtype grid (bf16 SmolLM2 on SST-2 followed the float32 curve, docs/benchmarks.md).",
-                sorted(map(str, dtypes)),
-            )
+        warn_half_precision_generator(self.model, self.path.noise)
         self._train_log.data_counts(self)
         optimizer = self.optimizers().optimizer
         refusal = step_graph_refusal(self, optimizer)
