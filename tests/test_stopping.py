@@ -80,35 +80,35 @@ def _read_until(stream, needle: str, seen: list[str], found: threading.Event) ->
             found.set()
 
 
-def test_sigterm_during_training_saves_the_step_and_the_run_resumes(tmp_path, data_dir):
-    command = [
-        "fit",
-        *tiny_args(
-            tmp_path,
-            data_dir,
-            "--trainer.max_steps",
-            "100000",
-            "--trainer.val_check_interval",
-            "50000",
-            "--trainer.limit_val_batches",
-            "1",
-        ),
-    ]
+def _stop_when(command: list[str], needle: str, after: float) -> tuple[int, float, list[str]]:
+    """Run `zolightning` with `command`, SIGTERM it `after` seconds past the first log line holding `needle`:
+    (exit code, seconds from the signal to the exit, the log lines seen)."""
     args = [sys.executable, "-m", "zolightning", *command]
     process = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     seen, started = [], threading.Event()
-    reader = threading.Thread(target=_read_until, args=(process.stderr, "first step done", seen, started))
+    reader = threading.Thread(target=_read_until, args=(process.stderr, needle, seen, started))
     reader.start()
     try:
-        assert started.wait(120), "".join(seen[-20:])
-        time.sleep(1.0)  # some steps into the run
+        assert started.wait(180), "".join(seen[-20:])
+        time.sleep(after)
         sent = time.perf_counter()
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
-        stopped_in = time.perf_counter() - sent
+        return code, time.perf_counter() - sent, seen
     finally:
         process.kill()
         reader.join()
+
+
+ON_GPU = pytest.param("gpu", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", ON_GPU])  # on a GPU: the compiled forward and the fused pass
+def test_sigterm_during_training_saves_the_step_and_the_run_resumes(tmp_path, data_dir, accelerator):
+    long_run = ("--trainer.max_steps", "100000", "--trainer.val_check_interval", "50000")
+    command = ["fit", *tiny_args(tmp_path, data_dir, *long_run, "--trainer.limit_val_batches", "1",
+                                 "--trainer.accelerator", accelerator)]  # fmt: skip
+    code, stopped_in, seen = _stop_when(command, "first step done", after=1.0)  # some steps into the run
     assert code == 128 + signal.SIGTERM, "".join(seen[-20:])
     assert stopped_in < 10
     last = tmp_path / "tiny-sst2-mezo" / "version_0" / "checkpoints" / "last.ckpt"
@@ -120,6 +120,15 @@ def test_sigterm_during_training_saves_the_step_and_the_run_resumes(tmp_path, da
     main([*command, "--trainer.max_steps", str(step + 2), "--ckpt_path", str(last)])
     resumed = tmp_path / "tiny-sst2-mezo" / "version_1" / "checkpoints" / "last.ckpt"  # saved at the end
     assert torch.load(resumed, weights_only=False)["global_step"] == step + 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sigterm_while_a_gpu_fit_compiles_stops_it_within_seconds(tmp_path, data_dir):
+    command = ["fit", *tiny_args(tmp_path, data_dir, "--trainer.accelerator", "gpu")]
+    code, stopped_in, seen = _stop_when(command, "compiling the scoring forward", after=0.0)
+    assert code == 128 + signal.SIGTERM, "".join(seen[-20:])
+    assert stopped_in < 10, stopped_in
+    assert not any("first step done" in line for line in seen)
 
 
 class _SignalAfterTheCallbacks(ZOFineTuneModule):
