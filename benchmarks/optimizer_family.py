@@ -106,9 +106,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     base = None
     rows = [(n, n, 1) for n in OPTIMIZER_NAMES] + [(f"{n}, q=4", n, 4) for n in ("zo_sgd", "zo_sgd_momentum", "lozo")]
-    wanted = None if args.rules is None else {"zo_sgd", *(r.strip() for r in args.rules.split(","))}
+    wanted = None if args.rules is None else {_plain(r) for r in ("zo_sgd", *args.rules.split(","))}
     for label, name, queries in rows:
-        if wanted is not None and _plain(label) not in {_plain(w) for w in wanted}:
+        if wanted is not None and _plain(label) not in wanted:
             continue
         seconds, *rest = measure(model, scorer, batch, name, args.noise, args.repeats, queries)
         base = base or seconds
@@ -120,7 +120,7 @@ def main() -> None:
 def lora_rows(model, batch: dict, args, base: float, wanted: set | None) -> None:
     """MeZO on LoRA adapters of `model`, in the model's dtype and then in float32 (peft's), each on a fresh scorer."""
     for adapters in ("model", "float32"):
-        if wanted is not None and LORA_ROWS[adapters] not in wanted:
+        if wanted is not None and _plain(LORA_ROWS[adapters]) not in wanted:
             continue
         gc.collect()
         torch.cuda.empty_cache()

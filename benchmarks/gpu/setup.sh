@@ -14,7 +14,7 @@ if [ -f .carry/d/data.tar.xz ] && [ ! -d ~/zo/data ]; then
   tar xJf .carry/d/data.tar.xz -C ~/zo --strip-components=1  # shared/data/<task> -> ~/zo/data/<task>
 fi
 # Bytecode compiled at install, as a user's pip does: should the image not write .pyc files, every fit would
-# otherwise compile the carried packages' sources again (0.3 s on the dev machine; not measured on the GPU).
+# otherwise compile the carried packages' sources again (not measured on the GPU).
 python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || return 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
