@@ -1,13 +1,15 @@
 # Source on the GPU machine: installs carried wheels, reassembles the SmolLM2 GGUF, sets paths.
 #   call 1 (carry .whl .carry/a):  source benchmarks/gpu/setup.sh stash
-#   call 2 (carry .whl .carry/b):  source benchmarks/gpu/setup.sh join
-# The GGUF (98 MB) is over one call's 64 MiB, so it travels in two halves kept under ~/zo; carry .carry/d too:
+#   call 2 (carry .carry/b):       source benchmarks/gpu/setup.sh stash
+#   call 3 (carry .whl .carry/c):  source benchmarks/gpu/setup.sh join
+# The GGUF (98 MB) is over one call's 64 MiB with the work tree, so it travels in parts kept under ~/zo
+# (split -b 34000000 -d -a 1 GGUF gguf.part: part0 in .carry/a with gguf.sha256, part1 in .carry/b, part2 in
+# .carry/c; any number of parts joins the same way); carry .carry/d too:
 # data.tar.xz, a copy of ../shared/data (tar cJf .carry/d/data.tar.xz -C .. shared/data/<task> ...).
 mkdir -p ~/zo
-if [ "$1" = stash ]; then
-  mv .carry/a/gguf.* ~/zo/
-elif [ "$1" = join ] && [ ! -s ~/zo/smollm2.gguf ]; then  # -s: a failed join leaves no empty file behind
-  cat ~/zo/gguf.part0 .carry/b/gguf.part1 > ~/zo/smollm2.gguf
+mv .carry/*/gguf.* ~/zo/ 2>/dev/null  # whichever parts this call carries
+if [ "$1" = join ] && [ ! -s ~/zo/smollm2.gguf ]; then  # -s: a failed join leaves no empty file behind
+  cat ~/zo/gguf.part[0-9] > ~/zo/smollm2.gguf
   echo "$(cat ~/zo/gguf.sha256)  $HOME/zo/smollm2.gguf" | sha256sum -c - || { rm -f ~/zo/smollm2.gguf; return 1; }
 fi
 if [ -f .carry/d/data.tar.xz ] && [ ! -d ~/zo/data ]; then
