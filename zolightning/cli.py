@@ -15,6 +15,7 @@ import warnings
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from zolightning.bytecode import warn_if_bytecode_uncached
 from zolightning.data import MultiTaskDataModule, TaskDataModule
 from zolightning.modules import ZOFineTuneModule
 from zolightning.modules.meta_variance import MetaVarianceModule
@@ -80,6 +81,7 @@ def main(args: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     _quiet_known_warnings()
+    warn_if_bytecode_uncached()
     if argv[:1] == ["meta"]:
         MetaCLI(
             MetaVarianceModule,
