@@ -55,13 +55,15 @@ def plot_task(grid: Grid, task: str, out_dir: Path, smoothing: float = 0.9) -> l
     panels = [("train/loss", "training loss (smoothed)", smoothing), (f"val/{metric}", f"dev {metric}", 0.0)]
     panels.append((f"eval/{metric}", f"eval {metric}", 0.0))
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors  # one colour per line, up to 20
     for axis, (tag, title, weight) in zip(axes, panels):
-        for label, curves in groups.items():
+        for (label, curves), color in zip(groups.items(), palette * (len(groups) // len(palette) + 1)):
             band = _band([c.get(tag, {}) for c in curves], weight)
             if band is not None:
                 steps, mean, std = band
-                axis.plot(steps, mean, label=f"{label} (n={len(curves)})", marker="o" if len(steps) < 40 else None)
-                axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
+                marker = "o" if len(steps) < 40 else None
+                axis.plot(steps, mean, label=f"{label} (n={len(curves)})", marker=marker, color=color)
+                axis.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color)
         axis.set(title=title, xlabel="step")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
