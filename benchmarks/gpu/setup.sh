@@ -20,4 +20,7 @@ fi
 python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || return 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# The image sets PYTHONDONTWRITEBYTECODE=1 over a torch without .pyc files: every launch recompiles its sources
+# (docs/benchmarks.md). BYTECODE=write measures what a pip install lives through instead; say which in results.
+[ "${BYTECODE:-}" = write ] && unset PYTHONDONTWRITEBYTECODE
 export GGUF=$HOME/zo/smollm2.gguf DATA=$HOME/zo/data
