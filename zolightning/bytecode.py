@@ -1,8 +1,9 @@
 """A start-up hint: Python told not to write bytecode caches, over packages installed without them.
 
 Some container images set `PYTHONDONTWRITEBYTECODE=1` and install packages without `.pyc` files (uv's default):
-every launch then compiles torch's, Lightning's and transformers' Python sources again. On an H100 host that was
-half of a 21.5 s warm start (docs/benchmarks.md). Nothing here changes it; the fit says so once, with the fix.
+every launch then compiles torch's, Lightning's and transformers' Python sources again. On an H100 host a warm
+start took 21.5 s so, 12.6 s with the caches written (docs/benchmarks.md). Nothing here changes that; the fit
+says so once, with the fix.
 """
 
 from __future__ import annotations

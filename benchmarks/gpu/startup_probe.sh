@@ -1,8 +1,9 @@
 # Where a fit's start-up goes on the GPU image (issue #11: launch to first step <= 20 s with warm caches).
-#   call 1 (carry .whl .carry/a .carry/d .carry/s):
+#   call 1 (carry .whl .carry/a .carry/d .carry/s; .carry/s: the py-spy wheel):
 #     source benchmarks/gpu/setup.sh stash && MODEL=tiny-llama bash benchmarks/gpu/startup_probe.sh
-#   call 2, at once (carry .whl .carry/b .carry/s):
-#     source benchmarks/gpu/setup.sh join && MODEL=$GGUF bash benchmarks/gpu/startup_probe.sh
+#   call 2, at once (carry .whl .carry/b): source benchmarks/gpu/setup.sh stash
+#   call 3, at once (carry .whl .carry/c): source benchmarks/gpu/setup.sh join && MODEL=$GGUF bash benchmarks/gpu/startup_probe.sh
+# With BYTECODE=write before `source`, Python writes its bytecode caches (see setup.sh).
 # Prints whether the image writes bytecode and the import cost, then runs SST-2's bf16 fit to step ${STEPS:-3}
 # ${RUNS:-2} times (the first fills the caches) under py-spy with idle samples kept (wall clock), each fit's log
 # with seconds since launch, and the main thread's inclusive shares (benchmarks/spy_summary.py).
@@ -31,7 +32,7 @@ for run in $(seq 1 "${RUNS:-2}"); do
     python3 -m zolightning fit --config configs/sst2/mezo.yaml --model.model "$MODEL" --data.data_dir "$DATA" \
     --trainer.precision bf16-true --model.dtype bfloat16 --trainer.max_steps "${STEPS:-3}" --trainer.limit_val_batches 0 \
     --trainer.val_check_interval 100000 --trainer.enable_progress_bar false \
-    --trainer.logger.init_args.save_dir /tmp/startup_logs 2>&1 | grep -vE "Warning|warn\(" | stamp "$t0" \
+    --trainer.logger.init_args.save_dir /tmp/startup_logs 2>&1 | grep --line-buffered -vE "Warning|warn\(" | stamp "$t0" \
     | tee "$OUT/startup_${name}_$run.log"
   python3 -m benchmarks.spy_summary "$OUT/startup_${name}_$run.txt" --within _run_module_as_main --top "${TOP:-80}" \
     --only "zolightning|lightning/|torch/|transformers/|jsonargparse/|datasets/|triton/|tensorboard" \
