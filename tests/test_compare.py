@@ -142,6 +142,17 @@ def test_pairs_of_unequal_length_are_left_out(tmp_path):
     assert "| sst2 | 0.001 | linear | 1 |" in text and "1 pair(s) left out" in text
 
 
+def test_runs_cut_before_their_validation_pair_on_loss_and_show_a_dash_for_accuracy(tmp_path):
+    grid = _grid(tmp_path)
+    for run in grid.runs():
+        cut = run.method == "linear"  # trained to the end, stopped during the final validation
+        final = 0.4 + run.seed / 100 if cut else 0.5
+        _write_curves(run, {s: final for s in range(9, 100, 10)}, {} if cut else {99: 0.7}, {} if cut else {99: 0.7})
+    text = table(grid, [summarize(r) for r in grid.runs()])
+    assert "| sst2 | linear | 0.001 | 3 | 100 | 0.4100 ± 0.0100 | – | – | – | – |" in text
+    assert "| sst2 | 0.001 | linear | 3 | -0.0900 | 0.004 | – | – |" in text and "nan" not in text
+
+
 def test_the_table_command_writes_results_and_plots(tmp_path):
     grid = _grid(tmp_path)
     for run in grid.runs():

@@ -167,7 +167,7 @@ def _pair_row(runs_a: list[RunResult], runs_b: list[RunResult]) -> tuple[str | N
     acc = paired_test(*({s: x[s].figures["last_eval"] * 100 for s in equal} for x in (a, b)))
     if not (loss[2] or acc[2]):
         return None, len(common) - len(equal)
-    cells = f"{max(loss[2], acc[2])} | {loss[0]:+.4f} | {_p(loss[1])} | {acc[0]:+.1f} | {_p(acc[1])} |"
+    cells = f"{max(loss[2], acc[2])} | {_delta(loss[0], 4)} | {_p(loss[1])} | {_delta(acc[0], 1)} | {_p(acc[1])} |"
     return cells, len(common) - len(equal)
 
 
@@ -180,6 +180,10 @@ def _best_lr(groups: dict, task: str, method: str) -> float | None:
     ]
     scored = [(value, lr) for value, lr in scored if not math.isnan(value)]
     return max(scored)[1] if scored else None
+
+
+def _delta(value: float, digits: int) -> str:
+    return "–" if math.isnan(value) else f"{value:+.{digits}f}"
 
 
 def _p(value: float) -> str:
