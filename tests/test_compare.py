@@ -167,6 +167,27 @@ def test_the_table_command_writes_results_and_plots(tmp_path):
     assert (out / "sst2_curves.png").stat().st_size > 10_000 and (out / "sst2_sigma.png").is_file()
 
 
+def test_best_lr_plots_draw_each_method_at_its_best_lr_by_dev(tmp_path, monkeypatch):
+    from zolightning.compare import plots
+    from zolightning.compare.results import best_lrs
+
+    grid = _grid(tmp_path, lrs=[1e-3, 1e-2])
+    best_dev = {("const", 1e-3): 0.6, ("const", 1e-2): 0.7, ("linear", 1e-3): 0.8, ("linear", 1e-2): 0.5}
+    for run in grid.runs():
+        dev = best_dev[run.method, run.lr]
+        _write_curves(run, {s: 0.5 for s in range(0, 50, 5)}, {49: dev}, {49: 1 - dev})  # eval disagrees: not used
+    assert best_lrs([summarize(r) for r in grid.runs()]) == {("sst2", "const"): 1e-2, ("sst2", "linear"): 1e-3}
+    drawn = []
+    monkeypatch.setattr(plots, "_band", lambda curves, weight: drawn.append(len(curves)))
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps(_raw_of(grid)))
+    assert compare_main(["table", str(path), "--best-lr"]) == 0
+    assert drawn == [3, 3] * 3  # two lines (3 seeds each) in each of the three panels, not four
+    drawn.clear()
+    assert compare_main(["table", str(path)]) == 0
+    assert drawn == [3] * 4 * 3
+
+
 def test_per_run_lists_each_runs_figures_and_the_missing_ones(tmp_path, capsys):
     from benchmarks.per_run import main as per_run
 

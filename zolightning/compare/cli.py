@@ -3,6 +3,7 @@
 zolightning compare run configs/compare/sst2_schedule.yaml -- --data.data_dir ../shared/data
 zolightning compare status configs/compare/sst2_schedule.yaml
 zolightning compare table configs/compare/sst2_schedule.yaml      # results.md + PNG plots in the grid's out_dir
+zolightning compare table GRID.yaml --best-lr   # plots: each method at its best lr by dev only
 
 `run` is resumable: finished runs are skipped, cut runs resume from their last.ckpt. Arguments after `--` are
 added to every fit (they do not change which runs count as finished).
@@ -49,7 +50,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _table(args: argparse.Namespace) -> int:
     from zolightning.compare.plots import plot_task
-    from zolightning.compare.results import summarize, table
+    from zolightning.compare.results import best_lrs, summarize, table
 
     grid = args.grid
     results = [summarize(run, tail=args.tail) for run in grid.runs() if run.log_dir.is_dir()]
@@ -57,7 +58,8 @@ def _table(args: argparse.Namespace) -> int:
         print(f"error: no run of grid {grid.name} has logs under {grid.out_dir}", file=sys.stderr)
         return 2
     text = table(grid, results)
-    plots = [] if args.no_plots else [p for task in grid.tasks for p in plot_task(grid, task, grid.out_dir)]
+    lrs = best_lrs(results) if args.best_lr else None
+    plots = [] if args.no_plots else [p for task in grid.tasks for p in plot_task(grid, task, grid.out_dir, lrs=lrs)]
     text += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
     out = grid.out_dir / "results.md"
     out.write_text(text)
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     tab.add_argument("grid")
     tab.add_argument("--tail", type=float, default=0.1, help="fraction of the steps the final loss averages")
     tab.add_argument("--no-plots", action="store_true")
+    tab.add_argument("--best-lr", action="store_true", help="plot each method at its best lr by dev only")
     tab.set_defaults(action=_table)
     return parser
 

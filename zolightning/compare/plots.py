@@ -30,23 +30,29 @@ def _band(curves: list[dict[int, float]], smoothing: float) -> tuple[np.ndarray,
     return np.array(steps) + 1, values.mean(0), values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(steps))
 
 
-def _group(grid: Grid, task: str) -> dict[str, list[RunSpec]]:
+def _group(grid: Grid, task: str, lrs: dict[tuple[str, str], float] | None) -> dict[str, list[RunSpec]]:
     groups: dict[str, list[RunSpec]] = {}
     for run in grid.runs():
-        if run.task == task:
+        if run.task == task and (lrs is None or lrs.get((task, run.method)) == run.lr):
             label = run.method if len(grid.lrs) == 1 else f"{run.method}, lr {run.lr:g}"
             groups.setdefault(label, []).append(run)
     return groups
 
 
-def plot_task(grid: Grid, task: str, out_dir: Path, smoothing: float = 0.9) -> list[Path]:
-    """`<task>_curves.png` (loss, dev and eval metric) and, for learned variance, `<task>_sigma.png`."""
+def plot_task(
+    grid: Grid, task: str, out_dir: Path, smoothing: float = 0.9, lrs: dict[tuple[str, str], float] | None = None
+) -> list[Path]:
+    """`<task>_curves.png` (loss, dev and eval metric) and, for learned variance, `<task>_sigma.png`.
+
+    Args:
+        lrs: (task, method) → the one lr to draw for that method (e.g. its best by dev); None draws every lr.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = {label: [read_scalars(r.log_dir) for r in runs] for label, runs in _group(grid, task).items()}
+    groups = {label: [read_scalars(r.log_dir) for r in runs] for label, runs in _group(grid, task, lrs).items()}
     groups = {label: [c for c in curves if c] for label, curves in groups.items()}
     groups = {label: curves for label, curves in groups.items() if curves}
     if not groups:
@@ -67,7 +73,8 @@ def plot_task(grid: Grid, task: str, out_dir: Path, smoothing: float = 0.9) -> l
         axis.set(title=title, xlabel="step")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    figure.suptitle(f"{grid.name}: {task} (mean ± std over seeds)")
+    chosen = "" if lrs is None else ", each method at its best lr by dev"
+    figure.suptitle(f"{grid.name}: {task} (mean ± std over seeds{chosen})")
     figure.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / f"{task}_curves.png"]

@@ -171,6 +171,15 @@ def _pair_row(runs_a: list[RunResult], runs_b: list[RunResult]) -> tuple[str | N
     return cells, len(common) - len(equal)
 
 
+def best_lrs(results: list[RunResult]) -> dict[tuple[str, str], float]:
+    """(task, method) → its lr with the highest mean best-dev value, for methods with a dev curve."""
+    groups: dict[tuple[str, str, float], list[RunResult]] = {}
+    for result in results:
+        groups.setdefault((result.run.task, result.run.method, result.run.lr), []).append(result)
+    best = {(t, m): _best_lr(groups, t, m) for t, m, _ in groups}
+    return {key: lr for key, lr in best.items() if lr is not None}
+
+
 def _best_lr(groups: dict, task: str, method: str) -> float | None:
     """The method's lr with the highest mean best-dev value over seeds (chosen on dev, never on eval)."""
     scored = [
