@@ -2,7 +2,7 @@
 for grids cut before they finished, where `zolightning compare table` leaves out runs that stopped at different
 steps (the window must be one every run reached).
 
-    python -m benchmarks.window_loss runs/squad-sigma-ceiling/squad mezo learned_cap2 --start 250 --end 340
+    python -m benchmarks.window_loss runs/squad-sigma-ceiling/squad mezo learned_cap2 --lr 3e-05 --start 250 --end 340
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ from benchmarks.read_curves import scalars
 from zolightning.compare.results import paired_test
 
 
-def window_means(method_dir: Path, start: int, end: int) -> dict[int, float]:
-    """seed -> mean `train/loss` logged at steps start..end, over every lr folder's seed runs."""
+def window_means(method_dir: Path, start: int, end: int, lr: str | None = None) -> dict[int, float]:
+    """seed -> mean `train/loss` logged at steps start..end, in the lr folder `lr<lr>` (or the only one)."""
+    folders = sorted(method_dir.glob("lr*")) if lr is None else [method_dir / f"lr{lr}"]
+    if len(folders) != 1 or not folders[0].is_dir():
+        found = ", ".join(f.name.removeprefix("lr") for f in sorted(method_dir.glob("lr*"))) or "none"
+        raise SystemExit(f"{method_dir}: name one lr with --lr (found: {found})")
     means = {}
-    for run in sorted(method_dir.glob("lr*/seed*")):
+    for run in sorted(folders[0].glob("seed*")):
         curve = scalars(run / "tb")["train/loss"]
         values = [v for step, v in curve.items() if start <= step <= end]
         if max(curve) < end:
@@ -32,10 +36,11 @@ def main() -> None:
     parser.add_argument("task_dir", type=Path, help="<grid out_dir>/<task>")
     parser.add_argument("baseline")
     parser.add_argument("method")
+    parser.add_argument("--lr", help="the lr folder's value, e.g. 3e-05 for lr3e-05 (needed when there are several)")
     parser.add_argument("--start", type=int, required=True)
     parser.add_argument("--end", type=int, required=True)
     args = parser.parse_args()
-    base, other = (window_means(args.task_dir / m, args.start, args.end) for m in (args.baseline, args.method))
+    base, other = (window_means(args.task_dir / m, args.start, args.end, args.lr) for m in (args.baseline, args.method))
     for name, means in ((args.baseline, base), (args.method, other)):
         print(f"{name}: " + ", ".join(f"seed {s} {v:.3f}" for s, v in sorted(means.items())))
     diffs = [other[s] - base[s] for s in sorted(set(base) & set(other))]

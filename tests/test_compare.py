@@ -202,6 +202,21 @@ def test_per_run_lists_each_runs_figures_and_the_missing_ones(tmp_path, capsys):
     assert len(lines) == len(rest) + 1 and all(line.endswith(")") and "missing" in line for line in lines[1:])
 
 
+def test_window_loss_reads_one_lr_folder_and_refuses_to_mix_several(tmp_path):
+    from benchmarks.window_loss import window_means
+
+    grid = _grid(tmp_path, lrs=[1e-3, 1e-2])
+    for run in grid.runs():
+        _write_curves(run, {s: run.lr * 100 + run.seed for s in range(0, 50, 5)}, {}, {})
+    const = tmp_path / "out" / "sst2" / "const"
+    assert window_means(const, 10, 40, lr="0.01") == {0: 1.0, 1: 2.0, 2: 3.0}
+    assert window_means(const, 10, 40, lr="0.001") == pytest.approx({0: 0.1, 1: 1.1, 2: 2.1})
+    with pytest.raises(SystemExit, match=r"name one lr with --lr \(found: 0.001, 0.01\)"):
+        window_means(const, 10, 40)
+    with pytest.raises(SystemExit, match="stopped at step 45, before the window's end 60"):
+        window_means(const, 10, 60, lr="0.01")
+
+
 def _raw_of(grid: Grid) -> dict:
     methods = {m.name: {"config": m.config, "args": m.args} for m in grid.methods}
     return {
@@ -313,6 +328,18 @@ def test_a_method_at_one_lr_is_paired_with_the_baseline_at_each_of_its_lrs(tmp_p
     text = table(grid, [summarize(r) for r in grid.runs()])
     assert "| sst2 | 0.001 | linear | 2 | +0.0000 | – | +10.0 | – |" in text
     assert "| sst2 | 0.001 vs 0.002 | linear | 2 | +0.0000 | – | -10.0 |" in text
+
+
+def test_a_methods_best_lr_is_paired_with_the_baselines_other_lrs_too(tmp_path):
+    lrs = [1e-3, 2e-3]
+    grid = _grid(tmp_path, methods={"const": {"config": TINY, "lrs": lrs}, "linear": {"config": TINY, "lrs": lrs}})
+    for run in grid.runs():
+        dev = 0.8 if (run.method, run.lr) == ("linear", 2e-3) else 0.7  # linear's best lr by dev is 2e-3
+        evaluation = {1e-3: 0.70, 2e-3: 0.90}[run.lr] + (0.05 if run.method == "linear" else 0)
+        _write_curves(run, {s: 0.5 for s in range(0, 100, 10)}, {99: dev}, {99: evaluation + run.seed / 100})
+    text = table(grid, [summarize(r) for r in grid.runs()])
+    assert "| sst2 | 0.002 vs 0.001 | linear | 3 | +0.0000 | – | +25.0 | – |" in text
+    assert "0.001 vs 0.002" not in text  # only the best lr's cross rows
 
 
 def test_runs_are_spread_over_the_devices_with_their_own_cuda_visible_devices(tmp_path, monkeypatch):

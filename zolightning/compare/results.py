@@ -149,12 +149,12 @@ def _paired_lines(grid: Grid, groups: dict[tuple[str, str, float], list[RunResul
 
 
 def _cross_lr_settings(groups: dict, task: str, method: str, baseline: str) -> list[tuple[float, float, str]]:
-    """A method run at fewer lrs than the baseline, each of its lrs against each other lr of the baseline ("is it
-    more than a larger lr?")."""
+    """Each lr of a method run at fewer lrs than the baseline, and the best-by-dev lr of any method, against each
+    other lr of the baseline ("is it more than a larger lr?")."""
     own = sorted({lr for t, m, lr in groups if t == task and m == method})
     theirs = sorted({lr for t, m, lr in groups if t == task and m == baseline})
-    if not own or len(own) >= len(theirs):
-        return []
+    if len(own) >= len(theirs):
+        own = [lr for lr in [_best_lr(groups, task, method)] if lr is not None and len(theirs) > 1]
     return [(la, lb, f"{la:g} vs {lb:g}") for la in own for lb in theirs if lb != la]
 
 
