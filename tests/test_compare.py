@@ -97,10 +97,10 @@ def test_a_run_with_a_last_checkpoint_resumes_from_it(tmp_path):
     assert f"--trainer.logger.init_args.save_dir={run.run_dir}" in command
 
 
-def _write_curves(run, losses, val, evaluation, step_seconds: dict[int, float] | None = None) -> None:
+def _write_curves(run, losses, val, evaluation, step_seconds: dict[int, float] | None = None, forwards=None) -> None:
     with SummaryWriter(str(run.log_dir)) as writer:
         curves = (("train/loss", losses), ("val/acc", val), ("eval/acc", evaluation))
-        for tag, curve in (*curves, ("perf/step_seconds", step_seconds or {})):
+        for tag, curve in (*curves, ("perf/step_seconds", step_seconds or {}), ("train/forwards", forwards or {})):
             for step, value in curve.items():
                 writer.add_scalar(tag, value, step)
 
@@ -114,7 +114,8 @@ def test_the_table_and_paired_tests_follow_synthetic_curves(tmp_path):
         losses = {s: (1.0 if s < 90 else final) for s in range(0, 100, 10)}  # steps 0..99: the last 10% is step 90
         val = {49: 0.74 + i / 100, 99: 0.75}  # best dev: step 99 for seed 0, a tie for seed 1, step 49 for seed 2
         seconds = {9: 5.0, 19: 0.1 + i / 100, 29: 0.1 + i / 100}  # the first interval pays for compilation
-        _write_curves(run, losses, val, {49: 0.6, 99: evals[run.method][i]}, seconds)
+        forwards = {49: 100.0, 99: 200.0} if run.method == "const" else {99: 290.0 + 10 * i}  # the last logged count
+        _write_curves(run, losses, val, {49: 0.6, 99: evals[run.method][i]}, seconds, forwards)
     results = [summarize(run) for run in grid.runs()]
     assert results[1].figures["step_seconds"] == pytest.approx(0.11)
     assert results[0].steps == 100 and results[0].figures["final_loss"] == pytest.approx(0.50)
@@ -127,7 +128,8 @@ def test_the_table_and_paired_tests_follow_synthetic_curves(tmp_path):
     assert results[0].figures["eval_at_best"] == pytest.approx(0.80, abs=1e-6) == results[0].figures["last_eval"]
     text = table(grid, results)
     assert "| sst2 | linear | 0.001 | 3 | 100 | 0.4200 ± 0.0265 |" in text
-    assert text.split("\n")[4].endswith("| 0.110 ± 0.010 |")  # median step seconds, mean ± std over seeds
+    assert text.split("\n")[4].endswith("| 0.110 ± 0.010 | 200 |")  # median step seconds, mean ± std over seeds
+    assert text.split("\n")[5].endswith("| 300 ± 10 |")
     expected = ttest_rel(finals["linear"], finals["const"]).pvalue
     delta_eval = 100 * (sum(evals["linear"]) - sum(evals["const"])) / 3
     assert f"| sst2 | 0.001 | linear | 3 | -0.0767 | {expected:.3f} | {delta_eval:+.1f} |" in text
@@ -235,11 +237,19 @@ def _raw_of(grid: Grid) -> dict:
 def test_a_tiny_grid_runs_once_and_a_rerun_does_nothing(tmp_path, data_dir, monkeypatch):
     monkeypatch.chdir(REPO)
     grid = _with_bad_method(_grid(tmp_path, seeds=[0], parallel=2))
-    fit_args = ["--data.data_dir", str(data_dir), "--trainer.limit_val_batches", "1"]
+    fit_args = [
+        "--data.data_dir",
+        str(data_dir),
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.log_every_n_steps",
+        "2",
+    ]
     said: list[str] = []
     assert GridRunner(grid, fit_args, say=said.append).run() == 1
     states = {r.method: read_status(r)["state"] for r in grid.runs()}
     assert states == {"const": "done", "linear": "done", "bad": "failed"}
+    assert summarize(grid.runs()[0]).figures["forwards"] == 2 * 4  # MeZO's two a step, counted by the optimizer
     bad = next(r for r in grid.runs() if r.method == "bad")
     assert "cosine" in read_status(bad)["error"]  # why it failed, in its status and in what the runner said
     assert any("failed after" in line and "cosine" in line for line in said)

@@ -18,8 +18,10 @@
     devices: [0]                         # CUDA device indices; [] runs on the CPU
 
 Every method of a task runs the same steps, so methods that spend two forward passes a step are compared at
-equal forward passes. A seed sets `seed_everything`, `model.zo_seed` and `data.seed` (which training examples
-are sampled), so runs of different methods with the same seed see the same data and are paired.
+equal forward passes; the table's `forwards` column shows each run's count (HiZOO spends 3 a step, Conserve 4-5,
+q queries 2q): give such a method a smaller `trainer.max_steps` in its `args` for an equal budget. A seed sets
+`seed_everything`, `model.zo_seed` and `data.seed` (which training examples are sampled), so runs of different
+methods with the same seed see the same data and are paired.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 from zolightning.compare.grid import Grid, RunSpec
 
 ACCURACIES = ("best_val", "eval_at_best", "last_val", "last_eval")
-FIGURES = ("final_loss", *ACCURACIES, "step_seconds")
+FIGURES = ("final_loss", *ACCURACIES, "step_seconds", "forwards")
 
 
 def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
@@ -59,6 +59,9 @@ def summarize(run: RunSpec, tail: float = 0.1) -> RunResult:
     step_seconds = list(curves.get("perf/step_seconds", {}).values())
     if step_seconds:  # median: robust to the first step's compile and to validation pauses
         figures["step_seconds"] = statistics.median(step_seconds)
+    forwards = curves.get("train/forwards", {})
+    if forwards:  # the optimizer's count at the last logged step (runs before the count: nan)
+        figures["forwards"] = forwards[max(forwards)]
     metric = main_metric(curves)
     val, evaluation = curves.get(f"val/{metric}", {}), curves.get(f"eval/{metric}", {})
     if val:
@@ -105,13 +108,13 @@ def table(grid: Grid, results: list[RunResult]) -> str:
         f"## {grid.name}: mean ± std over seeds",
         "",
         "| task | method | lr | seeds | steps | final train loss | best dev | eval at best dev | last dev "
-        "| last eval | step s (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| last eval | step s (median) | forwards |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (task, method, lr), group in groups.items():
         cells = [_cell((r.figures["final_loss"] for r in group), 1, 4)]
         cells += [_cell((r.figures[f] for r in group), 100, 1) for f in ACCURACIES]
-        cells += [_cell((r.figures["step_seconds"] for r in group), 1, 3)]
+        cells += [_cell((r.figures["step_seconds"] for r in group), 1, 3), _count(r.figures["forwards"] for r in group)]
         steps = "/".join(sorted({str(r.steps) for r in group}))
         lines.append(f"| {task} | {method} | {lr:g} | {len(group)} | {steps} | " + " | ".join(cells) + " |")
     lines += ["", *_paired_lines(grid, groups)]
@@ -189,6 +192,12 @@ def _best_lr(groups: dict, task: str, method: str) -> float | None:
     ]
     scored = [(value, lr) for value, lr in scored if not math.isnan(value)]
     return max(scored)[1] if scored else None
+
+
+def _count(values: Iterable[float]) -> str:
+    """Forward passes over seeds: one number when the rule spends a fixed count a step."""
+    mean, std, n = mean_std(values)
+    return "–" if n == 0 else f"{mean:.0f}" if n == 1 or std == 0 else f"{mean:.0f} ± {std:.0f}"
 
 
 def _delta(value: float, digits: int) -> str:

@@ -103,7 +103,8 @@ class TrainingLog:
         if module.global_step % every:
             return
         metrics = {"train/loss": self.loss.pop(), "zo/projected_grad": out.projected_grad}
-        metrics |= {"zo/skipped_steps": float(optimizer.num_skipped)} | self._perf(module, batch, start, every)
+        counts = {"zo/skipped_steps": float(optimizer.num_skipped), "train/forwards": float(optimizer.num_forwards)}
+        metrics |= counts | self._perf(module, batch, start, every)
         metrics = on_host(metrics)
         module.log("train/loss", metrics.pop("train/loss"), prog_bar=True)  # progress bar, divergence guard
         _to_logger(module, metrics)

@@ -98,6 +98,7 @@ class StepGraphs:
         torch._foreach_copy_([graph.inputs[n] for n in names], [batch[n] for n in names])
         graph.graph.replay()
         self.replays += 1
+        self.optimizer.num_forwards += graph.forwards
         return graph.summary.clone()  # the pool may reuse the graph's output memory in the next replay
 
     def _fill(self, seed: int) -> None:
@@ -120,17 +121,19 @@ class StepGraphs:
         offset = optimizer._offset
         optimizer._skips.on_device(self.seed.device)  # the capture cannot create it from host numbers
         graph = torch.cuda.CUDAGraph()
+        forwards = optimizer.num_forwards  # the capture records the closures without running them
         try:
             with torch.cuda.graph(graph, pool=self.pool):
                 summary = optimizer._device_step(self.seed, scales, closure)
         except Exception as error:  # noqa: BLE001 - anything the capture refuses: say so once, step eagerly
-            optimizer._offset = offset
+            optimizer._offset, optimizer.num_forwards = offset, forwards
             self.failure = f"{type(error).__name__}: {error}"
             log.warning("capturing the ZO step as a CUDA graph failed, steps run eagerly from now on: %s", self.failure)
             return None
         self.pool = self.pool if self.pool is not None else graph.pool()
         inputs = {name: value for name, value in batch.items() if torch.is_tensor(value)}
         captured = SimpleNamespace(graph=graph, inputs=inputs, summary=summary)
+        captured.forwards, optimizer.num_forwards = optimizer.num_forwards - forwards, forwards
         self._graphs[key] = captured
         log.info("ZO step captured as a CUDA graph for batch layout %d of at most %d", len(self._graphs), self.limit)
         return captured

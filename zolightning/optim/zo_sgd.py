@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from zolightning.optim import perturbation
+from zolightning.optim.counters import SkipCounter, count_forwards
 from zolightning.optim.noise import NoiseSource, step_seed
 from zolightning.optim.shards import is_sharded, local_shard
 from zolightning.optim.step_graphs import StepGraphs
@@ -54,41 +55,6 @@ def _axpy(p: Tensor, z: Tensor, alpha: float | Tensor) -> None:
         target.add_(z, alpha=alpha)
     if not wide:
         p.copy_(target)
-
-
-class SkipCounter:
-    """Skipped steps in total and in a row; host integers, or a device tensor once a skip flag is a tensor
-    (steps without host sync), so that counting never waits for the GPU. Reading does."""
-
-    def __init__(self, total: int = 0, consecutive: int = 0):
-        self._host, self._device = [total, consecutive], None
-
-    def add(self, skipped: bool | Tensor) -> None:
-        if torch.is_tensor(skipped):
-            self.on_device(skipped.device)
-            flag = skipped.to(torch.int64)
-            # in place: a CUDA graph of the step (step_graphs.py) replays this update on the same memory
-            self._device.copy_(torch.stack([self._device[0] + flag, (self._device[1] + 1) * flag]))
-        elif self._device is not None:
-            self.add(torch.tensor(skipped, device=self._device.device))
-        else:
-            self._host = [self._host[0] + skipped, (self._host[1] + 1) * skipped]
-
-    def on_device(self, device: torch.device) -> None:
-        """Count on `device` from now on (before a CUDA-graph capture, which cannot copy host values over)."""
-        if self._device is None:
-            self._device = torch.tensor(self._host, dtype=torch.int64, device=device)
-
-    def _read(self) -> list[int]:
-        return self._host if self._device is None else self._device.tolist()
-
-    @property
-    def total(self) -> int:
-        return self._read()[0]
-
-    @property
-    def consecutive(self) -> int:
-        return self._read()[1]
 
 
 class ZOSGD(Optimizer):
@@ -148,6 +114,7 @@ class ZOSGD(Optimizer):
         self.noise, self.stochastic_rounding, self.sync = noise, stochastic_rounding, sync
         self._offset = 0.0  # philox: the weights currently sit at theta + offset * eps * s * z
         self.num_steps = 0
+        self.num_forwards = 0  # closure calls: what equal-budget comparisons count (2q, 3 for HiZOO, 4-5 Conserve)
         self._skips = SkipCounter()
         self._noise = NoiseSource()
         self._constants: dict[tuple, Tensor] = {}
@@ -155,6 +122,7 @@ class ZOSGD(Optimizer):
         self.step_graphs: StepGraphs | None = None  # `capture_steps`
         self.register_step_pre_hook(ZOSGD._forget_step_params)  # every step (and subclass steps) checks afresh
         self.register_step_post_hook(ZOSGD._forget_step_params)
+        self.register_step_pre_hook(count_forwards)
 
     @staticmethod
     def _forget_step_params(optimizer: ZOSGD, *_) -> None:
@@ -373,6 +341,7 @@ class ZOSGD(Optimizer):
             "eps": self.eps,
             "consecutive_skipped": self.consecutive_skipped,
             "noise": self.noise,
+            "num_forwards": self.num_forwards,
         }
         if self.block_scales is not None and hasattr(self.block_scales, "state_dict"):
             state["zo"]["block_scales"] = self.block_scales.state_dict()
@@ -384,6 +353,7 @@ class ZOSGD(Optimizer):
         super().load_state_dict(state_dict)
         if zo is not None:
             self.num_steps = zo["num_steps"]
+            self.num_forwards = zo.get("num_forwards", 0)  # checkpoints before the count: 0, not a guess
             self._skips = SkipCounter(zo["num_skipped"], zo.get("consecutive_skipped", 0))
             self.seed, self.eps = zo["seed"], zo["eps"]
             trained_with = zo.get("noise", "generator")
