@@ -8,13 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scipy.stats import ttest_rel
 from torch.utils.tensorboard import SummaryWriter
 
 from zolightning.compare import Grid, GridError, GridRunner
 from zolightning.compare.cli import main as compare_main
-from zolightning.compare.results import summarize, table
+from zolightning.compare.results import read_scalars, summarize, table
 from zolightning.compare.runner import fit_command, last_error, read_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,12 +137,23 @@ def test_the_table_and_paired_tests_follow_synthetic_curves(tmp_path):
 
 
 def test_pairs_of_unequal_length_are_left_out(tmp_path):
-    grid = _grid(tmp_path, seeds=[0, 1])
+    grid = _grid(tmp_path, seeds=[0, 1], args={"trainer.max_steps": 100})  # a 50-step run is a cut one
     for run in grid.runs():
         end = 100 if run.method == "const" or run.seed == 0 else 50
         _write_curves(run, {s: 0.5 for s in range(0, end, 10)}, {end - 1: 0.7}, {end - 1: 0.7})
     text = table(grid, [summarize(r) for r in grid.runs()])
     assert "| sst2 | 0.001 | linear | 1 |" in text and "1 pair(s) left out" in text
+
+
+def test_runs_at_their_own_smaller_max_steps_are_paired_as_equal_budgets(tmp_path):
+    methods = {"const": {"config": TINY}, "linear": {"config": TINY, "args": {"trainer.max_steps": 50}}}
+    grid = _grid(tmp_path, methods=methods, args={"trainer.max_steps": 100})  # e.g. 3 forwards a step against 2
+    assert [r.max_steps for r in grid.runs()] == [100] * 3 + [50] * 3
+    for run in grid.runs():
+        end = 40 if (run.method, run.seed) == ("linear", 2) else run.max_steps  # cut before its budget
+        _write_curves(run, {s: 0.5 for s in range(9, end, 10)}, {end - 1: 0.7}, {end - 1: 0.7})
+    text = table(grid, [summarize(r) for r in grid.runs()])
+    assert "| sst2 | 0.001 | linear | 2 |" in text and "1 pair(s) left out" in text
 
 
 def test_runs_cut_before_their_validation_pair_on_loss_and_show_a_dash_for_accuracy(tmp_path):
@@ -202,6 +214,28 @@ def test_per_run_lists_each_runs_figures_and_the_missing_ones(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{first.run_id}: final train loss 0.2500, best dev 70.0, last eval 80.0"
     assert len(lines) == len(rest) + 1 and all(line.endswith(")") and "missing" in line for line in lines[1:])
+
+
+def test_plots_by_forward_passes_map_each_methods_steps_to_its_count(tmp_path, capsys):
+    from zolightning.compare.plots import _forwards_axis
+
+    grid = _grid(tmp_path)
+    per_step = {"const": 2, "linear": 3}
+    for run in grid.runs():
+        forwards = {s: per_step[run.method] * (s + 1.0) for s in range(9, 50, 10)}
+        _write_curves(run, {s: 1 / (s + 1) for s in range(9, 50, 10)}, {49: 0.7}, {49: 0.7}, forwards=forwards)
+    to_x = _forwards_axis([read_scalars(r.log_dir) for r in grid.runs() if r.method == "linear"])
+    assert to_x(np.array([5.0, 10.0, 50.0])).tolist() == [15.0, 30.0, 150.0]  # 0 before the first count
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps(_raw_of(grid)))
+    assert compare_main(["table", str(path), "--x", "forwards"]) == 0
+    assert (tmp_path / "out" / "sst2_curves.png").is_file()
+    uncounted = next(r for r in grid.runs() if r.method == "const")
+    for event in uncounted.log_dir.iterdir():
+        event.unlink()
+    _write_curves(uncounted, {s: 0.5 for s in range(9, 50, 10)}, {49: 0.7}, {49: 0.7})  # logged before the count
+    assert compare_main(["table", str(path), "--x", "forwards"]) == 2
+    assert "no forward counts (train/forwards) logged by const: plot them by step" in capsys.readouterr().err
 
 
 def test_window_loss_reads_one_lr_folder_and_refuses_to_mix_several(tmp_path):

@@ -4,6 +4,7 @@ zolightning compare run configs/compare/sst2_schedule.yaml -- --data.data_dir ..
 zolightning compare status configs/compare/sst2_schedule.yaml
 zolightning compare table configs/compare/sst2_schedule.yaml      # results.md + PNG plots in the grid's out_dir
 zolightning compare table GRID.yaml --best-lr   # plots: each method at its best lr by dev only
+zolightning compare table GRID.yaml --x forwards  # plots against forward passes spent (HiZOO: 3 a step)
 
 `run` is resumable: finished runs are skipped, cut runs resume from their last.ckpt. Arguments after `--` are
 added to every fit (they do not change which runs count as finished).
@@ -59,7 +60,15 @@ def _table(args: argparse.Namespace) -> int:
         return 2
     text = table(grid, results)
     lrs = best_lrs(results) if args.best_lr else None
-    plots = [] if args.no_plots else [p for task in grid.tasks for p in plot_task(grid, task, grid.out_dir, lrs=lrs)]
+    try:
+        plots = (
+            []
+            if args.no_plots
+            else [p for t in grid.tasks for p in plot_task(grid, t, grid.out_dir, lrs=lrs, x=args.x)]
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     text += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
     out = grid.out_dir / "results.md"
     out.write_text(text)
@@ -90,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     tab.add_argument("--tail", type=float, default=0.1, help="fraction of the steps the final loss averages")
     tab.add_argument("--no-plots", action="store_true")
     tab.add_argument("--best-lr", action="store_true", help="plot each method at its best lr by dev only")
+    tab.add_argument("--x", choices=("step", "forwards"), default="step", help="the plots' x axis")
     tab.set_defaults(action=_table)
     return parser
 

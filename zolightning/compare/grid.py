@@ -67,6 +67,12 @@ class RunSpec:
     def log_dir(self) -> Path:
         return self.run_dir / "tb"
 
+    @property
+    def max_steps(self) -> int | None:
+        """The run's own `trainer.max_steps` where the grid sets it (a method's value beats the grid's)."""
+        values = [v for flag, v in zip(self.args[::2], self.args[1::2]) if flag == "--trainer.max_steps"]
+        return int(values[-1]) if values else None
+
 
 @dataclass(frozen=True)
 class Grid:

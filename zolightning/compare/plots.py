@@ -30,6 +30,17 @@ def _band(curves: list[dict[int, float]], smoothing: float) -> tuple[np.ndarray,
     return np.array(steps) + 1, values.mean(0), values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(steps))
 
 
+def _forwards_axis(curves: list[dict[int, dict[int, float]]]):
+    """x as `_band` returns it (step + 1) → the mean forward passes over seeds by then, linear between the logged
+    counts (`train/forwards`); None when a run has no count (runs from before it was logged)."""
+    counts = [c.get("train/forwards", {}) for c in curves]
+    steps = sorted(set.intersection(*(set(c) for c in counts))) if all(counts) else []
+    if not steps:
+        return None
+    mean = np.mean([[c[s] for s in steps] for c in counts], axis=0)
+    return lambda x: np.interp(x, [0, *(np.array(steps) + 1)], [0, *mean])
+
+
 def _group(grid: Grid, task: str, lrs: dict[tuple[str, str], float] | None) -> dict[str, list[RunSpec]]:
     groups: dict[str, list[RunSpec]] = {}
     for run in grid.runs():
@@ -40,12 +51,18 @@ def _group(grid: Grid, task: str, lrs: dict[tuple[str, str], float] | None) -> d
 
 
 def plot_task(
-    grid: Grid, task: str, out_dir: Path, smoothing: float = 0.9, lrs: dict[tuple[str, str], float] | None = None
+    grid: Grid,
+    task: str,
+    out_dir: Path,
+    smoothing: float = 0.9,
+    lrs: dict[tuple[str, str], float] | None = None,
+    x: str = "step",
 ) -> list[Path]:
     """`<task>_curves.png` (loss, dev and eval metric) and, for learned variance, `<task>_sigma.png`.
 
     Args:
         lrs: (task, method) → the one lr to draw for that method (e.g. its best by dev); None draws every lr.
+        x: `step`, or `forwards` (forward passes spent: rules with 3 a step or q queries on one budget axis).
     """
     import matplotlib
 
@@ -62,15 +79,19 @@ def plot_task(
     panels.append((f"eval/{metric}", f"eval {metric}", 0.0))
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors  # one colour per line, up to 20
+    to_x = {label: (lambda steps: steps) if x == "step" else _forwards_axis(curves) for label, curves in groups.items()}
+    if missing := [label for label, axis in to_x.items() if axis is None]:
+        raise ValueError(f"no forward counts (train/forwards) logged by {', '.join(missing)}: plot them by step")
     for axis, (tag, title, weight) in zip(axes, panels):
         for (label, curves), color in zip(groups.items(), palette * (len(groups) // len(palette) + 1)):
             band = _band([c.get(tag, {}) for c in curves], weight)
             if band is not None:
                 steps, mean, std = band
+                steps = to_x[label](steps)
                 marker = "o" if len(steps) < 40 else None
                 axis.plot(steps, mean, label=f"{label} (n={len(curves)})", marker=marker, color=color)
                 axis.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color)
-        axis.set(title=title, xlabel="step")
+        axis.set(title=title, xlabel="step" if x == "step" else "forward passes")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     chosen = "" if lrs is None else ", each method at its best lr by dev"

@@ -162,16 +162,21 @@ def _cross_lr_settings(groups: dict, task: str, method: str, baseline: str) -> l
 
 
 def _pair_row(runs_a: list[RunResult], runs_b: list[RunResult]) -> tuple[str | None, int]:
-    """The table cells of a paired comparison (None without pairs), and how many pairs had unequal steps."""
+    """The table cells of a paired comparison (None without pairs), and how many pairs were left out: stopped at
+    unequal steps, unless each run reached its own max_steps (a budget of equal forwards, not a cut run)."""
     a, b = ({r.run.seed: r for r in runs} for runs in (runs_a, runs_b))
     common = set(a) & set(b)
-    equal = sorted(s for s in common if a[s].steps == b[s].steps)
+    equal = sorted(s for s in common if a[s].steps == b[s].steps or (_finished(a[s]) and _finished(b[s])))
     loss = paired_test(*({s: x[s].figures["final_loss"] for s in equal} for x in (a, b)))
     acc = paired_test(*({s: x[s].figures["last_eval"] * 100 for s in equal} for x in (a, b)))
     if not (loss[2] or acc[2]):
         return None, len(common) - len(equal)
     cells = f"{max(loss[2], acc[2])} | {_delta(loss[0], 4)} | {_p(loss[1])} | {_delta(acc[0], 1)} | {_p(acc[1])} |"
     return cells, len(common) - len(equal)
+
+
+def _finished(result: RunResult) -> bool:
+    return result.run.max_steps is not None and result.steps >= result.run.max_steps
 
 
 def best_lrs(results: list[RunResult]) -> dict[tuple[str, str], float]:
