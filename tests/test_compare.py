@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -392,7 +394,7 @@ def test_runs_are_spread_over_the_devices_with_their_own_cuda_visible_devices(tm
     class FakeFit:
         def __init__(self, command, env, **kwargs):
             started.append(env["CUDA_VISIBLE_DEVICES"])
-            self.returncode = None
+            self.returncode, self.pid = None, os.getpid()
 
         def poll(self):
             self.returncode = 0
@@ -404,6 +406,25 @@ def test_runs_are_spread_over_the_devices_with_their_own_cuda_visible_devices(tm
     assert GridRunner(grid, say=lambda _: None, poll_seconds=0).run() == 0
     assert len(started) == 6 and sorted(started[:4]) == ["0", "0", "1", "1"]  # 2 fits on each GPU at a time
     assert all(read_status(r)["state"] == "done" for r in grid.runs())
+
+
+def test_a_running_fit_is_not_started_twice_and_a_gone_one_reads_interrupted(tmp_path, capsys):
+    grid = _grid(tmp_path)
+    live, gone = grid.runs()[:2]
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    for run, pid in ((live, os.getpid()), (gone, finished.pid)):
+        run.run_dir.mkdir(parents=True)
+        status = {"state": "running", "pid": pid, "host": socket.gethostname()}
+        (run.run_dir / "status.json").write_text(json.dumps(status))
+    assert read_status(live)["state"] == "running" and read_status(gone)["state"] == "interrupted"
+    pending = GridRunner(grid, say=lambda _: None).pending()
+    assert live not in pending and gone in pending  # another runner's live fit is left to it; a gone one reruns
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps(_raw_of(grid)))
+    assert compare_main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{live.run_id:50s} running (step 0/4)" in out and f"{gone.run_id:50s} interrupted" in out
 
 
 def test_the_status_line_says_how_far_each_running_fit_is(tmp_path):

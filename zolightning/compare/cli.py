@@ -17,7 +17,7 @@ import dataclasses
 import sys
 
 from zolightning.compare.grid import Grid, GridError
-from zolightning.compare.runner import GridRunner, read_status
+from zolightning.compare.runner import GridRunner, progress, read_status
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -44,6 +44,7 @@ def _status(args: argparse.Namespace) -> int:
         state = status.get("state", "not started")
         last = run.log_dir / "checkpoints" / "last.ckpt"
         note = " (has last.ckpt)" if state != "done" and last.is_file() else ""
+        note = f" ({progress(run)})" if state == "running" else note
         print(f"{run.run_id:50s} {state}{note}")
     print(_status_line(args.grid))
     return 0

@@ -1,7 +1,8 @@
 """Run a grid's fits as subprocesses, several per device, resuming what a cut left behind.
 
 Each run owns `run_dir/`: `tb/` (TensorBoard events, `config.yaml`, `checkpoints/`), `fit.log` (its output)
-and `status.json` (written when the fit exits). A run whose status says `done` is never started again; a run
+and `status.json` (`running` with the fit's pid while it runs, its outcome once it exits). A run whose status
+says `done`, or `running` with a live fit on this machine (another runner's), is not started again; a run
 that was stopped (SIGTERM/Ctrl-C, or the grid's own stop) resumes from its `last.ckpt`; a failed run is left
 alone unless `retry_failed` is set. SIGTERM/SIGINT to the runner are passed on once to every fit, which saves
 its step and exits (zolightning's GracefulStop); the runner then waits for them and stops.
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,8 +28,26 @@ STOPPED_CODES = {128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -si
 
 
 def read_status(run: RunSpec) -> dict | None:
+    """The run's status.json; a `running` one whose fit is gone (its runner was killed) reads `interrupted`."""
     path = run.run_dir / "status.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    status = json.loads(path.read_text())
+    if status.get("state") == "running" and not _alive(status.get("pid"), status.get("host")):
+        status["state"] = "interrupted"
+    return status
+
+
+def _alive(pid: int | None, host: str | None) -> bool:
+    if pid is None or host != socket.gethostname():
+        return False  # another machine's fit: its runner is not here to finish it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _ERROR_LINE = re.compile(r"[\w.]*(Error|Exception)\b.*|(\S+: )?error: .*")  # a traceback's last line, a CLI refusal
@@ -112,7 +132,7 @@ class GridRunner:
         todo = []
         for run in runs:
             state = (read_status(run) or {}).get("state")
-            if state == "done" or (state == "failed" and not self.retry_failed):
+            if state in ("done", "running") or (state == "failed" and not self.retry_failed):
                 continue
             todo.append(run)
         return todo
@@ -160,6 +180,8 @@ class GridRunner:
         # A session of its own: a signal to the runner's process group must not reach the fit twice.
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
+        running = {"state": "running", "pid": process.pid, "host": socket.gethostname()}
+        (run.run_dir / "status.json").write_text(json.dumps(running, indent=1) + "\n")
         resumed = "--ckpt_path" in command
         where = "CPU" if device is None else f"GPU {device}"
         self.say(f"start {run.run_id} on {where}{' (resuming from last.ckpt)' if resumed else ''}")
