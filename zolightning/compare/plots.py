@@ -30,7 +30,7 @@ def _band(curves: list[dict[int, float]], smoothing: float) -> tuple[np.ndarray,
     return np.array(steps) + 1, values.mean(0), values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(steps))
 
 
-def _forwards_axis(curves: list[dict[int, dict[int, float]]]):
+def _forwards_axis(curves: list[dict[str, dict[int, float]]]):
     """x as `_band` returns it (step + 1) → the mean forward passes over seeds by then, linear between the logged
     counts (`train/forwards`); None when a run has no count (runs from before it was logged)."""
     counts = [c.get("train/forwards", {}) for c in curves]
