@@ -3,6 +3,9 @@ for grids cut before they finished, where `zolightning compare table` leaves out
 steps (the window must be one every run reached).
 
     python -m benchmarks.window_loss runs/squad-sigma-ceiling/squad mezo learned_cap2 --lr 3e-05 --start 250 --end 340
+
+The baseline may be read over its own window (`--baseline-start/--baseline-end`), e.g. at the same forward passes
+when the method spends 3 a step and the baseline 2: method steps 900-999 against baseline steps 1350-1499.
 """
 
 from __future__ import annotations
@@ -39,14 +42,20 @@ def main() -> None:
     parser.add_argument("--lr", help="the lr folder's value, e.g. 3e-05 for lr3e-05 (needed when there are several)")
     parser.add_argument("--start", type=int, required=True)
     parser.add_argument("--end", type=int, required=True)
+    parser.add_argument("--baseline-start", type=int, help="the baseline's own window (default: the method's)")
+    parser.add_argument("--baseline-end", type=int)
     args = parser.parse_args()
-    base, other = (window_means(args.task_dir / m, args.start, args.end, args.lr) for m in (args.baseline, args.method))
+    base_window = (args.baseline_start or args.start, args.baseline_end or args.end)
+    base = window_means(args.task_dir / args.baseline, *base_window, args.lr)
+    other = window_means(args.task_dir / args.method, args.start, args.end, args.lr)
     for name, means in ((args.baseline, base), (args.method, other)):
         print(f"{name}: " + ", ".join(f"seed {s} {v:.3f}" for s, v in sorted(means.items())))
     diffs = [other[s] - base[s] for s in sorted(set(base) & set(other))]
     mean, p, n = paired_test(other, base)
     spread = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
     window = f"steps {args.start}-{args.end}"
+    if base_window != (args.start, args.end):
+        window += f" against the baseline's {base_window[0]}-{base_window[1]}"
     print(f"{args.method} - {args.baseline}, {window}: {mean:+.3f} ± {spread:.3f} (paired t, p = {p:.2f}, n = {n})")
 
 

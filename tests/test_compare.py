@@ -255,6 +255,19 @@ def test_window_loss_reads_one_lr_folder_and_refuses_to_mix_several(tmp_path):
         window_means(const, 10, 60, lr="0.01")
 
 
+def test_window_loss_reads_the_baseline_over_its_own_window(tmp_path, monkeypatch, capsys):
+    from benchmarks.window_loss import main
+
+    grid = _grid(tmp_path)
+    for run in grid.runs():  # the baseline falls twice as slowly: at steps 20-29 it is where linear is at 10-14
+        slope = 0.01 if run.method == "const" else 0.02
+        _write_curves(run, {s: 1 - slope * s + run.seed / 100 for s in range(0, 40)}, {}, {})
+    argv = ["window_loss", str(tmp_path / "out" / "sst2"), "const", "linear", "--start", "10", "--end", "14"]
+    monkeypatch.setattr("sys.argv", [*argv, "--baseline-start", "20", "--baseline-end", "28"])
+    main()
+    assert "steps 10-14 against the baseline's 20-28: +0.000 ± 0.000" in capsys.readouterr().out
+
+
 def _raw_of(grid: Grid) -> dict:
     methods = {m.name: {"config": m.config, "args": m.args} for m in grid.methods}
     return {
