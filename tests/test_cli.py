@@ -87,6 +87,17 @@ def test_help_shows_docstrings(capsys):
     assert "perturbation scale epsilon" in out and "training examples per step" in out
 
 
+def test_the_command_without_a_subcommand_lists_every_command(capsys):
+    for argv, code in (([], 2), (["--help"], 0)):
+        with pytest.raises(SystemExit) as exit_info:
+            entry_main(argv)
+        assert exit_info.value.code == code
+        out = capsys.readouterr().out
+        assert all(
+            f"\n  {command} " in out for command in ("fit", "validate", "meta", "compare", "optimizer", "export")
+        )
+
+
 def test_optimizer_commands_inspect_and_refuse_untrusted_pickles(tmp_path, capsys):
     shipped = Path(__file__).resolve().parents[1] / "optimizers" / "smollm2-135m-instruct.from-llama-3.2-1b.safetensors"
     with pytest.raises(SystemExit) as exit_info:

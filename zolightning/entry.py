@@ -7,9 +7,23 @@ from __future__ import annotations
 
 import sys
 
+OVERVIEW = """usage: zolightning <command> [options]       (`zolightning <command> --help`: its options)
+
+commands:
+  fit        fine-tune with forward passes only:  zolightning fit --config configs/sst2/mezo.yaml
+  validate   score a model or checkpoint on a task's dev and eval splits (also: test, predict)
+  meta       meta-train the variance networks:    zolightning meta fit --config configs/meta/multitask.yaml
+  compare    grids of fits with seeds, tables, plots: zolightning compare run|status|table GRID.yaml
+  optimizer  inspect, import and re-target learned-optimizer files
+  export     a fine-tuned checkpoint as a Hugging Face model directory
+"""
+
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
+    if argv[:1] in ([], ["-h"], ["--help"]):
+        print(OVERVIEW, end="")
+        raise SystemExit(0 if argv else 2)
     if argv[:1] == ["compare"]:
         from zolightning.compare.cli import main as compare_main
 
