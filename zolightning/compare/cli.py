@@ -43,8 +43,10 @@ def _status(args: argparse.Namespace) -> int:
         status = read_status(run) or {}
         state = status.get("state", "not started")
         last = run.log_dir / "checkpoints" / "last.ckpt"
-        note = " (has last.ckpt)" if state != "done" and last.is_file() else ""
-        note = f" ({progress(run)})" if state == "running" else note
+        if state == "running":
+            note = f" ({progress(run)})"
+        else:
+            note = " (has last.ckpt)" if state != "done" and last.is_file() else ""
         print(f"{run.run_id:50s} {state}{note}")
     print(_status_line(args.grid))
     return 0

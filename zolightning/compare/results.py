@@ -99,11 +99,17 @@ def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[float, float,
     return statistics.fmean(diffs), float(ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue), len(seeds)
 
 
-def table(grid: Grid, results: list[RunResult]) -> str:
-    """Markdown: one row per task × method × lr (mean ± std over seeds), then paired tests vs the baseline."""
+def _by_setting(results: list[RunResult]) -> dict[tuple[str, str, float], list[RunResult]]:
+    """(task, method, lr) → its runs, one per seed."""
     groups: dict[tuple[str, str, float], list[RunResult]] = {}
     for result in results:
         groups.setdefault((result.run.task, result.run.method, result.run.lr), []).append(result)
+    return groups
+
+
+def table(grid: Grid, results: list[RunResult]) -> str:
+    """Markdown: one row per task × method × lr (mean ± std over seeds), then paired tests vs the baseline."""
+    groups = _by_setting(results)
     lines = [
         f"## {grid.name}: mean ± std over seeds",
         "",
@@ -181,9 +187,7 @@ def _finished(result: RunResult) -> bool:
 
 def best_lrs(results: list[RunResult]) -> dict[tuple[str, str], float]:
     """(task, method) → its lr with the highest mean best-dev value, for methods with a dev curve."""
-    groups: dict[tuple[str, str, float], list[RunResult]] = {}
-    for result in results:
-        groups.setdefault((result.run.task, result.run.method, result.run.lr), []).append(result)
+    groups = _by_setting(results)
     best = {(t, m): _best_lr(groups, t, m) for t, m, _ in groups}
     return {key: lr for key, lr in best.items() if lr is not None}
 

@@ -93,8 +93,7 @@ def progress(run: RunSpec) -> str:
         step = max(read_scalars(run.log_dir).get("train/loss", {}), default=-1) + 1
     except Exception:  # events being written: the next status will read them
         return "step ?"
-    flags = dict(zip(run.args[::2], run.args[1::2]))
-    return f"step {step}/{flags.get('--trainer.max_steps', '?')}"
+    return f"step {step}/{run.max_steps or '?'}"
 
 
 @dataclass
