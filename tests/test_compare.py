@@ -194,7 +194,7 @@ def test_best_lr_plots_draw_each_method_at_its_best_lr_by_dev(tmp_path, monkeypa
         _write_curves(run, {s: 0.5 for s in range(0, 50, 5)}, {49: dev}, {49: 1 - dev})  # eval disagrees: not used
     assert best_lrs([summarize(r) for r in grid.runs()]) == {("sst2", "const"): 1e-2, ("sst2", "linear"): 1e-3}
     drawn = []
-    monkeypatch.setattr(plots, "_band", lambda curves, weight: drawn.append(len(curves)))
+    monkeypatch.setattr(plots, "seed_band", lambda curves, weight: drawn.append(len(curves)))
     path = tmp_path / "grid.yaml"
     path.write_text(json.dumps(_raw_of(grid)))
     assert compare_main(["table", str(path), "--best-lr"]) == 0
@@ -219,14 +219,14 @@ def test_per_run_lists_each_runs_figures_and_the_missing_ones(tmp_path, capsys):
 
 
 def test_plots_by_forward_passes_map_each_methods_steps_to_its_count(tmp_path, capsys):
-    from zolightning.compare.plots import _forwards_axis
+    from zolightning.compare.plots import forwards_axis
 
     grid = _grid(tmp_path)
     per_step = {"const": 2, "linear": 3}
     for run in grid.runs():
         forwards = {s: per_step[run.method] * (s + 1.0) for s in range(9, 50, 10)}
         _write_curves(run, {s: 1 / (s + 1) for s in range(9, 50, 10)}, {49: 0.7}, {49: 0.7}, forwards=forwards)
-    to_x = _forwards_axis([read_scalars(r.log_dir) for r in grid.runs() if r.method == "linear"])
+    to_x = forwards_axis([read_scalars(r.log_dir) for r in grid.runs() if r.method == "linear"])
     assert to_x(np.array([5.0, 10.0, 50.0])).tolist() == [15.0, 30.0, 150.0]  # 0 before the first count
     path = tmp_path / "grid.yaml"
     path.write_text(json.dumps(_raw_of(grid)))

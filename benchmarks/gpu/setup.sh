@@ -24,3 +24,4 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 # (docs/benchmarks.md). BYTECODE=write measures what a pip install lives through instead; say which in results.
 [ "${BYTECODE:-}" = write ] && unset PYTHONDONTWRITEBYTECODE
 export GGUF=$HOME/zo/smollm2.gguf DATA=$HOME/zo/data
+export ZOLIGHTNING_TEST_DATA=$DATA  # tests/conftest.py: the tests' copy of the shared data (tests/test_gpu.py)

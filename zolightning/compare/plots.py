@@ -19,7 +19,7 @@ def _smooth(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def _band(curves: list[dict[int, float]], smoothing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def seed_band(curves: list[dict[int, float]], smoothing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Steps every seed logged, the mean over seeds and the std (0 with one seed)."""
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     if not steps:
@@ -30,8 +30,8 @@ def _band(curves: list[dict[int, float]], smoothing: float) -> tuple[np.ndarray,
     return np.array(steps) + 1, values.mean(0), values.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(steps))
 
 
-def _forwards_axis(curves: list[dict[str, dict[int, float]]]):
-    """x as `_band` returns it (step + 1) → the mean forward passes over seeds by then, linear between the logged
+def forwards_axis(curves: list[dict[str, dict[int, float]]]):
+    """x as `seed_band` returns it (step + 1) → the mean forward passes over seeds by then, linear between the logged
     counts (`train/forwards`); None when a run has no count (runs from before it was logged)."""
     counts = [c.get("train/forwards", {}) for c in curves]
     steps = sorted(set.intersection(*(set(c) for c in counts))) if all(counts) else []
@@ -79,12 +79,12 @@ def plot_task(
     panels.append((f"eval/{metric}", f"eval {metric}", 0.0))
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors  # one colour per line, up to 20
-    to_x = {label: (lambda steps: steps) if x == "step" else _forwards_axis(curves) for label, curves in groups.items()}
+    to_x = {label: (lambda steps: steps) if x == "step" else forwards_axis(curves) for label, curves in groups.items()}
     if missing := [label for label, axis in to_x.items() if axis is None]:
         raise ValueError(f"no forward counts (train/forwards) logged by {', '.join(missing)}: plot them by step")
     for axis, (tag, title, weight) in zip(axes, panels):
         for (label, curves), color in zip(groups.items(), palette * (len(groups) // len(palette) + 1)):
-            band = _band([c.get(tag, {}) for c in curves], weight)
+            band = seed_band([c.get(tag, {}) for c in curves], weight)
             if band is not None:
                 steps, mean, std = band
                 steps = to_x[label](steps)
@@ -112,7 +112,7 @@ def _plot_sigma(grid: Grid, task: str, groups: dict, out_dir: Path, plt) -> Path
     figure, axes = plt.subplots(1, len(with_sigma), figsize=(6 * len(with_sigma), 4.2), squeeze=False)
     for axis, (label, curves) in zip(axes[0], with_sigma.items()):
         for tag in sorted(t for t in curves[0] if t.startswith("sigma/")):
-            band = _band([c.get(tag, {}) for c in curves], 0.0)
+            band = seed_band([c.get(tag, {}) for c in curves], 0.0)
             if band is not None:
                 axis.plot(band[0], band[1], label=tag.removeprefix("sigma/"))
         axis.set(title=f"{label}: mean σ per block type", xlabel="step", yscale="log")
