@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from zolightning.compare.plots import forwards_axis, seed_band
-from zolightning.compare.results import read_scalars
+from zolightning.compare.results import final_loss, read_scalars, steps_run
 
 
 def series_curves(task_dir: Path, series: str) -> list[dict[str, dict[int, float]]]:
@@ -40,13 +40,9 @@ def x_of(series: str, curves: list[dict], per_step: dict[str, float]):
     return lambda steps: np.asarray(steps) * per_step[method]
 
 
-def tail_loss(curves: list[dict], tail: float = 0.1) -> tuple[float, float]:
-    """mean ± std over seeds of each seed's mean loss over its last `tail` of steps (the window of `compare table`)."""
-    means = []
-    for curve in curves:
-        loss = curve["train/loss"]
-        last = max(loss)
-        means.append(statistics.fmean(v for s, v in loss.items() if s >= last - tail * (last + 1)))
+def tail_loss(curves: list[dict]) -> tuple[float, float]:
+    """mean ± std over seeds of `compare table`'s final training loss."""
+    means = [final_loss(c["train/loss"], steps_run(c)) for c in curves]
     return statistics.fmean(means), statistics.stdev(means) if len(means) > 1 else 0.0
 
 

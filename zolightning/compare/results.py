@@ -47,15 +47,24 @@ class RunResult:
     figures: dict[str, float]  # FIGURES; nan where the run has no such value
 
 
+def steps_run(curves: dict[str, dict[int, float]]) -> int:
+    """Steps a run logged: its last logged step + 1 over every tag."""
+    return max((max(curve) for curve in curves.values() if curve), default=-1) + 1
+
+
+def final_loss(loss: dict[int, float], steps: int, tail: float = 0.1) -> float:
+    """The paper's metric: mean training loss over the last `tail` of the run's steps."""
+    start = steps * (1 - tail)
+    return statistics.fmean([v for s, v in loss.items() if s + 1 >= start] or [loss[max(loss)]])
+
+
 def summarize(run: RunSpec, tail: float = 0.1) -> RunResult:
     curves = read_scalars(run.log_dir)
     loss = curves.get("train/loss", {})
-    steps = max((max(curve) for curve in curves.values() if curve), default=-1) + 1
+    steps = steps_run(curves)
     figures = dict.fromkeys(FIGURES, math.nan)
     if loss:
-        start = steps * (1 - tail)
-        tail_points = [v for s, v in loss.items() if s + 1 >= start] or [loss[max(loss)]]
-        figures["final_loss"] = statistics.fmean(tail_points)
+        figures["final_loss"] = final_loss(loss, steps, tail)
     step_seconds = list(curves.get("perf/step_seconds", {}).values())
     if step_seconds:  # median: robust to the first step's compile and to validation pauses
         figures["step_seconds"] = statistics.median(step_seconds)
