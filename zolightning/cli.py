@@ -9,6 +9,7 @@ zolightning compare run GRID.yaml          # a grid of fits with seeds; `compare
 from __future__ import annotations
 
 import logging
+import pickle
 import sys
 import warnings
 
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from zolightning.bytecode import warn_if_bytecode_uncached
+from zolightning.checkpoint_safety import UnsafeCheckpointError, first_line_of, refusal
 from zolightning.data import MultiTaskDataModule, TaskDataModule
 from zolightning.modules import ZOFineTuneModule
 from zolightning.modules.meta_variance import MetaVarianceModule
@@ -51,6 +53,7 @@ class ZOLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        load_checkpoints_weights_only(config)
         strategy = config.trainer.strategy
         if isinstance(strategy, str):
             refuse_unsupported(strategy)
@@ -65,6 +68,17 @@ class MetaCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model", "data.tokenizer")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand:
+            load_checkpoints_weights_only(self.config[self.subcommand])
+
+
+def load_checkpoints_weights_only(config) -> None:
+    """`--ckpt_path` is read with torch's weights-only unpickler unless the user passed `--weights_only false`
+    (Lightning reads a local file weights-only by default only through torch's default, and a URL never)."""
+    if "weights_only" in config and config.weights_only is None:
+        config.weights_only = True
 
 
 def _quiet_known_warnings() -> None:
@@ -82,24 +96,26 @@ def main(args: list[str] | None = None) -> None:
     )
     _quiet_known_warnings()
     warn_if_bytecode_uncached()
-    if argv[:1] == ["meta"]:
-        MetaCLI(
-            MetaVarianceModule,
-            MultiTaskDataModule,
+    meta = argv[:1] == ["meta"]
+    cli, module, datamodule = (
+        (MetaCLI, MetaVarianceModule, MultiTaskDataModule)
+        if meta
+        else (ZOLightningCLI, ZOFineTuneModule, TaskDataModule)
+    )
+    try:
+        cli(
+            module,
+            datamodule,
             trainer_defaults=TRAINER_DEFAULTS,
-            args=argv[1:],
+            args=argv[1:] if meta else args,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
-        return
-    ZOLightningCLI(
-        ZOFineTuneModule,
-        TaskDataModule,
-        trainer_defaults=TRAINER_DEFAULTS,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    except pickle.UnpicklingError as error:  # a checkpoint outside the weights-only allow-list: one line, no trace
+        if not isinstance(error, UnsafeCheckpointError):
+            error = refusal("the checkpoint", first_line_of(error), "--weights_only false")
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from zolightning.checkpoint_safety import (
+    UnsafeCheckpointError,
+    check_sharded_checkpoint,
+    first_line_of,
+    load_checkpoint,
+    refusal,
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -21,18 +29,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="a .ckpt written by zolightning fit (a file, or a sharded run's folder)")
     parser.add_argument("out_dir", help="the directory to write (created; must be empty if it exists)")
     parser.add_argument("--model", help="load the base model from here instead of the checkpoint's model.model")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read a checkpoint that holds objects other than tensors and plain values (unpickling can run code; "
+        "zolightning's own checkpoints never need this)",
+    )
     return parser
 
 
-def consolidate(folder: str, out_file: str) -> None:
+def consolidate(folder: str, out_file: str, trust_pickle: bool = False) -> None:
     """A distributed checkpoint folder (weights in shards, the rest in meta.pt) as one Lightning .ckpt file."""
     import torch
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+    if not trust_pickle:
+        check_sharded_checkpoint(folder)
+    meta = load_checkpoint(Path(folder) / "meta.pt", trust_pickle)
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     dcp_to_torch_save(folder, out_file)
-    weights = torch.load(out_file, weights_only=False)["state_dict"]
-    torch.save({**torch.load(Path(folder) / "meta.pt", weights_only=False), "state_dict": weights}, out_file)
+    weights = load_checkpoint(out_file, trust_pickle)["state_dict"]
+    torch.save({**meta, "state_dict": weights}, out_file)
+
+
+def load_module(checkpoint: str, out: Path, trust_pickle: bool, overrides: dict):
+    """The fine-tuned module of a checkpoint file or a sharded run's folder, read weights-only unless trusted."""
+    import pickle
+
+    from zolightning.modules import ZOFineTuneModule
+
+    single = Path(checkpoint)
+    if single.is_dir():  # a sharded (zo_fsdp) run's distributed checkpoint: consolidate it first
+        single = out.parent / f".{out.name}.consolidated.ckpt"
+        consolidate(checkpoint, str(single), trust_pickle)
+    try:
+        return ZOFineTuneModule.load_from_checkpoint(
+            single, map_location="cpu", weights_only=not trust_pickle, **overrides
+        )
+    except pickle.UnpicklingError as error:
+        raise refusal(checkpoint, first_line_of(error), "--trust-pickle") from None
+    finally:
+        if single != Path(checkpoint):
+            single.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> int:
@@ -44,18 +82,12 @@ def main(argv: list[str]) -> int:
     if out.exists() and any(out.iterdir()):
         print(f"error: {out} exists and is not empty", file=sys.stderr)
         return 2
-    from zolightning.modules import ZOFineTuneModule
-
     overrides = {"model": args.model} if args.model else {}
-    checkpoint = args.checkpoint
-    if Path(checkpoint).is_dir():  # a sharded (zo_fsdp) run's distributed checkpoint: consolidate it first
-        checkpoint = str(out.parent / f".{out.name}.consolidated.ckpt")
-        consolidate(args.checkpoint, checkpoint)
     try:
-        module = ZOFineTuneModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False, **overrides)
-    finally:
-        if checkpoint != args.checkpoint:
-            Path(checkpoint).unlink(missing_ok=True)
+        module = load_module(args.checkpoint, out, args.trust_pickle, overrides)
+    except UnsafeCheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     module.export_pretrained(str(out))
     print(f"wrote {out} (from {args.checkpoint}{', LoRA merged' if module.hparams.peft == 'lora' else ''})")
     return 0

@@ -14,6 +14,8 @@ from pathlib import Path
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, StrategyRegistry
 from lightning.pytorch.strategies.ddp import _sync_module_states
 
+from zolightning.checkpoint_safety import check_sharded_checkpoint
+
 
 class ZODDPStrategy(DDPStrategy):
     """DDP without the DistributedDataParallel wrapper: weights broadcast from rank 0, no gradient buckets."""
@@ -51,6 +53,8 @@ class ZOFSDPStrategy(ModelParallelStrategy):
         from lightning.fabric.strategies.model_parallel import _load_checkpoint
 
         path = Path(self.broadcast(checkpoint_path))
+        if path.is_dir() and weights_only is not False:  # torch would unpickle the folder's metadata unchecked
+            check_sharded_checkpoint(path, overrule="--weights_only false")
         strict = self.lightning_module.strict_loading
         metadata = _load_checkpoint(
             path=path, state={"state_dict": self.model}, strict=strict, weights_only=weights_only
