@@ -126,3 +126,44 @@ def test_the_projects_own_checkpoints_load_weights_only(tmp_path, data_dir, monk
 
 if sys.platform == "win32":  # os.system's pickled name differs there
     pytestmark = pytest.mark.skip("POSIX payload")
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04" + b"\0" * 100], ids=["empty", "truncated"])
+def test_an_empty_or_truncated_checkpoint_is_refused_with_one_line(content, tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *_tiny(tmp_path, data_dir, "--ckpt_path", str(broken))])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {broken} is empty or truncated")
+
+
+def test_ckpt_path_last_without_a_run_names_where_it_looked(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *_tiny(tmp_path, data_dir, "--ckpt_path", "last")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"no last.ckpt under {tmp_path / 'logs' / 'tiny-sst2-mezo'}/*/checkpoints/" in err
+
+
+def test_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(REPO)
+    steps = ("--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1")
+    cli_main(["fit", *_tiny(tmp_path, data_dir, *steps, "--trainer.max_steps", "2")])
+    cli_main(["fit", *_tiny(tmp_path, data_dir, *steps, "--trainer.max_steps", "4", "--ckpt_path", "last")])
+    runs = sorted(p.name for p in (tmp_path / "logs" / "tiny-sst2-mezo").iterdir())
+    assert runs == ["version_0"]  # before: a new version_1, started from step 0
+    last = tmp_path / "logs" / "tiny-sst2-mezo" / "version_0" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(last)["global_step"] == 4
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)  # before: examples silently repeated within every batch
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *_tiny(tmp_path, data_dir, "--data.batch_size", "100")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "larger than the 64 training examples" in err

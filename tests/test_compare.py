@@ -458,3 +458,70 @@ def test_only_selects_runs_matching_any_of_its_comma_separated_parts(tmp_path):
         "sst2/linear/lr0.001/seed1",
         "sst2/linear/lr0.001/seed2",
     ]
+
+
+def _one_run_grid(tmp_path, max_steps: int) -> Path:
+    raw = _raw_of(_grid(tmp_path, seeds=[0]))
+    raw.update(methods={"const": {"config": TINY}}, args={"trainer.max_steps": max_steps})
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def _runner(path: Path, data_dir, *extra: str) -> subprocess.Popen:
+    fit_args = ["--", "--data.data_dir", str(data_dir), "--trainer.val_check_interval", "50000", *extra]
+    command = [sys.executable, "-m", "zolightning", "compare", "run", str(path), *fit_args]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_runners_on_one_grid_never_run_a_fit_twice(tmp_path, data_dir):
+    # before: both started the same fit in the same folder (last-v1.ckpt, every step logged twice)
+    path = _one_run_grid(tmp_path, 60)
+    first, second = _runner(path, data_dir), _runner(path, data_dir)
+    outputs = [first.communicate(timeout=240)[0], second.communicate(timeout=240)[0]]
+    run = Grid.load(path).runs()[0]
+    assert read_status(run)["state"] == "done" and not (run.run_dir / "lock.json").exists()
+    assert (run.run_dir / "fit.log").read_text().count("\n$ ") == 1, outputs  # one fit, one command line
+    assert not list(run.log_dir.rglob("last-v1.ckpt"))
+    codes = sorted([first.returncode, second.returncode])
+    assert codes[0] == 0 and codes[1] in (0, 1), outputs  # 1: the loser saw the run held, still running
+    loser = outputs[[first.returncode, second.returncode].index(codes[1])]
+    assert codes[1] == 0 or "held by runner" in loser
+
+
+def test_a_killed_runners_orphaned_fit_is_stopped_and_resumed_by_the_next_runner(tmp_path, data_dir):
+    import torch
+
+    path = _one_run_grid(tmp_path, 100000)
+    runner = _runner(path, data_dir)
+    run = Grid.load(path).runs()[0]
+    log = run.run_dir / "fit.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "first step done" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.5)
+    runner.kill()  # SIGKILL: no handler passes it on; the fit lives on as an orphan
+    runner.wait(30)
+    orphan = read_status(run)["pid"]
+    assert read_status(run)["state"] == "running" and os.path.exists(f"/proc/{orphan}")
+    # before: the next runner skipped the orphan's run and exited 0 with the grid incomplete
+    finisher = _runner(path, data_dir, "--trainer.max_steps", "10")  # the orphan is past step 10 or stops there
+    out = finisher.communicate(timeout=240)[0]
+    assert "its runner" in out and "is gone; stopping its fit" in out, out
+    status = read_status(run)
+    assert finisher.returncode == 0 and status["state"] == "done" and status["resumed"], out
+    step = torch.load(run.log_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert step >= 10 and (run.run_dir / "fit.log").read_text().count("\n$ ") == 2
+
+
+def test_a_runner_exits_non_zero_naming_runs_it_did_not_finish(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    grid = _grid(tmp_path, seeds=[0])
+    held = grid.runs()[0]
+    held.run_dir.mkdir(parents=True)
+    lock = {"runner_pid": 1, "fit_pid": 2, "host": "elsewhere", "started": "now"}
+    (held.run_dir / "lock.json").write_text(json.dumps(lock))
+    said: list[str] = []
+    assert GridRunner(grid, say=said.append, only=held.run_id).run() == 1  # before: 0, the grid incomplete
+    assert said[0].startswith("grid t: 0 run(s) to go")
+    assert any(f"not done: {held.run_id}" in line and "host elsewhere" in line for line in said), said
+    assert (held.run_dir / "lock.json").exists()  # another host's lock is never taken

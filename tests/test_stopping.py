@@ -1,5 +1,6 @@
 """SIGTERM / Ctrl-C stop a run within seconds, at any point, and checkpoints are never half written."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -11,30 +12,56 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from fsspec.implementations.local import LocalFileOpener
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tests.test_cli import _tiny_args as tiny_args
+from zolightning.compare.results import read_scalars
 from zolightning.fast_forward import CompiledTrunk
 from zolightning.modules import ZOFineTuneModule
-from zolightning.stopping import GracefulStop
+from zolightning.stopping import DurableCheckpointIO, GracefulStop
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_save_cut_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
-    io, path = TorchCheckpointIO(), tmp_path / "last.ckpt"
+def test_a_full_disk_mid_write_leaves_the_previous_checkpoint_intact_and_no_temporary(tmp_path, monkeypatch):
+    io, path = DurableCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1}, path)
-    write = LocalFileOpener.write
 
-    def torn_write(self, data):
-        write(self, data[: len(data) // 2])
-        raise OSError("disk full")
+    def disk_full(checkpoint, stream):
+        stream.write(b"PK\x03\x04" + b"\0" * 1000)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(LocalFileOpener, "write", torn_write)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(DurableCheckpointIO, "write", staticmethod(disk_full))
+    with pytest.raises(OSError, match="could not write checkpoint .*No space left on device.*previous one is intact"):
         io.save_checkpoint({"step": 2, "weights": torch.ones(1000)}, path)
-    assert torch.load(path)["step"] == 1
+    assert torch.load(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_sigkill_in_the_middle_of_a_checkpoint_write_loses_nothing_saved(tmp_path, data_dir):
+    args = tiny_args(tmp_path, data_dir, "--trainer.max_steps", "8", "--trainer.val_check_interval", "4")
+    script = REPO / "tests" / "scripts" / "fit_killed_mid_save.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, str(script), *args], cwd=REPO, stderr=subprocess.PIPE, text=True, env=env
+    )
+    seen, blocked = [], threading.Event()
+    reader = threading.Thread(
+        target=_read_until, args=(process.stderr, "blocked in the checkpoint write", seen, blocked)
+    )
+    reader.start()
+    try:
+        assert blocked.wait(180), "".join(seen[-20:])
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(30) == -signal.SIGKILL
+    finally:
+        process.kill()
+        reader.join()
+    checkpoints = tmp_path / "tiny-sst2-mezo" / "version_0" / "checkpoints"
+    step = torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"]
+    assert step == 4  # the first save, whole; the second was cut at half a zip header
+    from zolightning.cli import main
+
+    main(["fit", *args, "--ckpt_path", "last"])  # resumes that file, in the same folder
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 8
 
 
 def test_a_signal_is_deferred_inside_the_training_loop_and_immediate_elsewhere():
@@ -114,6 +141,8 @@ def test_sigterm_during_training_saves_the_step_and_the_run_resumes(tmp_path, da
     last = tmp_path / "tiny-sst2-mezo" / "version_0" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=False)
     assert saved["global_step"] > 1 and any("stopped at step" in line for line in seen)
+    logged = read_scalars(last.parent.parent)["train/loss"]  # the steps since the last logging step too
+    assert max(logged) == saved["global_step"] - 1, (sorted(logged)[-3:], saved["global_step"])
     from zolightning.cli import main
 
     step = saved["global_step"]

@@ -16,6 +16,7 @@ touches the folder.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,30 @@ def check_sharded_checkpoint(folder: str | Path, overrule: str = "--trust-pickle
         raise ValueError(f"{metadata_file} is not a readable checkpoint metadata file ({error})") from None
     if not isinstance(getattr(metadata, "state_dict_metadata", None), dict):
         raise ValueError(f"{metadata_file} is not a distributed checkpoint's metadata")
+
+
+def check_checkpoint_path(path: str | Path) -> None:
+    """Refuse with one line a checkpoint path that is missing, empty or truncated (before Lightning reads it)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / ".metadata").is_file():
+            raise FileNotFoundError(f"{path} is a folder but not a sharded checkpoint (it has no .metadata)")
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is empty or truncated (not a complete checkpoint: an interrupted copy or write?); "
+            "use another one, e.g. the best-by-dev file beside it"
+        )
+
+
+def newest_last_checkpoint(run_root: Path) -> Path:
+    """`--ckpt_path last`: the newest `last.ckpt` of any version of a run (`<save_dir>/<name>/*/checkpoints/`)."""
+    found = [p for p in run_root.glob("*/checkpoints/last.ckpt") if p.exists()]
+    if not found:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no last.ckpt under {run_root}/*/checkpoints/ (the run's logger save_dir and name); "
+            "pass the checkpoint's path instead"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)

@@ -9,21 +9,34 @@ zolightning compare run GRID.yaml          # a grid of fits with seeds; `compare
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import sys
 import warnings
+from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from zolightning.bytecode import warn_if_bytecode_uncached
-from zolightning.checkpoint_safety import UnsafeCheckpointError, first_line_of, refusal
+from zolightning.checkpoint_safety import (
+    UnsafeCheckpointError,
+    check_checkpoint_path,
+    first_line_of,
+    newest_last_checkpoint,
+    refusal,
+)
 from zolightning.data import MultiTaskDataModule, TaskDataModule
+from zolightning.health import UnhealthyRun
 from zolightning.modules import ZOFineTuneModule
 from zolightning.modules.meta_variance import MetaVarianceModule
 from zolightning.strategies import ZO_STRATEGY_FOR, refuse_unsupported
 
 log = logging.getLogger("zolightning")
+
+# What a user's input can be refused with: printed as one line, not a traceback (ModelNotFoundError and the
+# sharded-checkpoint refusals are FileNotFoundError; UntrustedPickleError a PermissionError).
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, pickle.UnpicklingError)
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -51,9 +64,12 @@ class ZOLightningCLI(LightningCLI):
         parser.link_arguments("model.model", "data.tokenizer")
         parser.link_arguments("model.objective", "data.objective")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        prepare_checkpoint_loading(self.config)  # before LightningCLI reads the checkpoint's hyper-parameters
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        load_checkpoints_weights_only(config)
         strategy = config.trainer.strategy
         if isinstance(strategy, str):
             refuse_unsupported(strategy)
@@ -69,16 +85,51 @@ class MetaCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model", "data.tokenizer")
 
-    def before_instantiate_classes(self) -> None:
-        if self.subcommand:
-            load_checkpoints_weights_only(self.config[self.subcommand])
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        prepare_checkpoint_loading(self.config)
 
 
-def load_checkpoints_weights_only(config) -> None:
-    """`--ckpt_path` is read with torch's weights-only unpickler unless the user passed `--weights_only false`
-    (Lightning reads a local file weights-only by default only through torch's default, and a URL never)."""
+def prepare_checkpoint_loading(root) -> None:
+    """`--ckpt_path`: `last` found among the run's versions (and the logs continued there), a missing, empty or
+    truncated file refused with one line, and the file read with torch's weights-only unpickler unless the user
+    passed `--weights_only false` (Lightning reads a local file weights-only only through torch's default, and a
+    URL never)."""
+    if not root.get("subcommand"):
+        return
+    config = root[root.subcommand]
     if "weights_only" in config and config.weights_only is None:
         config.weights_only = True
+    path = config.get("ckpt_path")
+    if path == "last":
+        logger = _logger_init_args(config)
+        if logger is None:
+            raise ValueError("--ckpt_path last needs the run's TensorBoard logger (save_dir, name) to find it")
+        found = newest_last_checkpoint(Path(logger.save_dir) / (logger.name or ""))
+        config.ckpt_path = path = str(found)
+        if logger.get("version") is None:  # the resumed run logs on in the folder it resumes
+            logger.version = found.parent.parent.name
+        log.info("--ckpt_path last: resuming %s", found)
+    if path is not None and "://" not in str(path) and path not in ("best", "hpc", "registry"):
+        check_checkpoint_path(path)
+
+
+def _logger_init_args(config):
+    logger = config.get("trainer", {}).get("logger")
+    if not logger or isinstance(logger, (bool, list)) or "TensorBoardLogger" not in str(logger.get("class_path")):
+        return None
+    return logger.init_args
+
+
+def _report(error: BaseException, code: int) -> None:
+    """A user-facing error as one line (`ZOLIGHTNING_TRACEBACK=1`: the whole traceback), then exit `code`."""
+    if os.environ.get("ZOLIGHTNING_TRACEBACK"):
+        raise error
+    if isinstance(error, pickle.UnpicklingError) and not isinstance(error, UnsafeCheckpointError):
+        error = refusal("the checkpoint", first_line_of(error), "--weights_only false")
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"error: {message}  (ZOLIGHTNING_TRACEBACK=1 for the traceback)", file=sys.stderr)
+    raise SystemExit(code) from None
 
 
 def _quiet_known_warnings() -> None:
@@ -111,11 +162,10 @@ def main(args: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
-    except pickle.UnpicklingError as error:  # a checkpoint outside the weights-only allow-list: one line, no trace
-        if not isinstance(error, UnsafeCheckpointError):
-            error = refusal("the checkpoint", first_line_of(error), "--weights_only false")
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except UnhealthyRun as error:  # the run stalled or diverged: checkpoints so far are kept
+        _report(error, 1)
+    except USER_ERRORS as error:  # bad input (data, config, checkpoint, hyper-parameters): nothing ran
+        _report(error, 2)
 
 
 if __name__ == "__main__":

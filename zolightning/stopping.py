@@ -10,9 +10,10 @@ weights sit perturbed between its two forwards). `GracefulStop` therefore acts b
   lost that a checkpoint could have held;
 - a second signal always stops at once.
 
-Checkpoints themselves are written atomically by Lightning (a file-system transaction: a temporary file moved
-over the old one), so even a kill in the middle of a save leaves the previous checkpoint intact; a test holds
-that.
+Checkpoints themselves are written by `DurableCheckpointIO`: to a temporary file beside the target, flushed to
+disk (fsync), then renamed over it, and the folder synced; a kill, a crash of the machine or a full disk during
+the save leaves the previous checkpoint intact and no temporary file behind (tests/test_stopping.py kills a fit
+in the middle of a write and fills the disk).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -29,6 +33,40 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class DurableCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic and durable for local paths (remote ones: Lightning's)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as stream:
+                self.write(checkpoint, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, path)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise OSError(
+                error.errno, f"could not write checkpoint {path} ({error.strerror}); the previous one is intact"
+            ) from error
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:  # the rename itself must reach the disk
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    @staticmethod
+    def write(checkpoint: dict, stream) -> None:
+        torch.save(checkpoint, stream)
 
 
 class StopRequested(SystemExit):
@@ -74,6 +112,8 @@ class GracefulStop(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own writer is left alone
+            trainer.strategy.checkpoint_io = DurableCheckpointIO()
         if self._active:
             return
         self._active, self._previous = True, {}
@@ -110,7 +150,7 @@ class GracefulStop(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._deferring = True
-        self._stop_if_requested(trainer)
+        self._stop_if_requested(trainer, pl_module)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._deferring = False
@@ -122,20 +162,26 @@ class GracefulStop(Callback):
         self._deferring = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self._stop_if_requested(trainer)
+        self._stop_if_requested(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._deferring = False
         # A run that ends between validations would otherwise leave its last steps out of last.ckpt.
         callback, path = trainer.checkpoint_callback, self._last_checkpoint_path(trainer)
         saved_at = getattr(callback, "_last_global_step_saved", None)
-        if path is not None and callback.save_last and saved_at != trainer.global_step and trainer.global_step > 0:
+        # A ModelCheckpoint that has saved nothing yet writes last.ckpt itself at the end (Lightning >= 2.6); a
+        # second save here would make it write last-v1.ckpt beside it.
+        saved_any = getattr(callback, "_last_checkpoint_saved", True)
+        if path is not None and callback.save_last and saved_any and saved_at != trainer.global_step > 0:
             trainer.save_checkpoint(path)
 
-    def _stop_if_requested(self, trainer: L.Trainer) -> None:
+    def _stop_if_requested(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.received is None:
             return
         self._deferring = False
+        training_log = getattr(pl_module, "training_log", None)
+        if training_log is not None:  # the steps since the last logging step: in the checkpoint, so in the log
+            training_log.flush(pl_module)
         path = self._last_checkpoint_path(trainer)
         if path is not None and trainer.global_step > 0:
             trainer.save_checkpoint(path)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zolightning.compare.grid import Grid, RunSpec
+from zolightning.compare.locks import RunLock, alive
 
 STOPPED_CODES = {128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT}
 
@@ -39,15 +40,8 @@ def read_status(run: RunSpec) -> dict | None:
 
 
 def _alive(pid: int | None, host: str | None) -> bool:
-    if pid is None or host != socket.gethostname():
-        return False  # another machine's fit: its runner is not here to finish it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # another machine's fit: its runner is not here to finish it
+    return host == socket.gethostname() and alive(pid)
 
 
 _ERROR_LINE = re.compile(r"[\w.]*(Error|Exception)\b.*|(\S+: )?error: .*")  # a traceback's last line, a CLI refusal
@@ -103,6 +97,7 @@ class _Running:
     device: int | None
     started: float
     resumed: bool
+    lock: RunLock
 
 
 class GridRunner:
@@ -124,17 +119,30 @@ class GridRunner:
         self.running: list[_Running] = []
         self.stop_signal: int | None = None
         self.threads = "1"
+        self.held_elsewhere: dict[str, str] = {}  # run id -> the runner that holds it
 
     def pending(self) -> list[RunSpec]:
-        wanted = None if self.only is None else [part for part in self.only.split(",") if part]
-        runs = [r for r in self.grid.runs() if wanted is None or any(part in r.run_id for part in wanted)]
         todo = []
-        for run in runs:
-            state = (read_status(run) or {}).get("state")
-            if state in ("done", "running") or (state == "failed" and not self.retry_failed):
-                continue
-            todo.append(run)
+        for run in self.selected():
+            if self._startable(run):
+                todo.append(run)
         return todo
+
+    def _startable(self, run: RunSpec) -> bool:
+        """Whether the run still needs a fit: read afresh before every start (another runner may have run it)."""
+        status = read_status(run) or {}
+        state = status.get("state")
+        if state == "done" or (state == "failed" and not self.retry_failed):
+            return False
+        lock = RunLock(run.run_dir, self.say)
+        owner = lock.owner()
+        if owner is None and state == "running" and lock.holder() is None:  # a live fit no lock speaks for
+            owner = f"its fit {status.get('pid')} (no lock: started by an older runner)"
+        if owner is not None:
+            self.held_elsewhere[run.run_id] = owner
+            return False
+        # `running` without a live holder: its runner was killed; an orphaned fit is stopped and resumed
+        return True
 
     def run(self) -> int:
         """Run everything pending; 0 when every run of the grid is done, 1 if some failed, 128+sig if stopped."""
@@ -150,9 +158,14 @@ class GridRunner:
             while (todo and self.stop_signal is None) or self.running:
                 busy = [r.device for r in self.running]
                 while todo and self.stop_signal is None and len(self.running) < len(slots):
+                    run = todo.pop(0)
+                    lock = RunLock(run.run_dir, self.say)
+                    if not self._startable(run) or not lock.acquire():
+                        self.held_elsewhere.setdefault(run.run_id, lock.owner() or "another runner")
+                        continue
                     free = next(d for d in slots if busy.count(d) < slots.count(d))
                     busy.append(free)
-                    self._start(todo.pop(0), free)
+                    self._start(run, free, lock)
                 for item in self._exited():
                     finished += 1
                     self._record(item, finished, total)
@@ -165,8 +178,8 @@ class GridRunner:
                 signal.signal(sig, handler)
         return self._exit_code()
 
-    def _start(self, run: RunSpec, device: int | None) -> None:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
+    def _start(self, run: RunSpec, device: int | None, lock: RunLock) -> None:
+        self.held_elsewhere.pop(run.run_id, None)
         (run.run_dir / "status.json").unlink(missing_ok=True)
         command = fit_command(run, self.extra_args)
         env = dict(os.environ)
@@ -179,12 +192,13 @@ class GridRunner:
         # A session of its own: a signal to the runner's process group must not reach the fit twice.
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
-        running = {"state": "running", "pid": process.pid, "host": socket.gethostname()}
+        lock.record_fit(process.pid)
+        running = {"state": "running", "pid": process.pid, "host": socket.gethostname(), "runner_pid": os.getpid()}
         (run.run_dir / "status.json").write_text(json.dumps(running, indent=1) + "\n")
         resumed = "--ckpt_path" in command
         where = "CPU" if device is None else f"GPU {device}"
         self.say(f"start {run.run_id} on {where}{' (resuming from last.ckpt)' if resumed else ''}")
-        self.running.append(_Running(run, process, device, time.monotonic(), resumed))
+        self.running.append(_Running(run, process, device, time.monotonic(), resumed, lock))
 
     def _exited(self) -> list[_Running]:
         done = [r for r in self.running if r.process.poll() is not None]
@@ -199,6 +213,7 @@ class GridRunner:
         if error:
             status["error"] = error
         (item.run.run_dir / "status.json").write_text(json.dumps(status, indent=1) + "\n")
+        item.lock.release()
         why = f": {error}" if error else ""
         note = "" if state != "failed" else f" (exit {code}{why}; see {item.run.run_dir / 'fit.log'})"
         self.say(f"[{finished}/{total}] {item.run.run_id}: {state} after {seconds:.0f} s{note}")
@@ -217,9 +232,19 @@ class GridRunner:
             item.process.send_signal(signal.SIGTERM)
 
     def _exit_code(self) -> int:
+        """128 + the signal if stopped; else 0 only when every run asked for is done, 1 naming those that are not."""
         if self.stop_signal is not None:
             return 128 + self.stop_signal
-        states = [(read_status(r) or {}).get("state") for r in self.grid.runs()]
-        if self.only is None and any(s == "failed" for s in states):
-            return 1
-        return 0
+        states = {r.run_id: (read_status(r) or {}).get("state") or "not started" for r in self.selected()}
+        not_done = {run_id: state for run_id, state in states.items() if state != "done"}
+        if not not_done:
+            return 0
+        for run_id, state in not_done.items():
+            owner = self.held_elsewhere.get(run_id)
+            self.say(f"not done: {run_id}: {state}" + (f" (held by {owner})" if owner else ""))
+        self.say(f"{len(not_done)} of {len(states)} run(s) not done; run again to resume them")
+        return 1
+
+    def selected(self) -> list[RunSpec]:
+        wanted = None if self.only is None else [part for part in self.only.split(",") if part]
+        return [r for r in self.grid.runs() if wanted is None or any(part in r.run_id for part in wanted)]

@@ -60,6 +60,11 @@ class StepIndexedStream(IterableDataset):
     ):
         if not examples:
             raise ValueError("the training split is empty")
+        if batch_size * world_size > len(examples):  # a step would repeat examples within its own batch
+            raise ValueError(
+                f"a step's batch ({batch_size} per device x {world_size} device(s)) is larger than the "
+                f"{len(examples)} training examples; lower data.batch_size or raise data.num_train"
+            )
         self.examples, self.collate = examples, collate
         self.batch_size, self.seed = batch_size, seed
         self.start_step, self.rank, self.world_size = start_step, rank, world_size

@@ -62,6 +62,11 @@ class IntervalMean:
         elif value == value and abs(value) != float("inf"):
             self._sum, self._count = self._sum + value, self._count + 1
 
+    @property
+    def pending(self) -> bool:
+        """Whether finite values were added since the last `pop` (reads a device count: not for every step)."""
+        return bool(self._count > 0)
+
     def pop(self) -> Tensor | float:
         mean = self._sum / self._count if torch.is_tensor(self._count) else self._sum / max(self._count, 1)
         if not torch.is_tensor(self._count) and self._count == 0:
@@ -106,9 +111,16 @@ class TrainingLog:
         counts = {"zo/skipped_steps": float(optimizer.num_skipped), "train/forwards": float(optimizer.num_forwards)}
         metrics |= counts | self._perf(module, batch, start, every)
         metrics = on_host(metrics)
-        module.log("train/loss", metrics.pop("train/loss"), prog_bar=True)  # progress bar, divergence guard
+        module.log("train/loss", metrics.pop("train/loss"), prog_bar=True)  # progress bar, run health
+        module.log("zo/projected_grad", metrics.pop("zo/projected_grad"))  # run health: a stall's g is exactly 0
         _to_logger(module, metrics)
         self._log_sigma(module, optimizer.block_scales)
+
+    def flush(self, module: L.LightningModule) -> None:
+        """Log the loss of the steps since the last logging step: a run stopped between two logging steps would
+        otherwise leave steps that its checkpoint holds out of its curves."""
+        if self.loss.pending:
+            _to_logger(module, on_host({"train/loss": self.loss.pop()}))
 
     def _perf(self, module: L.LightningModule, batch: dict, start: float, every: int) -> dict:
         # Mean seconds per step since the last logging step: one step's host time says little when steps

@@ -19,6 +19,7 @@ from torchmetrics.text import SQuAD
 from zolightning.fast_forward import FastScoringModel, compile_for_data
 from zolightning.fast_path import ZOPath, choose_path, describe, step_graph_refusal, warn_half_precision_generator
 from zolightning.generation import greedy_answers, negative_f1, update_squad
+from zolightning.health import RunHealth
 from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.models.adapters import adapter_summary, add_adapters
 from zolightning.models.lora import check_adapter_dtype
@@ -163,7 +164,7 @@ class ZOFineTuneModule(L.LightningModule):
         self._fast_scorer: FastScoringModel | None = None  # built on first use, once the model is on its device
         self._path: ZOPath | None = None  # resolved once the model is on its device
         self._recorded_noise: str | None = None  # a resumed checkpoint's
-        self._train_log = TrainingLog()
+        self.training_log = TrainingLog()
 
     def export_pretrained(self, out_dir: str) -> None:
         """Write a Hugging Face model directory (weights, config, tokenizer), LoRA merged into the weights; for
@@ -192,7 +193,10 @@ class ZOFineTuneModule(L.LightningModule):
             self._path = None  # the path depends on whether the weights are sharded
 
     def configure_callbacks(self):
-        return [GracefulStop()]
+        # Lightning lets these replace the trainer's callbacks of the same type: a RunHealth the user configured
+        # (--trainer.callbacks+=zolightning.health.RunHealth ...) is kept by not returning the default one.
+        configured = any(isinstance(c, RunHealth) for c in getattr(self._trainer, "callbacks", None) or [])
+        return [GracefulStop()] + ([] if configured else [RunHealth()])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["zo_noise"] = self.path.noise
@@ -247,7 +251,7 @@ class ZOFineTuneModule(L.LightningModule):
         if self.device.type == "cuda":  # perf/peak_mem_gib: the training peak, not set-up's broadcasts
             torch.cuda.reset_peak_memory_stats(self.device)
         warn_half_precision_generator(self.model, self.path.noise)
-        self._train_log.data_counts(self)
+        self.training_log.data_counts(self)
         optimizer = self.optimizers().optimizer
         refusal = step_graph_refusal(self, optimizer)
         if refusal is None:
@@ -271,12 +275,12 @@ class ZOFineTuneModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        self._train_log.after_step(self, out, batch, start)
+        self.training_log.after_step(self, out, batch, start)
 
     def on_train_end(self) -> None:
-        rate = self._train_log.timer.steady_steps_per_second(self.global_step, self.device)
+        rate = self.training_log.timer.steady_steps_per_second(self.global_step, self.device)
         if rate is not None:
-            seconds = self._train_log.timer.val_seconds_total
+            seconds = self.training_log.timer.val_seconds_total
             log.info("trained to step %d: %.2f steps/s after the first step (validation excluded: %.1f s)",
                      self.global_step, rate, seconds)  # fmt: skip
 
@@ -302,11 +306,11 @@ class ZOFineTuneModule(L.LightningModule):
         h = self.hparams
         sizes = h.fast_forward_bucket, h.fast_forward_lengths
         scorer, seconds = compile_for_data(self.model, datamodule, *sizes, h.fast_forward_layers)
-        self._train_log.timer.compile_seconds = seconds
+        self.training_log.timer.compile_seconds = seconds
         return scorer
 
     def on_fit_start(self) -> None:
-        self._train_log.timer.fit_started()
+        self.training_log.timer.fit_started()
         _ = self.scorer  # compile before the sanity check and step 1, where a signal can still stop it at once
 
     def on_validation_start(self) -> None:
@@ -351,7 +355,7 @@ class ZOFineTuneModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_generation()
-        seconds = self._train_log.timer.validation_ended(self.device)
+        seconds = self.training_log.timer.validation_ended(self.device)
         if not self.trainer.sanity_checking:
             self.log("perf/val_seconds", seconds)
             log.info("validation at step %d took %.1f s", self.global_step, seconds)
@@ -387,7 +391,7 @@ class ZOFineTuneModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._metrics_in_float32()
-        self._train_log.timer.validation_started(self.device)
+        self.training_log.timer.validation_started(self.device)
 
     def on_test_epoch_start(self) -> None:
         self._metrics_in_float32()

@@ -42,6 +42,15 @@ class ZOStepOutput(NamedTuple):
 Scales = list[float] | Tensor  # per tensor, host floats or one device vector
 
 
+def check_step_sizes(lr: float, eps: float, weight_decay: float) -> None:
+    """Refuse hyper-parameters no step can survive, before step 1, with one line."""
+    if not all(math.isfinite(x) for x in (lr, eps, weight_decay)) or lr < 0 or eps <= 0 or weight_decay < 0:
+        raise ValueError(f"need finite lr >= 0, eps > 0, weight_decay >= 0; got {lr}, {eps}, {weight_decay}")
+    # g = (L+ - L-) / (2 eps) is of order 1/eps; an update lr * g past float32's range can only overflow
+    if lr / eps >= torch.finfo(torch.float32).max:
+        raise ValueError(f"lr {lr} with eps {eps}: an update lr * g (g ~ 1/eps) would not fit in float32; lower lr")
+
+
 def _axpy(p: Tensor, z: Tensor, alpha: float | Tensor) -> None:
     """p += alpha * z with the arithmetic in float32 (or p's wider dtype) and one rounding.
 
@@ -95,8 +104,7 @@ class ZOSGD(Optimizer):
         stochastic_rounding: bool = False,
         sync: bool = True,
     ):
-        if lr < 0 or eps <= 0 or weight_decay < 0:
-            raise ValueError(f"need lr >= 0, eps > 0, weight_decay >= 0; got {lr}, {eps}, {weight_decay}")
+        check_step_sizes(lr, eps, weight_decay)
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
         if stochastic_rounding and noise != "philox":
