@@ -20,6 +20,18 @@ def _gguf_cache_of_this_session(tmp_path_factory):
     os.environ.setdefault("ZOLIGHTNING_CACHE", str(tmp_path_factory.mktemp("zolightning_cache")))
 
 
+@pytest.fixture(autouse=True)
+def _no_process_group_outlives_a_test():
+    """A test that opens a process group in-process must close it: a later fit's ranks would inherit its port."""
+    yield
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(name, None)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "sst2" / "train.jsonl").is_file():

@@ -1,6 +1,7 @@
 """Sharded ZO (FSDP2, 2 CPU processes over gloo) takes exactly the unsharded steps: z is indexed by element."""
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,11 +154,14 @@ def test_a_sharded_checkpoint_resumes_on_another_number_of_processes(tmp_path, d
 
 
 @pytest.mark.parametrize("strategy", ["deepspeed_stage_3", "fsdp_cpu_offload"])
-def test_strategies_built_on_gradients_are_refused_with_the_supported_ones_named(strategy):
+def test_strategies_built_on_gradients_are_refused_with_the_supported_ones_named(strategy, capsys):
     from zolightning.cli import main
 
-    with pytest.raises(ValueError, match="supported: auto.*zo_fsdp"):
+    with pytest.raises(SystemExit) as stopped:
         main(["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--trainer.strategy", strategy])
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert re.match(r"error: strategy .* supported: auto.*zo_fsdp", lines[-1]), lines
 
 
 def test_a_sharded_fit_with_learned_variance_follows_the_data_parallel_one(tmp_path, data_dir):

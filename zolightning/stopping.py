@@ -172,8 +172,17 @@ class GracefulStop(Callback):
         # A ModelCheckpoint that has saved nothing yet writes last.ckpt itself at the end (Lightning >= 2.6); a
         # second save here would make it write last-v1.ckpt beside it.
         saved_any = getattr(callback, "_last_checkpoint_saved", True)
-        if path is not None and callback.save_last and saved_any and saved_at != trainer.global_step > 0:
+        if path is None or not callback.save_last:
+            return
+        self._claim_last(callback, path)
+        if saved_any and saved_at != trainer.global_step > 0:
             trainer.save_checkpoint(path)
+
+    @staticmethod
+    def _claim_last(callback: ModelCheckpoint, path: str) -> None:
+        # last.ckpt written by a stop (this run or the one resumed) is the callback's own last checkpoint: without
+        # this, its version counter would see a foreign file and write last-v1.ckpt beside it.
+        callback.last_model_path = path
 
     def _stop_if_requested(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.received is None:
@@ -184,6 +193,7 @@ class GracefulStop(Callback):
             training_log.flush(pl_module)
         path = self._last_checkpoint_path(trainer)
         if path is not None and trainer.global_step > 0:
+            self._claim_last(trainer.checkpoint_callback, path)
             trainer.save_checkpoint(path)
             log.warning("stopped at step %d: checkpoint saved to %s", trainer.global_step, path)
         raise SystemExit(128 + self.received)
