@@ -37,17 +37,47 @@ class Task:
     generation: ClassVar[bool] = False  # evaluated by greedy decoding (F1 / EM) instead of candidate scoring
     num_dev: ClassVar[int] = 500
 
+    # A field's expected JSON shape: str, int, [item] (a list of items) or {key: shape}; a field not named here is
+    # a string, "label" an integer. Checked before rendering so that a wrong type names its file and line.
+    shapes: ClassVar[dict[str, object]] = {}
+
     def check(self, row: dict) -> str | None:
         """Return why `row` is unusable, or None; the loader adds the file and line."""
         missing = [f for f in self.fields if f not in row]
         if missing:
-            return f"missing field(s) {', '.join(missing)} (has {', '.join(sorted(row))})"
+            return f"missing field(s) {', '.join(missing)} (has {', '.join(sorted(map(str, row)))})"
+        for field in self.fields:
+            problem = shape_problem(row[field], self.shapes.get(field, int if field == "label" else str), field)
+            if problem:
+                return problem
         if "label" in self.fields and self.labels and row["label"] not in self.labels:
             return f"label {row['label']!r} is not one of {list(self.labels)}"
         return None
 
     def render(self, row: dict) -> RenderedExample:
         raise NotImplementedError
+
+
+def shape_problem(value, shape, name: str) -> str | None:
+    """Why `value` does not have `shape` (see `Task.shapes`), naming the field path, or None."""
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{name} is {_json_type(value)}, expected a list"
+        return next((p for i, v in enumerate(value) if (p := shape_problem(v, shape[0], f"{name}[{i}]"))), None)
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{name} is {_json_type(value)}, expected an object with {', '.join(shape)}"
+        if missing := [key for key in shape if key not in value]:
+            return f"{name} has no {', '.join(missing)}"
+        return next((p for k, s in shape.items() if (p := shape_problem(value[k], s, f"{name}.{k}"))), None)
+    wrong = not isinstance(value, shape) or (shape is int and isinstance(value, bool))
+    return f"{name} is {_json_type(value)}, expected {_json_type(shape())}" if wrong else None
+
+
+def _json_type(value) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    names[dict] = "an object"
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 TASKS: dict[str, type[Task]] = {}
@@ -207,6 +237,7 @@ class ReCoRD(Task):
     name = "record"
     hub_path, hub_config = "aps/super_glue", "record"
     fields = ("passage", "query", "entities", "answers")
+    shapes = {"entities": [str], "answers": [str]}
     labels = ()
     train_mode = "lm"
 
@@ -229,6 +260,7 @@ class SQuAD(Task):
     name = "squad"
     hub_path, hub_config = "rajpurkar/squad", None
     fields = ("title", "context", "question", "answers")
+    shapes = {"answers": {"text": [str]}}
     labels = ()
     train_mode = "lm"
     generation = True
@@ -250,6 +282,7 @@ class DROP(Task):
     name = "drop"
     hub_path, hub_config = "ucinlp/drop", None
     fields = ("passage", "question", "answers_spans")
+    shapes = {"answers_spans": {"spans": [str]}}
     labels = ()
     train_mode = "lm"
     generation = True
