@@ -158,7 +158,9 @@ def test_the_defaults_stay_quiet_on_six_full_budget_sst2_curves(tmp_path):
     runs = sorted((tmp_path / "runs").glob("sst2-schedule/sst2/*/*/*/tb"))
     assert len(runs) == 6
     for run in runs:
-        losses = read_scalars(run)["train/loss"]
+        scalars = read_scalars(run)
+        losses, g = scalars["train/loss"], scalars["zo/projected_grad"]
         assert len(losses) >= 1990
-        guard = RunHealth()
+        guard, stall = RunHealth(), RunHealth()
         assert not any(guard.observe(losses[step]) for step in sorted(losses))
+        assert not any(stall.observe_progress(losses[step], g.get(step)) for step in sorted(losses))

@@ -47,6 +47,16 @@ TRAINER_DEFAULTS = {
 }
 
 
+class OneLineErrorParser(LightningArgumentParser):
+    """A bad option or value is one line (`error: <why>`), not the usage of every option before it."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):  # parsing that catches its own errors
+            return super().error(message, ex)
+        print(f"error: {' '.join(message.split())}  (--help lists every option)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 class ZOLightningCLI(LightningCLI):
     """LightningCLI for ZO fine-tuning: links the tokenizer to the model, swaps in ZO data parallelism."""
 
@@ -161,6 +171,7 @@ def main(args: list[str] | None = None) -> None:
             args=argv[1:] if meta else args,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            parser_class=OneLineErrorParser,
         )
     except UnhealthyRun as error:  # the run stalled or diverged: checkpoints so far are kept
         _report(error, 1)

@@ -57,7 +57,7 @@ class RunHealth(Callback):
     def __init__(
         self,
         action: Literal["stop", "warn", "cut_lr"] = "stop",
-        stall_intervals: int = 10,
+        stall_intervals: int = 3,
         rise: float = 0.1,
         patience: int = 5,
         smoothing: float = 0.05,
