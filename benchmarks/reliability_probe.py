@@ -184,7 +184,18 @@ def table(cases: list[Case], results: list[Result], seconds: float) -> str:
         line = result.last_line.replace("|", "\\|")[:240]
         verdict = "ok" if not result.problems else "; ".join(result.problems)
         lines.append(f"| {case.group} | {case.name} | {result.code} | {case.expect} | `{line}` | {verdict} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + FOOTER) + "\n"
+
+
+FOOTER = [
+    "",
+    "Faults the suite covers that this table does not re-run: SIGKILL while `last.ckpt` is written and ENOSPC in",
+    "the writer (tests/test_stopping.py: the previous checkpoint stays intact, `--ckpt_path last` resumes it);",
+    "two `compare run` on one grid, a killed runner's orphan fits, the exit code of an incomplete grid",
+    "(tests/test_compare.py); data files of random bytes, cut anywhere, rows of any JSON shape, non-UTF-8 and",
+    "huge rows (tests/test_data_fuzz.py, hypothesis). GPU: determinism and out-of-memory isolation in",
+    "docs/benchmarks.md (Reliability on the GPU).",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
