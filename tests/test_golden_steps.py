@@ -55,9 +55,8 @@ CASES = _cases()
 
 @functools.cache
 def _batch() -> dict:
-    from zolightning.data import TaskDataModule
-
     from tests.conftest import DATA_DIR
+    from zolightning.data import TaskDataModule
 
     data = TaskDataModule(task="sst2", tokenizer="tiny-llama", data_dir=str(DATA_DIR), num_train=16, batch_size=4)
     data.setup("fit")
