@@ -1,5 +1,6 @@
 """Tasks defined in YAML: the same examples as the built-in tasks, new tasks from files, clear errors."""
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -112,3 +113,23 @@ def test_a_row_without_a_template_field_names_it(tmp_path):
     path.write_text(path.read_text().replace("{text}", "{headline}"))
     with pytest.raises(DataError, match=r"row 1: missing field\(s\) headline"):
         load_split(get_task(str(path)), "train", None)
+
+
+def test_an_f1_task_file_keeps_its_best_checkpoint_by_f1_with_the_default_settings(tmp_path, data_dir):
+    from zolightning.cli import main
+
+    path = tmp_path / "squad.yaml"
+    path.write_text(
+        "name: squad\nmetric: f1\nstrip: false\nanswers_field: answers.text\nnum_dev: 4\n"
+        'template: "Title: {title}\\nContext: {context}\\nQuestion: {question}\\nAnswer:"\n'
+    )
+    args = ["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--data.task", str(path), "--data.data_dir"]
+    args += [str(data_dir), "--data.num_train", "8", "--data.num_dev", "4", "--data.num_eval", "4"]
+    args += ["--data.max_new_tokens", "3"]
+    args += ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar"]
+    args += ["false", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]
+    main(args)
+    saved = sorted(p.name for p in (tmp_path / "logs").glob("*/version_0/checkpoints/*.ckpt"))
+    assert len(saved) == 2 and "last.ckpt" in saved, saved
+    best = next(name for name in saved if name != "last.ckpt")
+    assert re.fullmatch(r"step000002-f1\d\.\d{4}\.ckpt", best), saved

@@ -67,7 +67,7 @@ class ZOLightningCLI(LightningCLI):
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
-                "checkpoint.filename": "step{step:06d}-acc{val/acc:.4f}",
+                "checkpoint.filename": checkpoint_filename("val/acc"),
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
@@ -80,6 +80,7 @@ class ZOLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        follow_the_task_metric(config)
         strategy = config.trainer.strategy
         if isinstance(strategy, str):
             refuse_unsupported(strategy)
@@ -98,6 +99,29 @@ class MetaCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
         prepare_checkpoint_loading(self.config)
+
+
+TASK_METRICS = ("val/acc", "val/f1")  # what a task is scored by: candidate accuracy, or F1 of generated answers
+
+
+def checkpoint_filename(monitor: str) -> str:
+    return f"step{{step:06d}}-{monitor.split('/')[-1]}{{{monitor}:.4f}}"
+
+
+def follow_the_task_metric(config) -> None:
+    """The best checkpoint is chosen by the task's own metric (F1 for a generation task, else accuracy) and named
+    after it, unless the user monitors something else; decided here, before the data is even read."""
+    checkpoint, task = config.get("checkpoint"), config.get("data", {}).get("task")
+    if checkpoint is None or not isinstance(task, str) or checkpoint.monitor not in TASK_METRICS:
+        return
+    from zolightning.data import get_task
+
+    metric = "val/f1" if get_task(task).generation else "val/acc"
+    if checkpoint.filename in {checkpoint_filename(m) for m in TASK_METRICS}:
+        checkpoint.filename = checkpoint_filename(metric)
+    if checkpoint.monitor != metric:
+        log.info("checkpoint.monitor %s -> %s: task %s is scored by %s", checkpoint.monitor, metric, task, metric)
+        checkpoint.monitor = metric
 
 
 def prepare_checkpoint_loading(root) -> None:
