@@ -98,6 +98,15 @@ def _write_rows(path: Path, content: bytes) -> None:
         (path / f"{split}.jsonl").write_bytes(content)
 
 
+def _resumed_to(logs: Path, step: int, result: Result) -> str | None:
+    """The resumed run continued the stopped one's folder and ended at `step`."""
+    if "--ckpt_path last: resuming" not in result.stderr:
+        return "did not say which checkpoint it resumed"
+    newest = max(logs.glob("*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    reached = torch.load(newest, map_location="cpu", weights_only=True)["global_step"]
+    return None if reached == step else f"last.ckpt at step {reached}, expected {step}"
+
+
 def build_cases(work: Path, data: Path) -> list[Case]:
     logs = ["--trainer.logger.init_args.save_dir", str(work / "logs")]
     fit = ["fit", *TINY, "--data.data_dir", str(data), *logs]
@@ -154,12 +163,12 @@ def build_cases(work: Path, data: Path) -> list[Case]:
     stop = Case("SIGTERM during training", long, 128 + signal.SIGTERM, "interruptions", signal_after="first step done")
     stop.check = lambda r: None if "stopped at step" in r.stderr else "no 'stopped at step' line"
     resume = Case(
-        "… then --ckpt_path last",
-        [*fit, "--trainer.max_steps", "0", "--ckpt_path", "last"],
+        "… then --ckpt_path last to step 12",
+        [*fit, "--trainer.max_steps", "12", "--ckpt_path", "last"],
         0,
         "interruptions",
-        note="resumes the newest last.ckpt of this logger name",
     )
+    resume.check = lambda r: _resumed_to(work / "logs", 12, r)
     cases += [stop, resume]
     return cases
 
