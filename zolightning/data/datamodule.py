@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -19,9 +20,10 @@ from zolightning.data.encoding import (
     collate_generation,
     encode_example,
     scoring_rows,
+    with_candidates,
 )
 from zolightning.data.sampling import StepIndexedStream, sample_splits
-from zolightning.data.sources import load_split
+from zolightning.data.sources import load_split, read_jsonl
 from zolightning.data.tasks import get_task
 from zolightning.models import load_tokenizer
 from zolightning.shape_plan import LoaderShapes, sampled_batch_widths, sequential_batch_widths
@@ -64,6 +66,8 @@ class TaskDataModule(L.LightningDataModule):
         max_new_tokens: generation tasks (SQuAD, DROP): longest answer decoded at evaluation.
         objective: what a training step optimizes; the CLI links it to `model.objective`: `loss` (the task's
             cross-entropy), `accuracy` (candidate accuracy, not differentiable) or `f1` (generation F1).
+        predict_split: what `zolightning predict` answers: the `eval` split (default), `dev` or `train`.
+        predict_file: a JSONL file of the task's rows to answer instead (every row, in file order).
     """
 
     def __init__(
@@ -82,6 +86,8 @@ class TaskDataModule(L.LightningDataModule):
         num_workers: int = 0,
         max_new_tokens: int = 50,
         objective: Literal["loss", "accuracy", "f1"] = "loss",
+        predict_split: Literal["eval", "dev", "train"] = "eval",
+        predict_file: str | None = None,
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -93,6 +99,7 @@ class TaskDataModule(L.LightningDataModule):
         self.num_dev = self.task.num_dev if num_dev is None else num_dev
         self.seed, self.eval_during_fit, self.num_workers = seed, eval_during_fit, num_workers
         self.max_new_tokens, self.objective = max_new_tokens, objective
+        self.predict_split, self.predict_file = predict_split, predict_file
         if objective == "f1" and not self.task.generation:
             raise ValueError(f"objective=f1 needs a generation task (squad, drop), not {task!r}")
         if objective == "accuracy" and self.task.generation:
@@ -177,8 +184,10 @@ class TaskDataModule(L.LightningDataModule):
         )
         return training_loader(stream)
 
-    def _scoring_loader(self, split: str) -> DataLoader:
+    def _scoring_loader(self, split: str, answers_as_text: bool = False) -> DataLoader:
         collate_fn = self._generation_collate() if self.task.generation else partial(collate, pad_id=self.pad_id)
+        if answers_as_text:
+            collate_fn = with_candidates(collate_fn)
         return DataLoader(
             self.splits[split],
             batch_size=self.eval_batch_size,
@@ -209,6 +218,18 @@ class TaskDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._scoring_loader("eval")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The rows `zolightning predict` answers: `predict_file` (all of it) or the `predict_split`."""
+        split = self.predict_split
+        if self.predict_file is not None:
+            rows = read_jsonl(Path(self.predict_file).expanduser(), self.task)
+            tokenizer = load_tokenizer(self.tokenizer_name)
+            self.splits["predict"], unfit = self._encode(tokenizer, rows, list(range(len(rows))))
+            if unfit:
+                log.warning("%s: rows %s left out (answer beyond max_length)", self.predict_file, unfit[:10])
+            split = "predict"
+        return self._scoring_loader(split, answers_as_text=True)
 
     def test_split_names(self) -> list[str]:
         return ["test"]

@@ -32,6 +32,8 @@ class EncodedExample:
     gold: int
     truncated: bool
     references: tuple[str, ...] = ()  # gold answers of generation tasks
+    row: int = -1  # the row's index in its split file (what predictions name)
+    candidates: tuple[str, ...] = ()  # the answers' text, for predictions
 
     @property
     def shares_prefix(self) -> bool:
@@ -70,15 +72,16 @@ def encode_example(tokenizer, example: RenderedExample, max_length: int, index: 
         truncated |= len(cut) < len(ids)
         sequences.append(tuple(cut))
         answer_lengths.append(answer_length)
-    return EncodedExample(tuple(sequences), tuple(answer_lengths), example.gold, truncated, example.references)
+    return EncodedExample(
+        tuple(sequences), tuple(answer_lengths), example.gold, truncated, example.references, index, example.candidates
+    )
 
 
 def as_lm_example(example: EncodedExample) -> EncodedExample:
     """The gold candidate alone: LM-style training scores only the gold answer's tokens."""
     g = example.gold
-    return EncodedExample(
-        (example.sequences[g],), (example.answer_lengths[g],), 0, example.truncated, example.references
-    )
+    sequences, lengths = (example.sequences[g],), (example.answer_lengths[g],)
+    return EncodedExample(sequences, lengths, 0, example.truncated, example.references, example.row)
 
 
 def collate(examples: list[EncodedExample], pad_id: int, kind: str = "classification") -> dict:
@@ -117,6 +120,7 @@ def collate(examples: list[EncodedExample], pad_id: int, kind: str = "classifica
         "pred_slots": pred[3],
         "candidate_mask": torch.arange(max_candidates) < counts[:, None],
         "gold": torch.from_numpy(np.fromiter((e.gold for e in examples), dtype=np.int64, count=len(examples))),
+        "rows": torch.from_numpy(np.fromiter((e.row for e in examples), dtype=np.int64, count=len(examples))),
     }
 
 
@@ -139,7 +143,17 @@ def collate_generation(
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "references": [list(e.references) for e in examples],
+        "rows": torch.tensor([e.row for e in examples], dtype=torch.long),
     }
+
+
+def with_candidates(collate_fn):
+    """`collate_fn` whose batches also carry each example's answer texts (`candidates`), for predictions."""
+
+    def collate_with_candidates(examples: list[EncodedExample]) -> dict:
+        return {**collate_fn(examples), "candidates": [list(e.candidates) for e in examples]}
+
+    return collate_with_candidates
 
 
 def scoring_rows(examples: list[EncodedExample]) -> tuple[int, list[int]]:

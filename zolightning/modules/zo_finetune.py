@@ -26,7 +26,8 @@ from zolightning.models.lora import check_adapter_dtype
 from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import build_zo_optimizer
 from zolightning.optim.shards import is_sharded, shard_model
-from zolightning.scoring import batch_loss, negative_accuracy
+from zolightning.predictions import PredictionWriter, candidate_predictions, generated_predictions
+from zolightning.scoring import answer_logprobs, batch_loss, candidate_scores, negative_accuracy
 from zolightning.stopping import GracefulStop
 from zolightning.variance.learned import LearnedVariance, learned_variance_for
 
@@ -195,8 +196,10 @@ class ZOFineTuneModule(L.LightningModule):
     def configure_callbacks(self):
         # Lightning lets these replace the trainer's callbacks of the same type: a RunHealth the user configured
         # (--trainer.callbacks+=zolightning.health.RunHealth ...) is kept by not returning the default one.
-        configured = any(isinstance(c, RunHealth) for c in getattr(self._trainer, "callbacks", None) or [])
-        return [GracefulStop()] + ([] if configured else [RunHealth()])
+        callbacks = getattr(self._trainer, "callbacks", None) or []
+        configured = any(isinstance(c, RunHealth) for c in callbacks)
+        writer = [] if any(isinstance(c, PredictionWriter) for c in callbacks) else [PredictionWriter()]
+        return [GracefulStop()] + ([] if configured else [RunHealth()]) + writer
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["zo_noise"] = self.path.noise
@@ -401,3 +404,10 @@ class ZOFineTuneModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._score(batch, self._split_name(dataloader_idx, "test"))
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        """One JSON-able line per row: the chosen candidate and the scores, or the generated answer."""
+        if batch["kind"] == "generate":
+            answers = greedy_answers(self.model, self._get_tokenizer(), batch, self._max_new_tokens())
+            return generated_predictions(batch, answers)
+        return candidate_predictions(batch, candidate_scores(answer_logprobs(self.scorer, batch), batch))
