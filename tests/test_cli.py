@@ -182,3 +182,13 @@ def test_meta_fit_writes_a_learned_optimizer_file(tmp_path, data_dir, monkeypatc
     learned = LearnedOptimizerFile.load(out)
     assert learned.provenance["meta_trained"] and learned.provenance["tasks"] == ["boolq", "copa", "sst2"]
     assert learned.provenance["meta_steps"] == 3 and len(learned.names) == 20
+
+
+def test_the_progress_bar_counts_steps_not_epochs(tmp_path, data_dir, capsys):
+    from zolightning.cli import main
+
+    args = ["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--data.data_dir", str(data_dir)]
+    main(args + ["--trainer.logger", "false", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4"])
+    printed = capsys.readouterr()
+    bar = printed.out + printed.err
+    assert "step: 100%" in bar and "4/4" in bar and "Epoch 0/-2" not in bar, bar[-2000:]

@@ -15,6 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -81,6 +82,7 @@ class ZOLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         follow_the_task_metric(config)
+        count_steps_in_the_progress_bar(config.trainer)
         strategy = config.trainer.strategy
         if isinstance(strategy, str):
             refuse_unsupported(strategy)
@@ -122,6 +124,19 @@ def follow_the_task_metric(config) -> None:
     if checkpoint.monitor != metric:
         log.info("checkpoint.monitor %s -> %s: task %s is scored by %s", checkpoint.monitor, metric, task, metric)
         checkpoint.monitor = metric
+
+
+def count_steps_in_the_progress_bar(trainer) -> None:
+    """The fit's bar shows `step N/max_steps` (`zolightning.progress`) unless the bar is off or one is configured."""
+    callbacks = trainer.get("callbacks") or []
+    if trainer.get("enable_progress_bar") is False or any("ProgressBar" in _class_name(c) for c in callbacks):
+        return
+    bar = Namespace(class_path="zolightning.progress.StepProgressBar", init_args=Namespace())
+    trainer.callbacks = [*callbacks, bar]
+
+
+def _class_name(callback) -> str:
+    return str(callback.get("class_path")) if isinstance(callback, Namespace) else type(callback).__name__
 
 
 def prepare_checkpoint_loading(root) -> None:
