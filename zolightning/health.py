@@ -17,7 +17,8 @@ scheduler or `zolightning compare` records it as failed; checkpoints written so 
 the run goes on), or `cut_lr` (every learning rate multiplied by `lr_factor`, watching again from there; a stall
 still stops). Each event is logged (`health/events`, `health/smoothed_loss`).
 
-`ZOFineTuneModule` adds a `RunHealth()` unless the trainer already has one; to configure it:
+`ZOFineTuneModule` adds a `RunHealth()` unless the trainer already has one (without the stall check for the
+non-differentiable objectives, accuracy and F1, whose g is often exactly 0 in a healthy run); to configure it:
 
     zolightning fit --config configs/sst2/mezo.yaml --trainer.callbacks+=zolightning.health.RunHealth \
         --trainer.callbacks.action warn --trainer.callbacks.rise 0.2

@@ -199,7 +199,10 @@ class ZOFineTuneModule(L.LightningModule):
         callbacks = getattr(self._trainer, "callbacks", None) or []
         configured = any(isinstance(c, RunHealth) for c in callbacks)
         writer = [] if any(isinstance(c, PredictionWriter) for c in callbacks) else [PredictionWriter()]
-        return [GracefulStop()] + ([] if configured else [RunHealth()]) + writer
+        # Accuracy and F1 are piecewise constant: most perturbations change neither, so g = 0 and a repeated loss
+        # are what a healthy run of those objectives sees; only the drift check applies to them.
+        health = RunHealth(stall_intervals=3 if self.hparams.objective == "loss" else 0)
+        return [GracefulStop()] + ([] if configured else [health]) + writer
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["zo_noise"] = self.path.noise
