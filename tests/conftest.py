@@ -20,6 +20,17 @@ def _gguf_cache_of_this_session(tmp_path_factory):
     os.environ.setdefault("ZOLIGHTNING_CACHE", str(tmp_path_factory.mktemp("zolightning_cache")))
 
 
+def tiny_cli_args(save_dir, data_dir, *extra: str) -> list[str]:
+    """Options of a `zolightning` command on the tiny SST-2 config, logging under `save_dir`, no progress bar."""
+    return ["--config", "configs/tiny/sst2_mezo.yaml", "--data.data_dir", str(data_dir)] + [
+        "--trainer.logger.init_args.save_dir",
+        str(save_dir),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+
+
 @pytest.fixture(autouse=True)
 def _no_process_group_outlives_a_test():
     """A test that opens a process group in-process must close it: a later fit's ranks would inherit its port."""

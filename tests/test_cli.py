@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.read_curves import scalars
+from tests.conftest import tiny_cli_args
 from zolightning.cli import ZOLightningCLI, main
 from zolightning.data import TaskDataModule
 from zolightning.entry import main as entry_main
@@ -33,23 +34,9 @@ def test_config_parses(config, capsys):
     assert "\noptimizer:" not in printed  # the ZO step is the module's; no first-order optimizer flags
 
 
-def _tiny_args(tmp_path, data_dir, *extra):
-    return [
-        "--config",
-        "configs/tiny/sst2_mezo.yaml",
-        "--data.data_dir",
-        str(data_dir),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
-
-
 def test_tiny_fit_writes_tensorboard_curves_and_checkpoints(tmp_path, data_dir, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    main(["fit", *_tiny_args(tmp_path, data_dir, "--trainer.max_steps", "10", "--trainer.val_check_interval", "5")])
+    main(["fit", *tiny_cli_args(tmp_path, data_dir, "--trainer.max_steps", "10", "--trainer.val_check_interval", "5")])
     run = tmp_path / "tiny-sst2-mezo" / "version_0"
     curves = scalars(run)
     for tag in (
@@ -74,7 +61,7 @@ def test_ddp_is_replaced_by_the_wrapper_free_strategy(tmp_path, data_dir, monkey
         ZOFineTuneModule,
         TaskDataModule,
         run=False,
-        args=_tiny_args(tmp_path, data_dir, "--trainer.strategy", "ddp", "--trainer.devices", "1"),
+        args=tiny_cli_args(tmp_path, data_dir, "--trainer.strategy", "ddp", "--trainer.devices", "1"),
     )
     assert isinstance(cli.trainer.strategy, ZODDPStrategy)
     assert cli.datamodule.tokenizer_name == cli.model.hparams.model == "tiny-llama"

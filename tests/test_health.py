@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from tests.conftest import tiny_cli_args
 from zolightning.cli import main
 from zolightning.health import RunHealth, UnhealthyRun
 from zolightning.modules import ZOFineTuneModule
@@ -59,18 +60,7 @@ def test_a_stall_counts_exactly_zero_gradients_or_an_exactly_constant_loss():
 
 
 def _tiny_fit(tmp_path, data_dir, *extra):
-    return [
-        "fit",
-        "--config",
-        "configs/tiny/sst2_mezo.yaml",
-        "--data.data_dir",
-        str(data_dir),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
+    return ["fit", *tiny_cli_args(tmp_path, data_dir, *extra)]
 
 
 @pytest.mark.parametrize("lr", ["1e3", "1e30"])
