@@ -31,6 +31,7 @@ from zolightning.data import MultiTaskDataModule, TaskDataModule
 from zolightning.health import UnhealthyRun
 from zolightning.modules import ZOFineTuneModule
 from zolightning.modules.meta_variance import MetaVarianceModule
+from zolightning.resources import find_config
 from zolightning.strategies import ZO_STRATEGY_FOR, refuse_unsupported
 
 log = logging.getLogger("zolightning")
@@ -77,7 +78,21 @@ class ZOLightningCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
+        place_logs_under_the_root_dir(self.config)
         prepare_checkpoint_loading(self.config)  # before LightningCLI reads the checkpoint's hyper-parameters
+
+    def before_fit(self) -> None:
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            log.info("run folder: %s (tensorboard --logdir %s)", self.trainer.log_dir, self.trainer.log_dir)
+
+    def after_fit(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        if not self.trainer.is_global_zero or callback is None:
+            return
+        best = callback.best_model_path or callback.last_model_path
+        if best:
+            score = f" ({callback.monitor} {float(callback.best_model_score):.4f})" if callback.best_model_path else ""
+            log.info("best checkpoint: %s%s; as a Hugging Face model: zolightning export %s OUT_DIR", best, score, best)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -126,6 +141,20 @@ def follow_the_task_metric(config) -> None:
         checkpoint.monitor = metric
 
 
+def with_packaged_configs(argv: list[str]) -> list[str]:
+    """`--config NAME` (or `-c`, `--config=NAME`) naming a shipped config (`sst2/mezo`) becomes its path."""
+    out, take = [], False
+    for arg in argv:
+        if take:
+            arg, take = str(find_config(arg)), False
+        elif arg in ("--config", "-c"):
+            take = True
+        elif arg.startswith("--config="):
+            arg = "--config=" + str(find_config(arg.split("=", 1)[1]))
+        out.append(arg)
+    return out
+
+
 def count_steps_in_the_progress_bar(trainer) -> None:
     """The fit's bar shows `step N/max_steps` (`zolightning.progress`) unless the bar is off or one is configured."""
     callbacks = trainer.get("callbacks") or []
@@ -137,6 +166,17 @@ def count_steps_in_the_progress_bar(trainer) -> None:
 
 def _class_name(callback) -> str:
     return str(callback.get("class_path")) if isinstance(callback, Namespace) else type(callback).__name__
+
+
+def place_logs_under_the_root_dir(root) -> None:
+    """`--trainer.default_root_dir DIR` moves a relative logger `save_dir` (the configs' `logs`) under DIR: Lightning
+    itself uses the root only when no logger is configured, and every shipped config names one."""
+    if not root.get("subcommand"):
+        return
+    config = root[root.subcommand]
+    base, logger = config.get("trainer", {}).get("default_root_dir"), _logger_init_args(config)
+    if base and logger is not None and logger.get("save_dir") and not os.path.isabs(logger.save_dir):
+        logger.save_dir = os.path.join(base, logger.save_dir)
 
 
 def prepare_checkpoint_loading(root) -> None:
@@ -197,6 +237,14 @@ def main(args: list[str] | None = None) -> None:
     _quiet_known_warnings()
     warn_if_bytecode_uncached()
     meta = argv[:1] == ["meta"]
+    try:
+        argv = with_packaged_configs(argv)
+    except FileNotFoundError as error:
+        _report(error, 2)
+    if args is None:
+        sys.argv[1:] = argv  # LightningCLI reads sys.argv itself when given no args (and warns when given both)
+    else:
+        args = argv
     cli, module, datamodule = (
         (MetaCLI, MetaVarianceModule, MultiTaskDataModule)
         if meta

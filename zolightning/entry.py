@@ -10,11 +10,12 @@ import sys
 OVERVIEW = """usage: zolightning <command> [options]       (`zolightning <command> --help`: its options)
 
 commands:
-  fit        fine-tune with forward passes only:  zolightning fit --config configs/sst2/mezo.yaml
+  fit        fine-tune with forward passes only:  zolightning fit --config sst2/mezo
   validate   score a model or checkpoint on a task's dev and eval splits (also: test, predict)
-  meta       meta-train the variance networks:    zolightning meta fit --config configs/meta/multitask.yaml
+  meta       meta-train the variance networks:    zolightning meta fit --config meta/multitask
   compare    grids of fits with seeds, tables, plots: zolightning compare run|status|table GRID.yaml
   optimizer  inspect, import and re-target learned-optimizer files
+  configs    the shipped configs: zolightning configs list; zolightning configs copy sst2/mezo my.yaml
   export     a fine-tuned checkpoint as a Hugging Face model directory
 """
 
@@ -32,6 +33,14 @@ def main(args: list[str] | None = None) -> None:
         from zolightning.optimizer_cli import main as optimizer_main
 
         raise SystemExit(optimizer_main(argv[1:]))
+    if argv[:1] == ["configs"]:
+        from zolightning.resources import main as configs_main
+
+        try:
+            raise SystemExit(configs_main(argv[1:]))
+        except (FileNotFoundError, FileExistsError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
     if argv[:1] == ["export"]:
         from zolightning.export_cli import main as export_main
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from zolightning.resources import find_config
+
 KNOWN_KEYS = {"name", "out_dir", "tasks", "methods", "lrs", "seeds", "args", "baseline", "parallel", "devices"}
 
 
@@ -90,9 +92,10 @@ class Grid:
 
     @classmethod
     def load(cls, path: str | Path) -> Grid:
-        path = Path(path)
-        if not path.is_file():
-            raise GridError(f"{path}: no such grid file")
+        try:
+            path = find_config(str(path))  # a file, or a shipped grid by name (compare/sst2_schedule)
+        except FileNotFoundError:
+            raise GridError(f"{path}: no such grid file (nor a shipped one: zolightning configs list)") from None
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
@@ -147,7 +150,7 @@ class Grid:
         runs = []
         for task in self.tasks:
             for method in self.methods:
-                config = Path(method.config.format(task=task))
+                config = _config_path(method.config.format(task=task))
                 for lr in method.lrs or self.lrs:
                     for seed in self.seeds:
                         run_dir = self.out_dir / task / method.name / f"lr{lr:g}" / f"seed{seed}"
@@ -208,3 +211,11 @@ def _text(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return yaml.safe_dump(value, default_flow_style=True).strip()
     return str(value)
+
+
+def _config_path(text: str) -> Path:
+    """A method's config: the file, or the shipped config of that name; `check_configs` reports neither."""
+    try:
+        return find_config(text)
+    except FileNotFoundError:
+        return Path(text)

@@ -27,6 +27,7 @@ from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import build_zo_optimizer
 from zolightning.optim.shards import is_sharded, shard_model
 from zolightning.predictions import PredictionWriter, candidate_predictions, generated_predictions
+from zolightning.resources import find_optimizer_file
 from zolightning.scoring import answer_logprobs, batch_loss, candidate_scores, negative_accuracy
 from zolightning.stopping import GracefulStop
 from zolightning.variance.learned import LearnedVariance, learned_variance_for
@@ -251,7 +252,8 @@ class ZOFineTuneModule(L.LightningModule):
             return None
         batch_size, h = getattr(getattr(self.trainer, "datamodule", None), "batch_size", 16), self.hparams
         world = self.trainer.world_size
-        return learned_variance_for(h.variance_file, self.model, walk, batch_size, world, h.normalize, h.sigma_ceiling)
+        file = find_optimizer_file(h.variance_file)  # a shipped file by its checkout path, from any folder
+        return learned_variance_for(file, self.model, walk, batch_size, world, h.normalize, h.sigma_ceiling)
 
     def on_train_start(self) -> None:
         if self.device.type == "cuda":  # perf/peak_mem_gib: the training peak, not set-up's broadcasts
