@@ -51,4 +51,5 @@ def test_a_fit_predict_and_export_run_from_an_installed_wheel(venv, tmp_path, da
         == 32
     )
     _run(bin_dir / "zolightning", "export", last, tmp_path / "exported", cwd=tmp_path)
-    assert (tmp_path / "exported" / "config.json").is_file()
+    card = (tmp_path / "exported" / "README.md").read_text()  # installed: a version, no commit
+    assert "task: sst2" in card and "steps: 2" in card and "val/acc" in card and "zolightning 0.1.0." in card, card

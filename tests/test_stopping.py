@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.test_cli import _tiny_args as tiny_args
+from tests.conftest import tiny_cli_args as tiny_args
 from zolightning.compare.results import read_scalars
 from zolightning.fast_forward import CompiledTrunk
 from zolightning.modules import ZOFineTuneModule

