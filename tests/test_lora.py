@@ -103,3 +103,56 @@ def test_float32_adapters_under_bf16_true_are_refused_with_the_fix(tmp_path, tin
     trainer = L.Trainer(max_steps=1, accelerator="cpu", precision="bf16-true", logger=False, default_root_dir=tmp_path)
     with pytest.raises(LoraConfigError, match="32-true"):
         trainer.fit(module, datamodule=tiny_data())
+
+
+def test_a_lora_checkpoint_holds_the_adapters_alone_and_resumes_from_them(tmp_path, tiny_data):
+    module, trainer, base = _fit(tmp_path, tiny_data)
+    checkpoint = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved)
+    assert sum(v.numel() for v in saved.values()) * 20 < sum(p.numel() for p in base.values())
+    resumed = ZOFineTuneModule(model="tiny-llama", peft="lora", lr=1e-2)
+    trainer = L.Trainer(
+        max_steps=5, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    trainer.fit(resumed, datamodule=tiny_data(), ckpt_path=checkpoint)
+    assert trainer.global_step == 5
+    now = dict(resumed.model.named_parameters())
+    assert all(torch.equal(now[n], before) for n, before in base.items())  # the base, rebuilt, untouched
+
+
+def test_adapter_only_export_loads_with_peft_onto_the_base(tmp_path, tiny_data):
+    from peft import PeftModel
+
+    from zolightning.models import load_causal_lm
+
+    module, trainer, _ = _fit(tmp_path, tiny_data)
+    checkpoint = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    tokens = torch.randint(0, 200, (2, 12))
+    with torch.no_grad():
+        expected = module.model(input_ids=tokens).logits
+    assert export_main([str(checkpoint), str(tmp_path / "adapter"), "--adapter-only"]) == 0
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (tmp_path / "adapter" / "README.md").is_file()
+    loaded = PeftModel.from_pretrained(load_causal_lm("tiny-llama"), tmp_path / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=tokens).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_push_without_the_hub_is_one_line_and_keeps_the_export(tmp_path, tiny_data):
+    import os
+    import subprocess
+    import sys
+
+    _, trainer, _ = _fit(tmp_path, tiny_data)
+    checkpoint = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    command = [sys.executable, "-m", "zolightning", "export", str(checkpoint), str(tmp_path / "out")]
+    result = subprocess.run(
+        [*command, "--push-to-hub", "someone/tiny"], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: could not upload to someone/tiny: ")
+    assert (tmp_path / "out" / "config.json").is_file()

@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out_dir", help="the directory to write (created; must be empty if it exists)")
     parser.add_argument("--model", help="load the base model from here instead of the checkpoint's model.model")
     parser.add_argument(
+        "--adapter-only", action="store_true", help="LoRA: peft's adapter directory instead of merged weights"
+    )
+    parser.add_argument("--push-to-hub", metavar="REPO", help="then upload the directory to this hub repo (user/name)")
+    parser.add_argument(
         "--trust-pickle",
         action="store_true",
         help="read a checkpoint that holds objects other than tensors and plain values (unpickling can run code; "
@@ -89,9 +93,29 @@ def main(argv: list[str]) -> int:
     except UnsafeCheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    module.export_pretrained(str(out))
-    (out / "README.md").write_text(
-        model_card(module.provenance or {"base_model": module.hparams.model}, args.checkpoint)
-    )
-    print(f"wrote {out} (from {args.checkpoint}{', LoRA merged' if module.hparams.peft == 'lora' else ''})")
+    try:
+        module.export_pretrained(str(out), adapter_only=args.adapter_only)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    record = module.provenance or {"base_model": module.hparams.model}  # checkpoints of earlier versions: less
+    (out / "README.md").write_text(model_card(record, args.checkpoint))
+    merged = module.hparams.peft == "lora" and not args.adapter_only
+    print(f"wrote {out} (from {args.checkpoint}{', LoRA merged' if merged else ''})")
+    return push_to_hub(out, args.push_to_hub) if args.push_to_hub else 0
+
+
+def push_to_hub(folder: Path, repo: str) -> int:
+    """Upload the exported directory to a hub model repo (created if needed) with huggingface_hub's own calls."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo, repo_type="model", exist_ok=True)
+        url = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model")
+    except Exception as error:  # offline, no token, no network, refused: one line, the export stays on disk
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: could not upload to {repo}: {message[:300]} (the export is in {folder})", file=sys.stderr)
+        return 2
+    print(f"uploaded {folder} to {url}")
     return 0

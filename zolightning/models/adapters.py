@@ -35,3 +35,28 @@ def adapter_summary(model: nn.Module) -> str:
     tensors = sum(1 for p in model.parameters() if p.requires_grad)
     share = 100 * trainable / total
     return f"adapters: {trainable:,} trainable weights in {tensors} tensors ({share:.2f}% of {total:,})"
+
+
+ADAPTER_ONLY = "zo_adapter_only"  # a checkpoint key: its state_dict holds the trained tensors alone
+
+
+def keep_trained_tensors(checkpoint: dict, module: nn.Module) -> None:
+    """An adapter run's checkpoint keeps its trained tensors only (the base weights are rebuilt from `model.model`
+    on load): a SmolLM2 LoRA checkpoint shrinks from the whole model, about 514 MB, to the adapters."""
+    trained = {name for name, p in module.named_parameters() if p.requires_grad}
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+    checkpoint[ADAPTER_ONLY] = True
+
+
+def restore_base_tensors(checkpoint: dict, module: nn.Module) -> None:
+    """Complete an adapter-only state_dict with the module's own (freshly loaded) base weights, after checking that
+    it holds every tensor the module trains and nothing the module does not have."""
+    if not checkpoint.get(ADAPTER_ONLY):
+        return
+    own, saved = module.state_dict(), checkpoint["state_dict"]
+    trained = {name for name, p in module.named_parameters() if p.requires_grad}
+    missing, foreign = sorted(trained - set(saved)), sorted(set(saved) - set(own))
+    if missing or foreign:
+        problem = f"lacks {missing[:3]}" if missing else f"has tensors this model does not: {foreign[:3]}"
+        raise ValueError(f"the adapter checkpoint does not fit this model (peft/lora settings?): it {problem}")
+    checkpoint["state_dict"] = {**own, **saved}

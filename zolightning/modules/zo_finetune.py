@@ -21,7 +21,7 @@ from zolightning.fast_path import ZOPath, choose_path, describe, step_graph_refu
 from zolightning.generation import greedy_answers, negative_f1, update_squad
 from zolightning.health import RunHealth
 from zolightning.models import load_causal_lm, load_tokenizer
-from zolightning.models.adapters import adapter_summary, add_adapters
+from zolightning.models.adapters import adapter_summary, add_adapters, keep_trained_tensors, restore_base_tensors
 from zolightning.models.lora import check_adapter_dtype
 from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import build_zo_optimizer
@@ -170,10 +170,13 @@ class ZOFineTuneModule(L.LightningModule):
         self.training_log = TrainingLog()
         self.provenance: dict = {}  # the loaded checkpoint's record of its run (`provenance.run_record`)
 
-    def export_pretrained(self, out_dir: str) -> None:
+    def export_pretrained(self, out_dir: str, adapter_only: bool = False) -> None:
         """Write a Hugging Face model directory (weights, config, tokenizer), LoRA merged into the weights; for
-        prefix tuning, peft's adapter directory. Merging changes this module's model in place: export at the end."""
-        if self.hparams.peft == "prefix":  # a prefix does not merge into weights: peft's adapter of the base
+        prefix tuning or `adapter_only`, peft's adapter directory. Merging changes this module's model in place:
+        export at the end."""
+        if adapter_only and not self._peft:
+            raise ValueError("--adapter-only needs a LoRA or prefix run (this one trained every weight)")
+        if self.hparams.peft == "prefix" or adapter_only:  # peft's adapter of the base, loaded with PeftModel
             self._peft[0].save_pretrained(out_dir)
         else:
             (self._peft[0].merge_and_unload() if self._peft else self.model).save_pretrained(out_dir)
@@ -211,6 +214,8 @@ class ZOFineTuneModule(L.LightningModule):
         checkpoint["zo_noise"] = self.path.noise
         checkpoint["zo_noise_definition"] = self.path.noise_definition
         checkpoint["zolightning"] = run_record(self, self.trainer)  # an export's model card reads it
+        if self._peft and not any(is_sharded(p) for p in self.model.parameters()):
+            keep_trained_tensors(checkpoint, self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         recorded = checkpoint.get("zo_noise")
@@ -219,6 +224,7 @@ class ZOFineTuneModule(L.LightningModule):
             recorded = states[0].get("zo", {}).get("noise")
         self._recorded_noise, self._path = recorded, None
         self.provenance = checkpoint.get("zolightning", {})
+        restore_base_tensors(checkpoint, self)
 
     # ---- optimization -------------------------------------------------------------------------------
     def configure_optimizers(self):
