@@ -61,3 +61,24 @@ def test_a_generation_task_writes_the_generated_answers(tmp_path, data_dir):
     _zolightning("predict", *_tiny(tmp_path, data_dir, *task))
     lines = _lines(next(tmp_path.glob("*/version_0/predictions.jsonl")))
     assert len(lines) == 3 and all(isinstance(line["answer"], str) and line["references"] for line in lines)
+
+
+def test_generate_answers_each_prompt_from_a_checkpoint(tmp_path, data_dir):
+    logs = ["--trainer.logger.init_args.save_dir", str(tmp_path)]
+    _zolightning("fit", *_tiny(tmp_path, data_dir, *logs, "--trainer.max_steps", "2"))
+    ckpt = tmp_path / "tiny-sst2-mezo" / "version_0" / "checkpoints" / "last.ckpt"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fine film\n\nthe plot\n")
+    result = _zolightning("generate", str(ckpt), "first", "--file", str(prompts), "--max-new-tokens", "4")
+    assert len(result.stdout.splitlines()) == 3  # one answer a prompt (blank lines are not prompts)
+
+
+def test_the_chat_template_wraps_a_prompt_where_the_tokenizer_has_one():
+    from zolightning.generate_cli import as_model_input
+    from zolightning.models import load_tokenizer
+
+    smollm2 = load_tokenizer("smollm2-135m-instruct")
+    wrapped = as_model_input(smollm2, "What is 2+2?", raw=False)
+    assert "What is 2+2?" in wrapped and wrapped.rstrip().endswith("assistant") and "<|im_start|>user" in wrapped
+    assert as_model_input(smollm2, "What is 2+2?", raw=True) == "What is 2+2?"
+    assert as_model_input(load_tokenizer("tiny-llama"), "x", raw=False) == "x"  # no template: as it is

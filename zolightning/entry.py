@@ -17,6 +17,7 @@ commands:
   optimizer  inspect, import and re-target learned-optimizer files
   configs    the shipped configs: zolightning configs list; zolightning configs copy sst2/mezo my.yaml
   export     a fine-tuned checkpoint as a Hugging Face model directory
+  generate   answer prompts with a checkpoint, an exported directory or a model (chat template applied)
 """
 
 
@@ -41,6 +42,10 @@ def main(args: list[str] | None = None) -> None:
         except (FileNotFoundError, FileExistsError) as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
+    if argv[:1] == ["generate"]:
+        from zolightning.generate_cli import main as generate_main
+
+        raise SystemExit(generate_main(argv[1:]))
     if argv[:1] == ["export"]:
         from zolightning.export_cli import main as export_main
 
