@@ -133,3 +133,53 @@ def test_an_f1_task_file_keeps_its_best_checkpoint_by_f1_with_the_default_settin
     assert len(saved) == 2 and "last.ckpt" in saved, saved
     best = next(name for name in saved if name != "last.ckpt")
     assert re.fullmatch(r"step000002-f1\d\.\d{4}\.ckpt", best), saved
+
+
+def _instruction_task(tmp_path, preset: str, rows: list[dict], extra: str = "") -> Path:
+    import json
+
+    for split in ("train", "validation"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / f"{preset}.yaml"
+    path.write_text(f"name: {preset}\npreset: {preset}\nnum_dev: 2\n" + extra)
+    path.write_text(path.read_text() + "data: {train: train.jsonl, validation: validation.jsonl}\n")
+    return path
+
+
+def test_prompt_completion_rows_train_on_the_completion_and_score_by_generation(tmp_path):
+    from zolightning.cli import main
+
+    rows = [{"prompt": f"Q: {i} plus one?\nA:", "completion": f" {i + 1}"} for i in range(12)]
+    task = _instruction_task(tmp_path, "prompt_completion", rows)
+    data = TaskDataModule(task=str(task), tokenizer="tiny-llama", num_train=8, num_eval=4, batch_size=2)
+    data.setup()
+    example = data.splits["train"][0]
+    assert example.references and example.answer_lengths[0] == len(example.references[0]) + 1  # bytes + "\n"
+    args = ["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--data.task", str(task), "--data.num_train", "8"]
+    args += ["--data.num_dev", "2", "--data.num_eval", "2", "--data.max_new_tokens", "3", "--trainer.max_steps", "2"]
+    args += ["--trainer.val_check_interval", "2", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    main(args)  # a generation task end to end: LM loss on the completion, val/f1 by greedy decoding
+
+
+def test_messages_go_through_the_chat_template_and_the_last_turn_is_the_answer(tmp_path):
+    turns = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    task = _instruction_task(tmp_path, "messages", [{"messages": turns}] * 6)
+    data = TaskDataModule(task=str(task), tokenizer="smollm2-135m-instruct", num_train=4, num_eval=2, batch_size=2)
+    data.setup()
+    from zolightning.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    example = data.splits["train"][0]
+    prompt = tokenizer.decode(example.sequences[0][: -example.answer_lengths[0]])
+    answer = tokenizer.decode(example.sequences[0][-example.answer_lengths[0] :])
+    assert "<|im_start|>user\nName a colour.<|im_end|>" in prompt and prompt.rstrip().endswith("assistant")
+    assert answer.strip() == "Blue."
+    with pytest.raises(ValueError, match="chat template"):  # the tiny byte tokenizer has none
+        TaskDataModule(task=str(task), tokenizer="tiny-llama", num_train=4, num_eval=2, batch_size=2).setup()
+
+
+def test_a_conversation_without_an_answer_is_named_by_row(tmp_path):
+    turns = [{"role": "user", "content": "Hi"}]
+    task = _instruction_task(tmp_path, "messages", [{"messages": turns}])
+    with pytest.raises(DataError, match=r"row 1: messages must end with an assistant turn"):
+        TaskDataModule(task=str(task), tokenizer="smollm2-135m-instruct", num_train=1, num_eval=1).setup()

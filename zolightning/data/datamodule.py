@@ -20,6 +20,7 @@ from zolightning.data.encoding import (
     collate_generation,
     encode_example,
     scoring_rows,
+    through_chat_template,
     with_candidates,
 )
 from zolightning.data.sampling import StepIndexedStream, sample_splits
@@ -148,7 +149,10 @@ class TaskDataModule(L.LightningDataModule):
         encoded, unfit = [], []
         for i in indices:
             try:
-                encoded.append(encode_example(tokenizer, self.task.render(rows[i]), self.max_length, index=i))
+                example = self.task.render(rows[i])
+                if self.task.chat_template:
+                    example = through_chat_template(tokenizer, example)
+                encoded.append(encode_example(tokenizer, example, self.max_length, index=i))
             except AnswerTooLongError:
                 unfit.append(i)
         return encoded, unfit

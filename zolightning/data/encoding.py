@@ -11,7 +11,7 @@ needs one sequence, not one per candidate: the prediction positions just coincid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -75,6 +75,16 @@ def encode_example(tokenizer, example: RenderedExample, max_length: int, index: 
     return EncodedExample(
         tuple(sequences), tuple(answer_lengths), example.gold, truncated, example.references, index, example.candidates
     )
+
+
+def through_chat_template(tokenizer, example: RenderedExample) -> RenderedExample:
+    """The prompt as the tokenizer's chat template writes it (the conversation, or one user turn of the prompt),
+    ready for the assistant's answer; a tokenizer without a template is refused."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template: true needs a tokenizer with a chat template (an instruct model's)")
+    turns = list(example.messages) or [{"role": "user", "content": example.prompt}]
+    prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return replace(example, prompt=prompt)
 
 
 def as_lm_example(example: EncodedExample) -> EncodedExample:

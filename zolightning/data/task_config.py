@@ -29,12 +29,24 @@ from typing import Any
 
 import yaml
 
-from zolightning.data.tasks import RenderedExample, Task
+from zolightning.data.tasks import RenderedExample, Task, shape_problem
 
 KEYS = {
     "name", "template", "candidates", "verbalizer", "label_field", "metric", "train_mode", "strip", "num_dev",
-    "data", "hub", "answers_field", "answer_prefix", "answer_suffix",
+    "data", "hub", "answers_field", "answer_prefix", "answer_suffix", "preset", "chat_template",
 }  # fmt: skip
+# Instruction data in the shapes TRL, torchtune and litgpt read: the preset fills the keys a task file would need.
+PRESETS = {
+    "prompt_completion": {  # {"prompt": ..., "completion": ...}: train on the completion, score it by generation
+        "template": "{prompt}", "metric": "f1", "answers_field": "completion", "strip": False,
+        "answer_prefix": "", "answer_suffix": "\n",
+    },
+    "messages": {  # {"messages": [{role, content}, ...]}: the last (assistant) turn is the answer
+        "template": "{messages}", "metric": "f1", "answers_field": "messages", "chat_template": True,
+        "answer_prefix": "", "answer_suffix": "\n",
+    },
+}  # fmt: skip
+MESSAGES_SHAPE = [{"role": str, "content": str}]
 METRICS = ("accuracy", "f1")
 
 
@@ -58,6 +70,11 @@ class ConfigTask(Task):
         unknown = sorted(set(spec) - KEYS)
         if unknown:
             raise fail(unknown[0], f"unknown key (known: {', '.join(sorted(KEYS))})")
+        self.preset = spec.get("preset")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise fail("preset", f"unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        spec = {**PRESETS.get(self.preset, {}), **spec}
+        self.chat_template = bool(spec.get("chat_template", False))
         for key in ("name", "template"):
             if not isinstance(spec.get(key), str) or not spec[key]:
                 raise fail(key, "missing (a non-empty string)")
@@ -144,7 +161,9 @@ class ConfigTask(Task):
     def check(self, row: dict) -> str | None:
         missing = [f for f in self.fields if f not in row]
         if missing:
-            return f"missing field(s) {', '.join(missing)} (has {', '.join(sorted(row))})"
+            return f"missing field(s) {', '.join(missing)} (has {', '.join(sorted(map(str, row)))})"
+        if self.preset == "messages":
+            return _conversation_problem(row["messages"])
         if not self.generation:
             label = row[self.label_field]
             return None if label in self.labels else f"{self.label_field} {label!r} is not one of {list(self.labels)}"
@@ -155,6 +174,12 @@ class ConfigTask(Task):
         return None if answers else f"{self.answers_field} is empty"
 
     def render(self, row: dict) -> RenderedExample:
+        if self.preset == "messages":  # the prompt is the conversation so far, through the chat template
+            *before, last = row["messages"]
+            prefix, suffix = self._answer_parts
+            prompt = "\n".join(m["content"] for m in before)  # what a tokenizer without a template sees
+            answer = last["content"]
+            return RenderedExample(prompt, (f"{prefix}{answer}{suffix}",), 0, (answer,), tuple(before))
         values = {k: v.strip() if self.strip and isinstance(v, str) else v for k, v in row.items()}
         prompt = self.template.format(**values)
         if self.generation:
@@ -163,3 +188,13 @@ class ConfigTask(Task):
             prefix, suffix = self._answer_parts
             return RenderedExample(prompt, (f"{prefix}{answers[0]}{suffix}",), 0, answers)
         return RenderedExample(prompt, self.candidates, self.labels.index(row[self.label_field]))
+
+
+def _conversation_problem(messages) -> str | None:
+    """Why `messages` is not a conversation ending in the assistant's answer, or None."""
+    problem = shape_problem(messages, MESSAGES_SHAPE, "messages")
+    if problem:
+        return problem
+    if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        return "messages must end with an assistant turn after at least one other (the answer to learn)"
+    return None

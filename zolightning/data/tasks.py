@@ -23,6 +23,7 @@ class RenderedExample:
     candidates: tuple[str, ...]
     gold: int
     references: tuple[str, ...] = ()
+    messages: tuple[dict, ...] = ()  # a conversation before the answer: the prompt through a chat template
 
 
 class Task:
@@ -35,6 +36,7 @@ class Task:
     labels: ClassVar[tuple[int, ...]]
     train_mode: ClassVar[Literal["classification", "lm"]] = "classification"
     generation: ClassVar[bool] = False  # evaluated by greedy decoding (F1 / EM) instead of candidate scoring
+    chat_template: ClassVar[bool] = False  # prompts go through the tokenizer's chat template (data/encoding.py)
     num_dev: ClassVar[int] = 500
 
     # A field's expected JSON shape: str, int, [item] (a list of items) or {key: shape}; a field not named here is
