@@ -183,3 +183,61 @@ def test_a_conversation_without_an_answer_is_named_by_row(tmp_path):
     task = _instruction_task(tmp_path, "messages", [{"messages": turns}])
     with pytest.raises(DataError, match=r"row 1: messages must end with an assistant turn"):
         TaskDataModule(task=str(task), tokenizer="smollm2-135m-instruct", num_train=1, num_eval=1).setup()
+
+
+HARNESS_SST2 = """task: sst2_harness
+dataset_path: json
+dataset_kwargs:
+  data_files: {train: train.jsonl, validation: validation.jsonl}
+output_type: multiple_choice
+doc_to_text: "{{sentence}}\\nQuestion: Is this sentence positive or negative?\\nAnswer:"
+doc_to_choice: ["negative", "positive"]
+doc_to_target: label
+metric_list:
+  - metric: acc
+"""
+
+
+def _harness_files(tmp_path, text: str, rows: list[dict]) -> Path:
+    import json
+
+    for split in ("train", "validation"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "task.yaml").write_text(text)
+    return tmp_path / "task.yaml"
+
+
+def test_an_lm_eval_harness_file_is_read_as_it_is(tmp_path, data_dir):
+    rows = load_split(get_task("sst2"), "validation", str(data_dir))[:30]
+    task = get_task(str(_harness_files(tmp_path, HARNESS_SST2, rows)))
+    assert task.name == "sst2_harness" and not task.generation
+    example = task.render(rows[0])
+    question = "\nQuestion: Is this sentence positive or negative?\nAnswer:"
+    assert example.prompt == rows[0]["sentence"] + question
+    assert example.candidates == (" negative", " positive") and example.gold == rows[0]["label"]
+    data = TaskDataModule(task=str(tmp_path / "task.yaml"), tokenizer="tiny-llama", num_train=8, num_dev=4)
+    data.setup()
+    assert len(data.splits["eval"]) == 30
+
+
+def test_a_generate_until_harness_task_answers_by_jinja_target(tmp_path):
+    text = (
+        "task: qa\ndataset_path: json\ndataset_kwargs: {data_files: {train: train.jsonl, validation: validation.jsonl}}"
+        '\noutput_type: generate_until\ndoc_to_text: "{{context}}\\nQ: {{question}}\\nA:"\n'
+        'doc_to_target: "{{answers.text[0]}}"\ngeneration_kwargs: {until: ["\\n"]}\n'
+    )
+    rows = [{"context": "Paris is in France.", "question": "Where?", "answers": {"text": ["France"]}}] * 4
+    task = get_task(str(_harness_files(tmp_path, text, rows)))
+    example = task.render(rows[0])
+    assert task.generation and example.prompt == "Paris is in France.\nQ: Where?\nA:"
+    assert example.candidates == (" France\n",) and example.references == ("France",)
+
+
+def test_a_harness_row_outside_the_choices_is_named_and_python_hooks_refused(tmp_path):
+    rows = [{"sentence": "fine", "label": 1}] * 3 + [{"sentence": "odd", "label": 5}]
+    path = _harness_files(tmp_path, HARNESS_SST2, rows)
+    with pytest.raises(DataError, match=r"train.jsonl row 4: cannot be rendered.*doc_to_target gave 5"):
+        TaskDataModule(task=str(path), tokenizer="tiny-llama", num_train=2, num_dev=1).setup()
+    path.write_text(HARNESS_SST2 + "process_docs: !function utils.process_docs\n")
+    with pytest.raises(ValueError, match="process_docs|function"):
+        get_task(str(path))

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from zolightning.data.harness_task import HarnessTask, is_harness_file
 from zolightning.data.tasks import RenderedExample, Task, shape_problem
 
 KEYS = {
@@ -104,7 +105,8 @@ class ConfigTask(Task):
         self.hub_path, self.hub_config = (self.hub or {}).get("path", ""), (self.hub or {}).get("name")
 
     @classmethod
-    def load(cls, path: str | Path) -> ConfigTask:
+    def load(cls, path: str | Path) -> Task:
+        """The task a YAML file defines: zolightning's keys, or an lm-evaluation-harness task file."""
         path = Path(path)
         try:
             spec = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -112,6 +114,8 @@ class ConfigTask(Task):
             raise TaskConfigError(f"{path}: cannot read the task file: {err}") from None
         if not isinstance(spec, dict):
             raise TaskConfigError(f"{path}: expected a mapping of keys (name, template, candidates, ...)")
+        if is_harness_file(spec):
+            return HarnessTask(spec, path)
         return cls(spec, path)
 
     def _failure(self, key: str, why: str) -> TaskConfigError:
