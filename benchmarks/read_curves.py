@@ -1,4 +1,4 @@
-"""Print the scalar curves of one or more TensorBoard runs as a table (for docs/results.md).
+"""Print the scalar curves of one or more TensorBoard runs as a table (for docs/notebook.md).
 
 python benchmarks/read_curves.py logs/sst2-mezo/version_0 [more run dirs] [--tags eval/acc val/acc]
 """

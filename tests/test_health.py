@@ -136,7 +136,7 @@ def test_the_defaults_stay_quiet_on_six_real_sst2_curves():
 
 
 def test_the_defaults_stay_quiet_on_six_full_budget_sst2_curves(tmp_path):
-    """20,000 steps each, lr 1e-5 linear and constant (docs/results.md): neither diverges, and no alarm."""
+    """20,000 steps each, lr 1e-5 linear and constant (docs/notebook.md): neither diverges, and no alarm."""
     import tarfile
     from pathlib import Path
 

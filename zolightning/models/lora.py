@@ -7,7 +7,7 @@ forward of the project (scoring, generation, the compiled trunk) runs on that in
 
 The adapters take the model's dtype by default (peft would upcast them to float32 on a half-precision model):
 a `bf16-true` fit casts them to bfloat16 anyway, and float32 adapters on a bf16 model cast every adapter input up
-and run their small products on CUDA cores (docs/results.md, issue #14). `dtype="float32"` keeps peft's float32
+and run their small products on CUDA cores (docs/notebook.md, issue #14). `dtype="float32"` keeps peft's float32
 adapters; it needs `precision: 32-true` (with `dtype: bfloat16` for a bf16 base), which `check_adapter_dtype` says.
 """
 

@@ -71,7 +71,7 @@ class LearnedVariance:
         sigma_ceiling: cap every sigma_i at this multiple of the mean sigma over blocks, before the
             normalisation and the history (None: the published method). Not in the paper: SmolLM2's own files
             gave the tied embedding a sigma 5-10x the others, an expected step there 20-40x MeZO's at the same
-            lr, and the runs diverged (docs/results.md); a ceiling bounds that block's share.
+            lr, and the runs diverged (docs/notebook.md); a ceiling bounds that block's share.
     """
 
     def __init__(
