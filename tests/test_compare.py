@@ -525,3 +525,32 @@ def test_a_runner_exits_non_zero_naming_runs_it_did_not_finish(tmp_path, monkeyp
     assert said[0].startswith("grid t: 0 run(s) to go")
     assert any(f"not done: {held.run_id}" in line and "host elsewhere" in line for line in said), said
     assert (held.run_dir / "lock.json").exists()  # another host's lock is never taken
+
+
+def test_plot_lines_share_their_methods_colour_and_metrics_read_in_percent(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from zolightning.compare import plots
+
+    styles = plots._styles([("mezo", 1e-5), ("mezo", 3e-5), ("hizoo", 1e-5)], plt)
+    assert styles[("mezo", 1e-5)]["color"] == styles[("mezo", 3e-5)]["color"] != styles[("hizoo", 1e-5)]["color"]
+    assert styles[("mezo", 1e-5)]["linestyle"] != styles[("mezo", 3e-5)]["linestyle"]
+    grid = _grid(tmp_path)
+    for run in grid.runs():
+        _write_curves(run, {s: 1.0 - s / 200 for s in range(0, 100, 10)}, {49: 0.7, 99: 0.75}, {49: 0.6, 99: 0.8})
+    band = (np.array([1.0, 2.0]), np.array([0.5, 0.6]), np.array([0.01, 0.01]))  # a fraction, as logged
+    monkeypatch.setattr(plots, "seed_band", lambda curves, weight: band)
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def plot(axis, x, y, *args, **kwargs):
+        drawn.append(max(y))
+        return real_plot(axis, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    plots.plot_task(grid, "sst2", tmp_path / "plots")
+    assert drawn == [0.6, 0.6] + [60.0] * 4  # loss as it is (two methods), dev and eval accuracy in percent

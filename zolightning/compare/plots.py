@@ -41,13 +41,28 @@ def forwards_axis(curves: list[dict[str, dict[int, float]]]):
     return lambda x: np.interp(x, [0, *(np.array(steps) + 1)], [0, *mean])
 
 
-def _group(grid: Grid, task: str, lrs: dict[tuple[str, str], float] | None) -> dict[str, list[RunSpec]]:
-    groups: dict[str, list[RunSpec]] = {}
+def _group(grid: Grid, task: str, lrs: dict[tuple[str, str], float] | None) -> dict[tuple[str, float], list[RunSpec]]:
+    """Runs of `task` by (method, lr), in the grid's order."""
+    groups: dict[tuple[str, float], list[RunSpec]] = {}
     for run in grid.runs():
         if run.task == task and (lrs is None or lrs.get((task, run.method)) == run.lr):
-            label = run.method if len(grid.lrs) == 1 else f"{run.method}, lr {run.lr:g}"
-            groups.setdefault(label, []).append(run)
+            groups.setdefault((run.method, run.lr), []).append(run)
     return groups
+
+
+def _styles(keys: list[tuple[str, float]], plt) -> dict[tuple[str, float], dict]:
+    """One colour per method (a method's lrs share it, told apart by line style), a label per line."""
+    methods = list(dict.fromkeys(method for method, _ in keys))
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
+    dashes = ["-", "--", ":", "-."]
+    styles = {}
+    for method in methods:
+        lrs = [lr for m, lr in keys if m == method]
+        for i, lr in enumerate(lrs):
+            label = method if len(lrs) == 1 else f"{method}, lr {lr:g}"
+            color = palette[methods.index(method) % len(palette)]
+            styles[(method, lr)] = {"color": color, "linestyle": dashes[i % len(dashes)], "label": label}
+    return styles
 
 
 def plot_task(
@@ -75,28 +90,34 @@ def plot_task(
     if not groups:
         return []
     metric = main_metric(next(iter(groups.values()))[0])
-    panels = [("train/loss", "training loss (smoothed)", smoothing), (f"val/{metric}", f"dev {metric}", 0.0)]
-    panels.append((f"eval/{metric}", f"eval {metric}", 0.0))
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors  # one colour per line, up to 20
-    to_x = {label: (lambda steps: steps) if x == "step" else forwards_axis(curves) for label, curves in groups.items()}
-    if missing := [label for label, axis in to_x.items() if axis is None]:
+    name = {"acc": "accuracy (%)", "f1": "F1 (%)"}[metric]
+    panels = [("train/loss", "training loss (smoothed)", "loss", smoothing, 1.0)]
+    panels += [(f"val/{metric}", f"dev {metric}", f"dev {name}", 0.0, 100.0)]
+    panels += [(f"eval/{metric}", f"eval {metric}", f"eval {name}", 0.0, 100.0)]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    styles = _styles(list(groups), plt)
+    to_x = {key: (lambda steps: steps) if x == "step" else forwards_axis(curves) for key, curves in groups.items()}
+    if missing := [styles[key]["label"] for key, axis in to_x.items() if axis is None]:
         raise ValueError(f"no forward counts (train/forwards) logged by {', '.join(missing)}: plot them by step")
-    for axis, (tag, title, weight) in zip(axes, panels):
-        for (label, curves), color in zip(groups.items(), palette * (len(groups) // len(palette) + 1)):
+    for axis, (tag, title, ylabel, weight, scale) in zip(axes, panels):
+        for key, curves in groups.items():
             band = seed_band([c.get(tag, {}) for c in curves], weight)
             if band is not None:
-                steps, mean, std = band
-                steps = to_x[label](steps)
+                steps, mean, std = band[0], band[1] * scale, band[2] * scale
+                steps, style = to_x[key](steps), styles[key]
                 marker = "o" if len(steps) < 40 else None
-                axis.plot(steps, mean, label=f"{label} (n={len(curves)})", marker=marker, color=color)
-                axis.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color)
-        axis.set(title=title, xlabel="step" if x == "step" else "forward passes")
+                axis.plot(steps, mean, marker=marker, **{**style, "label": f"{style['label']} (n={len(curves)})"})
+                axis.fill_between(steps, mean - std, mean + std, alpha=0.15, color=style["color"])
+        axis.set(title=title, xlabel="step" if x == "step" else "forward passes", ylabel=ylabel)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    columns = max(min(len(labels), 4), 1)
+    if labels:  # below the panels: never over a curve
+        figure.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     chosen = "" if lrs is None else ", each method at its best lr by dev"
     figure.suptitle(f"{grid.name}: {task} (mean ± std over seeds{chosen})")
-    figure.tight_layout()
+    rows = -(-len(labels) // columns)
+    figure.tight_layout(rect=(0, 0.04 + 0.05 * rows, 1, 1))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / f"{task}_curves.png"]
     figure.savefig(written[0], dpi=80)
@@ -110,7 +131,8 @@ def _plot_sigma(grid: Grid, task: str, groups: dict, out_dir: Path, plt) -> Path
     if not with_sigma:
         return None
     figure, axes = plt.subplots(1, len(with_sigma), figsize=(6 * len(with_sigma), 4.2), squeeze=False)
-    for axis, (label, curves) in zip(axes[0], with_sigma.items()):
+    for axis, (key, curves) in zip(axes[0], with_sigma.items()):
+        label = key[0] if len({lr for m, lr in with_sigma if m == key[0]}) == 1 else f"{key[0]}, lr {key[1]:g}"
         for tag in sorted(t for t in curves[0] if t.startswith("sigma/")):
             band = seed_band([c.get(tag, {}) for c in curves], 0.0)
             if band is not None:
