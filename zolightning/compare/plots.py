@@ -53,7 +53,8 @@ def _group(grid: Grid, task: str, lrs: dict[tuple[str, str], float] | None) -> d
 def _styles(keys: list[tuple[str, float]], plt) -> dict[tuple[str, float], dict]:
     """One colour per method (a method's lrs share it, told apart by line style), a label per line."""
     methods = list(dict.fromkeys(method for method, _ in keys))
-    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
+    # tab10, then Dark2's: 18 hues that differ (tab20 pairs each hue with its paler twin)
+    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]
     dashes = ["-", "--", ":", "-."]
     styles = {}
     for method in methods:
