@@ -196,6 +196,8 @@ class GracefulStop(Callback):
             self._claim_last(trainer.checkpoint_callback, path)
             trainer.save_checkpoint(path)
             log.warning("stopped at step %d: checkpoint saved to %s", trainer.global_step, path)
+        for logger in trainer.loggers:  # written out now: a logger's buffered steps would be lost with the process
+            logger.finalize("stopped")
         raise SystemExit(128 + self.received)
 
     @staticmethod

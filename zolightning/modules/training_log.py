@@ -83,6 +83,7 @@ class TrainingLog:
         self.loss = IntervalMean()
         self._last_log_start: float | None = None
         self._skips_reported = 0
+        self._handed: tuple[int, dict] | None = None  # (step, metrics) given to self.log, written by Lightning later
 
     @staticmethod
     def data_counts(module: L.LightningModule) -> None:
@@ -111,8 +112,11 @@ class TrainingLog:
         counts = {"zo/skipped_steps": float(optimizer.num_skipped), "train/forwards": float(optimizer.num_forwards)}
         metrics |= counts | self._perf(module, batch, start, every)
         metrics = on_host(metrics)
-        module.log("train/loss", metrics.pop("train/loss"), prog_bar=True)  # progress bar, run health
-        module.log("zo/projected_grad", metrics.pop("zo/projected_grad"))  # run health: a stall's g is exactly 0
+        # Through self.log: the progress bar and run health read them. Lightning writes them after the step's
+        # hooks, which a stop ends early: kept until then for `flush`.
+        self._handed = (module.global_step, {k: metrics[k] for k in ("train/loss", "zo/projected_grad")})
+        module.log("train/loss", metrics.pop("train/loss"), prog_bar=True)
+        module.log("zo/projected_grad", metrics.pop("zo/projected_grad"))
         _to_logger(module, metrics)
         self._log_sigma(module, optimizer.block_scales)
 
@@ -121,6 +125,8 @@ class TrainingLog:
         otherwise leave steps that its checkpoint holds out of its curves."""
         if self.loss.pending:
             _to_logger(module, on_host({"train/loss": self.loss.pop()}))
+        elif self._handed is not None and self._handed[0] == module.global_step:  # this step's, not written yet
+            _to_logger(module, self._handed[1])
 
     def _perf(self, module: L.LightningModule, batch: dict, start: float, every: int) -> dict:
         # Mean seconds per step since the last logging step: one step's host time says little when steps
