@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import subprocess
 from pathlib import Path
 
 
+@functools.cache  # asked at every checkpoint save; two git calls once per process are enough
 def code_version() -> dict:
     """This zolightning's version, and its git commit when it runs from a checkout (None when installed)."""
     try:
