@@ -18,7 +18,7 @@ import torch
 from benchmarks.timing import to_device
 from zolightning.data import TaskDataModule
 from zolightning.models import load_causal_lm
-from zolightning.optim import ZOSGD
+from zolightning.optim import ZOOptimizer
 from zolightning.scoring import batch_loss
 
 SETTINGS = {  # name: (dtype, noise, stochastic rounding)
@@ -58,7 +58,7 @@ def main() -> None:
     finals, curves = {}, {}
     for name, (dtype, noise, stochastic) in SETTINGS.items():
         model = load_causal_lm(args.model).to(device=args.device, dtype=dtype)
-        optimizer = ZOSGD(model.parameters(), lr=args.lr, eps=args.eps, seed=0, noise=noise,
+        optimizer = ZOOptimizer(model.parameters(), lr=args.lr, eps=args.eps, seed=0, noise=noise,
                           stochastic_rounding=stochastic)  # fmt: skip
         curve = []
         for step, batch in enumerate(train, 1):

@@ -139,7 +139,7 @@ def isolated_step_ms(args, case: str) -> tuple[float, float, tuple[int, int]]:
     from zolightning.data import TaskDataModule
     from zolightning.fast_forward import FastScoringModel
     from zolightning.models import load_causal_lm
-    from zolightning.optim import ZOSGD
+    from zolightning.optim import ZOOptimizer
     from zolightning.scoring import batch_loss
     from zolightning.shape_plan import plan_shapes
 
@@ -155,7 +155,7 @@ def isolated_step_ms(args, case: str) -> tuple[float, float, tuple[int, int]]:
     scorer.trunk.warm_up(torch.device("cuda"), progress=lambda line: None)
     batch = random_batch(model.config.vocab_size, shape[0], shape[1])
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = ZOSGD(params, lr=1e-9, eps=1e-3, seed=0, noise="philox", sync=False)
+    optimizer = ZOOptimizer(params, lr=1e-9, eps=1e-3, seed=0, noise="philox", sync=False)
 
     def steps():
         for _ in range(5):

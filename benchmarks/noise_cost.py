@@ -14,8 +14,8 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
-import zolightning.optim.fused as f
-from zolightning.optim.fused import _box_muller, _philox, _uniform
+import zolightning.optim.kernels.fused as f
+from zolightning.optim.kernels.fused import box_muller_jit, philox_jit, uniform_jit
 
 
 @triton.jit
@@ -23,13 +23,13 @@ def _unif(x, BITS: tl.constexpr):
     if BITS:  # 23-bit uniforms by a bit trick (no int -> float conversion), exact by Sterbenz
         return ((x >> 9) | 0x3F800000).to(tl.float32, bitcast=True) - 0.99999994039535522
     else:
-        return _uniform(x)
+        return uniform_jit(x)
 
 
 @triton.jit
 def _bm(u0, u1, BM: tl.constexpr):
     if BM:
-        return _box_muller(u0, u1, True)
+        return box_muller_jit(u0, u1, True)
     else:
         return u0 * 2.0 - 1.0, u1 * 2.0 - 1.0
 
@@ -40,7 +40,7 @@ def _z4(k0, k1, q, key, ROUNDS: tl.constexpr, BITS: tl.constexpr, BM: tl.constex
     c1 = (q >> 32).to(tl.uint32)
     c2 = tl.zeros_like(c0) + key
     if ROUNDS > 0:
-        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
+        x0, x1, x2, x3 = philox_jit(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
     else:  # a cheap hash instead (cost of Box-Muller alone)
         x0 = c0 * 0x9E3779B9 ^ k0
         x1 = c0 * 0x85EBCA6B ^ k1
@@ -94,7 +94,7 @@ def lab_kernel(
         c0 = (q & 0xFFFFFFFF).to(tl.uint32)
         c1 = (q >> 32).to(tl.uint32)
         c2 = tl.zeros_like(c0) + key
-        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
+        x0, x1, x2, x3 = philox_jit(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
         a0, a1 = _bm(_unif16(x0, 0), _unif16(x1, 0), BM)
         a2, a3 = _bm(_unif16(x2, 0), _unif16(x3, 0), BM)
         b0, b1 = _bm(_unif16(x0, 1), _unif16(x1, 1), BM)
@@ -146,7 +146,7 @@ def main():
     for block, warps in ((2048, 8), (1024, 4)):
         f.BLOCK = block
         f._plans.clear()
-        p = f._plan(params, keys)[torch.bfloat16]
+        p = f.plan_for(params, keys)[torch.bfloat16]
         for name, rounds, bits, bm, two in VARIANTS:
 
             def run(p=p, rounds=rounds, bits=bits, bm=bm, two=two, block=block, warps=warps):

@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from zolightning.optim import ZOSGD
-from zolightning.optim.shards import local_shard, shard_model
+from zolightning.optim import ZOOptimizer
+from zolightning.optim.engine.shards import local_shard, shard_model
 
 # hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings
 SHAPES = {
@@ -130,7 +130,7 @@ def main() -> None:
             dist.all_reduce(loss, op=dist.ReduceOp.AVG)
         return loss
 
-    optimizer = ZOSGD(model.parameters(), lr=1e-6, eps=1e-3, seed=0, noise="philox")
+    optimizer = ZOOptimizer(model.parameters(), lr=1e-6, eps=1e-3, seed=0, noise="philox")
     weight_bytes = sum(local_shard(p)[0].numel() * p.element_size() for p in model.parameters())
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -15,7 +15,7 @@ import torch
 from benchmarks.timing import peak_mib, timed, to_device
 from zolightning.data import TaskDataModule
 from zolightning.models import load_causal_lm
-from zolightning.optim import ZOSGD
+from zolightning.optim import ZOOptimizer
 from zolightning.scoring import batch_loss
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     data.setup()
     batch = to_device(next(iter(data.train_dataloader())), device)
     model = load_causal_lm(args.model, dtype=args.dtype).to(device)
-    optimizer = ZOSGD(model.parameters(), lr=1e-7, eps=1e-3)
+    optimizer = ZOOptimizer(model.parameters(), lr=1e-7, eps=1e-3)
     weights_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
 
     def forward():

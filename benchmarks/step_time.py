@@ -30,8 +30,8 @@ from benchmarks.timing import peak_mib, timed
 from zolightning.data.encoding import EncodedExample, collate
 from zolightning.fast_forward import FastScoringModel
 from zolightning.models import load_causal_lm
-from zolightning.optim import ZOSGD
-from zolightning.optim.philox import philox_normal
+from zolightning.optim import ZOOptimizer
+from zolightning.optim.kernels.philox import philox_normal
 from zolightning.scoring import batch_loss
 
 BACK_TO_BACK = 5  # calls per timed repeat when measuring the steady state
@@ -97,7 +97,7 @@ def copy_bandwidth(repeats: int = 20) -> float:
 
 def noise_check(params: list[torch.Tensor]) -> float:
     """Max |kernel z - reference z| over the first 1M elements of the two largest tensors."""
-    from zolightning.optim import fused
+    from zolightning.optim.kernels import fused
 
     seed, worst = 2**40 + 12345, 0.0
     for key, p in sorted(enumerate(params), key=lambda kp: -kp[1].numel())[:2]:
@@ -149,7 +149,7 @@ def main() -> None:
         with torch.no_grad():
             return eager_closure().item()
 
-    ours = ZOSGD(params, lr=1e-9, eps=1e-3, seed=0, noise=args.noise, sync=args.noise == "generator")
+    ours = ZOOptimizer(params, lr=1e-9, eps=1e-3, seed=0, noise=args.noise, sync=args.noise == "generator")
     mezo = MezoStyleStep(params)
     forward()
     inference_peak, step_peak = peak_mib(forward), peak_mib(lambda: ours.step(closure))

@@ -17,12 +17,12 @@ import torch
 
 from zolightning.data import TaskDataModule
 from zolightning.models import load_causal_lm
-from zolightning.optim import ZOSGD
+from zolightning.optim import ZOOptimizer
 from zolightning.scoring import batch_loss
 from zolightning.variance.learned import learned_variance_for
 
 
-def _round(optimizer: ZOSGD, closure, steps: int) -> float:
+def _round(optimizer: ZOOptimizer, closure, steps: int) -> float:
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
@@ -48,8 +48,8 @@ def main() -> None:
     params = list(model.parameters())
     scales = learned_variance_for(args.variance_file, model, params, args.batch_size)
     optimizers = {
-        "mezo": ZOSGD(params, lr=1e-7, eps=1e-3),
-        "learned": ZOSGD(params, lr=1e-7, eps=1e-3, block_scales=scales),
+        "mezo": ZOOptimizer(params, lr=1e-7, eps=1e-3),
+        "learned": ZOOptimizer(params, lr=1e-7, eps=1e-3, block_scales=scales),
     }
 
     def closure():

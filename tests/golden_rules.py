@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from zolightning.optim import OPTIMIZER_NAMES, build_zo_optimizer
+from zolightning.optim import LOZO, build_zo_optimizer
 
-LOZO_OPTIONS = {"lozo_rank": 2, "lozo_interval": 4}  # window changes inside 10 steps
+PINNED = ("zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam", "hizoo", "lozo")  # before #30
 
 
 def rule_names() -> tuple[str, ...]:
-    return OPTIMIZER_NAMES
+    return PINNED
 
 
 def build_case_optimizer(name: str, params, lr: float = 1e-3, eps: float = 1e-3, seed: int = 3, **common):
-    options = LOZO_OPTIONS if name == "lozo" else {}
-    return build_zo_optimizer(name, params, lr=lr, eps=eps, seed=seed, **options, **common)
+    rule = LOZO(rank=2, interval=4) if name == "lozo" else name  # window changes inside 10 steps
+    return build_zo_optimizer(rule, params, lr=lr, eps=eps, seed=seed, **common)

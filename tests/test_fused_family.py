@@ -7,7 +7,8 @@ _INTERPRETED = textwrap.dedent(
     """
     import math
     import torch
-    from zolightning.optim import build_zo_optimizer, fused
+    from zolightning.optim import build_zo_optimizer
+    from zolightning.optim.kernels import fused
 
     sizes = [(40, 70), (fused.BLOCK + 5,), (3, 5), (6, 2, 4)]  # a partial block, a vector, a 3-d tensor
     targets = [torch.randn(*s, generator=torch.Generator().manual_seed(1)) for s in sizes]

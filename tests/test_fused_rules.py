@@ -12,7 +12,8 @@ _INTERPRETED = textwrap.dedent(
     """
     import math
     import torch
-    from zolightning.optim import ZOAdam, ZOSGDMomentum, ZOSGDSign, build_zo_optimizer, fused
+    from zolightning.optim import ZOAdam, ZOSGDMomentum, ZOSGDSign, build_zo_optimizer
+    from zolightning.optim.kernels import fused
 
     sizes = [(40, 70), (fused.BLOCK + 5,), (3, 5)]  # a partial block, several programs per tensor
     targets = [torch.randn(*s, generator=torch.Generator().manual_seed(1)) for s in sizes]

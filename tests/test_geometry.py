@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zolightning.optim import ZOSGD
+from zolightning.optim import ZOOptimizer
 from zolightning.variance.geometry import GeometrySums, LossProbe, allocation_terms, kind_table, observe_batch
 
 CURVATURE = {
@@ -87,7 +87,7 @@ def test_expected_change_matches_zosgd_steps(allocation, fraction):
     before, changes = full(), []
     for seed in range(60):
         for i in range(len(sums.allocation_trace[allocation]) // 10):
-            optimizer = ZOSGD(
+            optimizer = ZOOptimizer(
                 params, lr=lr, eps=1e-3, seed=seed * 1000 + i, block_scales=Scales(sums.allocations[allocation])
             )
             optimizer.step(lambda i=i: loss(i))

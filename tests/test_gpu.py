@@ -8,8 +8,9 @@ import torch
 
 from zolightning.data.encoding import EncodedExample, collate
 from zolightning.models import load_causal_lm
-from zolightning.optim import ZOSGD, fused
-from zolightning.optim.philox import philox_normal
+from zolightning.optim import ZOOptimizer
+from zolightning.optim.kernels import fused
+from zolightning.optim.kernels.philox import philox_normal
 from zolightning.scoring import batch_loss
 
 pytestmark = pytest.mark.skipif(
@@ -35,7 +36,7 @@ def test_fused_step_follows_the_reference_step(dtype):
     batches = {d: {k: v.to(d) if torch.is_tensor(v) else v for k, v in collate(examples, 0, "lm").items()}
                for d in ("cuda", "cpu")}  # fmt: skip
     for model, device in ((gpu_model, "cuda"), (cpu_model, "cpu")):
-        optimizer = ZOSGD(model.parameters(), lr=1e-3, eps=1e-3, seed=0, noise="philox")
+        optimizer = ZOOptimizer(model.parameters(), lr=1e-3, eps=1e-3, seed=0, noise="philox")
         for _ in range(5):
             optimizer.step(lambda m=model, d=device: batch_loss(m, batches[d])[0])
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
@@ -91,7 +92,7 @@ def test_learned_variance_reads_the_fused_pass_statistics_in_its_cuda_graph(tmp_
     scales = learned_variance_for(str(tmp_path / "f.safetensors"), model, params, 4)
     examples = [EncodedExample(((5, 9, 11, 40, 7),), (2,), 0, False)] * 4
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in collate(examples, 0, "lm").items()}
-    optimizer = ZOSGD(params, lr=1e-3, eps=1e-3, seed=0, block_scales=scales, noise="philox")
+    optimizer = ZOOptimizer(params, lr=1e-3, eps=1e-3, seed=0, block_scales=scales, noise="philox")
     for _ in range(3):
         optimizer.step(lambda: batch_loss(model, batch)[0])
     assert scales._sums_current(params)
@@ -193,7 +194,7 @@ def _planned_steps(tiny_data, capture: bool, steps: int = 10):
     fast = FastScoringModel(model, plan=plan_shapes(data.scoring_shapes(), multiple=32, max_lengths=2))
     fast.trunk.warm_up(torch.device("cuda"))
     graphs = compiled_graph_count()
-    optimizer = ZOSGD(list(model.parameters()), lr=1e-3, seed=0, noise="philox", sync=False)
+    optimizer = ZOOptimizer(list(model.parameters()), lr=1e-3, seed=0, noise="philox", sync=False)
     if capture:
         optimizer.capture_steps(pool=fast.trunk.pool)
     stream, losses = data.train_dataloader().dataset, []

@@ -74,12 +74,12 @@ def test_a_fit_saturated_by_an_absurd_lr_stops_with_one_line_and_a_failure_code(
 
 
 def test_non_finite_step_sizes_are_refused_by_the_optimizer():
-    from zolightning.optim import ZOSGD
+    from zolightning.optim import ZOOptimizer
 
     weight = torch.nn.Parameter(torch.ones(2))
     for lr, eps in ((float("nan"), 1e-3), (float("inf"), 1e-3), (1e-3, float("nan")), (3e38, 1e-3)):
         with pytest.raises(ValueError, match="lr"):
-            ZOSGD([weight], lr=lr, eps=eps)
+            ZOOptimizer([weight], lr=lr, eps=eps)
 
 
 @pytest.mark.parametrize("lr", ["3e38", "-1"])

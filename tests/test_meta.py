@@ -10,7 +10,7 @@ from zolightning.data.encoding import collate
 from zolightning.models import load_causal_lm
 from zolightning.modules import ZOFineTuneModule
 from zolightning.modules.meta_variance import MetaVarianceModule
-from zolightning.optim.noise import NoiseSource
+from zolightning.optim.engine.noise import NoiseSource
 from zolightning.scoring import batch_loss
 from zolightning.variance import BlockVarianceNets
 from zolightning.variance.blocks import trainable_named_parameters

@@ -10,7 +10,7 @@ from benchmarks.read_curves import scalars
 from zolightning.data.encoding import collate
 from zolightning.models import load_causal_lm
 from zolightning.modules import ZOFineTuneModule
-from zolightning.optim import ZOSGD
+from zolightning.optim import ZOOptimizer
 from zolightning.scoring import batch_loss
 
 
@@ -55,7 +55,7 @@ def test_zosgd_lowers_the_loss_of_the_tiny_lm(tiny_data):
     data = tiny_data()
     batch = collate(data.splits["train"][:8], data.pad_id)
     model = load_causal_lm("tiny-llama")
-    optimizer = ZOSGD(model.parameters(), lr=3e-3, eps=1e-3, seed=0)
+    optimizer = ZOOptimizer(model.parameters(), lr=3e-3, eps=1e-3, seed=0)
 
     def closure():
         return batch_loss(model, batch)[0]

@@ -48,14 +48,14 @@ def test_global_rng_is_untouched():
 def test_fused_launch_tables_follow_the_tensors_storage():
     # the fused pass caches its per-tensor launch tables per list of tensors; a tensor given new storage
     # (p.data = ...) must get new tables, or the kernel would write to freed memory
-    from zolightning.optim import fused
+    from zolightning.optim.kernels import fused
 
     if fused.triton is None:
         pytest.skip("needs Triton (its interpreter is enough)")
     params = [torch.zeros(10), torch.zeros(6)]
-    first = fused._plan(params, [0, 1], ())
-    assert fused._plan(params, [0, 1], ()) is first
+    first = fused.plan_for(params, [0, 1], ())
+    assert fused.plan_for(params, [0, 1], ()) is first
     params[0].data = torch.zeros(12)
-    second = fused._plan(params, [0, 1], ())
+    second = fused.plan_for(params, [0, 1], ())
     assert second is not first and second[torch.float32].numels.tolist() == [12, 6]
-    assert fused._plan(params, [1, 0], ())[torch.float32].keys.tolist() == [1, 0]
+    assert fused.plan_for(params, [1, 0], ())[torch.float32].keys.tolist() == [1, 0]

@@ -5,9 +5,9 @@ import textwrap
 import pytest
 import torch
 
-from zolightning.optim import ZOSGD
-from zolightning.optim.perturbation import round_bf16_stochastically, rounding_bits, shift
-from zolightning.optim.philox import philox4x32, philox_normal
+from zolightning.optim import ZOOptimizer
+from zolightning.optim.kernels.perturbation import round_bf16_stochastically, rounding_bits, shift
+from zolightning.optim.kernels.philox import philox4x32, philox_normal
 
 
 def _words(seed, counter):
@@ -52,7 +52,7 @@ def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour():
 def _quadratic(dtype, noise="philox", **kwargs):
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(64, 8).to(dtype))
-    return w, ZOSGD([w], lr=0.0, eps=1e-3, seed=1, noise=noise, **kwargs)
+    return w, ZOOptimizer([w], lr=0.0, eps=1e-3, seed=1, noise=noise, **kwargs)
 
 
 def test_philox_step_restores_float32_weights():
@@ -81,7 +81,7 @@ def test_bf16_drift_is_bounded_by_recovering_weights_on_their_grid():
 def test_philox_zo_sgd_decreases_a_quadratic():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(32))
-    optimizer = ZOSGD([w], lr=0.02, eps=1e-3, seed=0, noise="philox")
+    optimizer = ZOOptimizer([w], lr=0.02, eps=1e-3, seed=0, noise="philox")
     start = float((w.detach() ** 2).sum())
     for _ in range(300):
         optimizer.step(lambda: (w**2).sum())
@@ -90,9 +90,9 @@ def test_philox_zo_sgd_decreases_a_quadratic():
 
 def test_mismatched_noise_kinds_and_options_are_refused():
     with pytest.raises(ValueError, match="noise must be one of"):
-        ZOSGD([torch.nn.Parameter(torch.zeros(2))], noise="gaussian")
+        ZOOptimizer([torch.nn.Parameter(torch.zeros(2))], noise="gaussian")
     with pytest.raises(ValueError, match="stochastic_rounding needs noise='philox'"):
-        ZOSGD([torch.nn.Parameter(torch.zeros(2))], stochastic_rounding=True)
+        ZOOptimizer([torch.nn.Parameter(torch.zeros(2))], stochastic_rounding=True)
     _, philox = _quadratic(torch.float32)
     _, generator = _quadratic(torch.float32, noise="generator")
     with pytest.raises(ValueError, match="trained with noise='philox'"):
@@ -111,9 +111,9 @@ def test_reference_shift_applies_the_documented_formula_in_float32():
 _INTERPRETED = textwrap.dedent(
     """
     import torch
-    from zolightning.optim import fused
-    from zolightning.optim.perturbation import rounding_bits, shift_reference
-    from zolightning.optim.philox import philox_normal
+    from zolightning.optim.kernels import fused
+    from zolightning.optim.kernels.perturbation import rounding_bits, shift_reference
+    from zolightning.optim.kernels.philox import philox_normal
 
     seed, keys = (3 << 32) | 17, [0, 1, 2, 3]
     # sizes around the kernel's block so partial blocks and several programs per tensor are covered

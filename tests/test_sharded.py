@@ -11,7 +11,7 @@ import torch
 
 from tests.scripts.sharded_zo import train
 from zolightning.models import load_causal_lm
-from zolightning.optim import ZOSGD
+from zolightning.optim import ZOOptimizer
 
 SCRIPT = Path(__file__).parent / "scripts" / "sharded_zo.py"
 
@@ -98,7 +98,7 @@ def test_sharded_parameters_need_counter_based_noise():
         mesh = init_device_mesh("cpu", (1,))
         weight = torch.nn.Parameter(distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)]))
         with pytest.raises(ValueError, match="noise='philox'"):
-            ZOSGD([weight], lr=0.1, noise="generator")
+            ZOOptimizer([weight], lr=0.1, noise="generator")
     finally:
         dist.destroy_process_group()
         (Path(__file__).parent / ".gloo_init").unlink(missing_ok=True)

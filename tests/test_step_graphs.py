@@ -8,13 +8,14 @@ from types import SimpleNamespace
 import torch
 
 from zolightning.fast_path import step_graph_refusal
-from zolightning.optim.step_graphs import layout
+from zolightning.optim.engine.step_graphs import layout
 
 _INTERPRETED = textwrap.dedent(
     """
     import torch
     from torch.optim.lr_scheduler import LambdaLR
-    from zolightning.optim import ZOSGD, fused
+    from zolightning.optim import ZOOptimizer
+    from zolightning.optim.kernels import fused
 
     # the kernel reads its seed from memory (a replayed graph): same z as the seed passed by value
     seed, one = (5 << 32) | 123, torch.ones(2)
@@ -30,7 +31,7 @@ _INTERPRETED = textwrap.dedent(
         a, b = torch.nn.Parameter(torch.randn(300, 20)), torch.nn.Parameter(torch.randn(20))
         target = torch.randn(20)
         groups = [{"params": [a]}, {"params": [b], "weight_decay": 0.0}]
-        optimizer = ZOSGD(groups, lr=1e-2, eps=1e-3, weight_decay=0.1, seed=7, noise="philox", sync=False)
+        optimizer = ZOOptimizer(groups, lr=1e-2, eps=1e-3, weight_decay=0.1, seed=7, noise="philox", sync=False)
         schedule = LambdaLR(optimizer, lambda step: 1.0 - step / 10)
         if graphs:
             optimizer.capture_steps()
@@ -85,17 +86,17 @@ def _module(**overrides):
 
 
 def test_the_module_says_why_steps_are_not_captured():
-    from zolightning.optim import ZOSGD, build_zo_optimizer
+    from zolightning.optim import ZOOptimizer, build_zo_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(4))]
-    mezo = ZOSGD(params, noise="philox", sync=False)
+    mezo = ZOOptimizer(params, noise="philox", sync=False)
     assert step_graph_refusal(_module(), mezo) is None
     assert step_graph_refusal(_module(device=torch.device("cpu")), mezo) == "not on CUDA"
     assert "step_graphs=false" in step_graph_refusal(_module(hparams={"step_graphs": False, "objective": "loss"}), mezo)
     assert "more than one" in step_graph_refusal(_module(trainer=SimpleNamespace(world_size=2)), mezo)
     assert "decodes" in step_graph_refusal(_module(hparams={"step_graphs": True, "objective": "f1"}), mezo)
     assert "planned" in step_graph_refusal(_module(_fast_scorer=None), mezo)
-    assert "zo_sgd" in step_graph_refusal(_module(), ZOSGD(params, noise="philox", sync=True))
+    assert "zo_sgd" in step_graph_refusal(_module(), ZOOptimizer(params, noise="philox", sync=True))
     adam = build_zo_optimizer("zo_adam", params, noise="philox", sync=False)
     assert "zo_sgd" in step_graph_refusal(_module(), adam)
 

@@ -7,7 +7,7 @@ import torch
 
 from zolightning.data.encoding import collate
 from zolightning.models import load_causal_lm
-from zolightning.optim import ZOSGD
+from zolightning.optim import ZOOptimizer
 from zolightning.scoring import batch_loss
 from zolightning.variance import (
     FEATURES,
@@ -68,7 +68,7 @@ def test_effective_sizes_apply_the_embedding_rule_and_count_a_tied_head_once():
 
 
 def _train(model, batch, block_scales=None, steps=20):
-    optimizer = ZOSGD(model.parameters(), lr=1e-3, eps=1e-3, seed=5, block_scales=block_scales)
+    optimizer = ZOOptimizer(model.parameters(), lr=1e-3, eps=1e-3, seed=5, block_scales=block_scales)
     for _ in range(steps):
         optimizer.step(lambda: batch_loss(model, batch)[0])
     return [p.detach().clone() for p in model.parameters()]
@@ -107,7 +107,7 @@ def test_non_finite_sigma_never_reaches_the_weights(tmp_path):
     _file_for(model, b2=float("nan")).save(tmp_path / "nan.safetensors")
     scales = learned_variance_for(str(tmp_path / "nan.safetensors"), model, list(model.parameters()), 4)
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer = ZOSGD(model.parameters(), lr=1e-3, block_scales=scales)
+    optimizer = ZOOptimizer(model.parameters(), lr=1e-3, block_scales=scales)
     out = optimizer.step(lambda: torch.tensor(1.0))
     assert out.skipped and optimizer.consecutive_skipped == 1
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
@@ -130,7 +130,7 @@ def test_carried_state_travels_in_the_optimizer_state_dict(tmp_path):
 
     def make():
         scales = learned_variance_for(str(tmp_path / "f.safetensors"), model, list(model.parameters()), 4)
-        return ZOSGD(model.parameters(), lr=0.0, block_scales=scales)
+        return ZOOptimizer(model.parameters(), lr=0.0, block_scales=scales)
 
     first = make()
     first.step(lambda: torch.tensor(0.5) + torch.rand(()))
@@ -174,7 +174,7 @@ def test_block_features_from_the_update_pass_equal_a_fresh_pass(tiny_data, tmp_p
     params = list(model.parameters())
     _file_for(model).save(tmp_path / "f.safetensors")
     scales = learned_variance_for(str(tmp_path / "f.safetensors"), model, params, 4)
-    optimizer = ZOSGD(params, lr=1e-3, eps=1e-3, seed=5, block_scales=scales, noise="philox")
+    optimizer = ZOOptimizer(params, lr=1e-3, eps=1e-3, seed=5, block_scales=scales, noise="philox")
     optimizer.step(lambda: batch_loss(model, batch)[0])
     assert scales._sums_current(params)  # the update pass reported the sums of what it wrote
     torch.testing.assert_close(scales.features(params, from_sums=True), scales.features(params), rtol=1e-5, atol=1e-7)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from zolightning.optim import ZOSGD, step_seed
+from zolightning.optim import ZOOptimizer, step_seed
 
 
 def _quadratic(dim=20, seed=0):
@@ -18,7 +18,7 @@ def test_perturb_and_restore_is_exact_to_1e6_in_fp32():
     generator = torch.Generator().manual_seed(1)
     params = [torch.nn.Parameter(torch.randn(64, 32, generator=generator)), torch.nn.Parameter(torch.randn(32))]
     before = [p.detach().clone() for p in params]
-    optimizer = ZOSGD(params, lr=0.0, eps=1e-3)
+    optimizer = ZOOptimizer(params, lr=0.0, eps=1e-3)
     seed = step_seed(0, 0)
     scales = [1.0, 1.0]
     with torch.no_grad():
@@ -33,14 +33,14 @@ def test_perturb_and_restore_is_exact_to_1e6_in_fp32():
 def test_step_with_zero_lr_leaves_weights_within_1e6():
     x, loss = _quadratic()
     before = x.detach().clone()
-    ZOSGD([x], lr=0.0, eps=1e-3).step(loss)
+    ZOOptimizer([x], lr=0.0, eps=1e-3).step(loss)
     assert ((x.detach() - before).norm() / before.norm()).item() < 1e-6
 
 
 def test_zosgd_lowers_a_quadratic():
     x, loss = _quadratic()
     start = loss().item()
-    optimizer = ZOSGD([x], lr=0.02, eps=1e-3, seed=3)
+    optimizer = ZOOptimizer([x], lr=0.02, eps=1e-3, seed=3)
     for _ in range(500):
         optimizer.step(loss)
     assert loss().item() < 0.01 * start
@@ -49,7 +49,7 @@ def test_zosgd_lowers_a_quadratic():
 def test_update_follows_the_mezo_formula():
     x, loss = _quadratic(dim=5)
     theta = x.detach().clone()
-    optimizer = ZOSGD([x], lr=0.1, eps=1e-3, seed=11)
+    optimizer = ZOOptimizer([x], lr=0.1, eps=1e-3, seed=11)
     out = optimizer.step(loss)
     z = torch.randn(5, generator=torch.Generator().manual_seed(step_seed(11, 0)))
     expected = theta - 0.1 * out.projected_grad * z
@@ -60,7 +60,7 @@ def test_update_follows_the_mezo_formula():
 
 def test_weight_decay_shrinks_weights_without_signal():
     x = torch.nn.Parameter(torch.ones(10))
-    optimizer = ZOSGD([x], lr=0.1, eps=1e-3, weight_decay=0.5)
+    optimizer = ZOOptimizer([x], lr=0.1, eps=1e-3, weight_decay=0.5)
     optimizer.step(lambda: torch.tensor(1.0))  # flat loss: g = 0, only decay acts
     assert torch.allclose(x.detach(), torch.full((10,), 0.95), atol=1e-6)
 
@@ -68,7 +68,7 @@ def test_weight_decay_shrinks_weights_without_signal():
 def test_non_finite_loss_skips_the_update_and_restores_weights():
     x, _ = _quadratic()
     before = x.detach().clone()
-    optimizer = ZOSGD([x], lr=0.1, eps=1e-3)
+    optimizer = ZOOptimizer([x], lr=0.1, eps=1e-3)
     out = optimizer.step(lambda: torch.tensor(math.nan))
     assert out.skipped and optimizer.num_skipped == 1 and optimizer.num_steps == 1
     assert ((x.detach() - before).norm() / before.norm()).item() < 1e-6
@@ -77,13 +77,13 @@ def test_non_finite_loss_skips_the_update_and_restores_weights():
 def test_state_dict_round_trip_continues_the_same_noise():
     x1, loss1 = _quadratic()
     x2, loss2 = _quadratic()
-    a, b = ZOSGD([x1], lr=0.01, seed=4), ZOSGD([x2], lr=0.01, seed=4)
+    a, b = ZOOptimizer([x1], lr=0.01, seed=4), ZOOptimizer([x2], lr=0.01, seed=4)
     for _ in range(3):
         a.step(loss1)
         b.step(loss2)
     c_param, c_loss = _quadratic()
     c_param.data.copy_(x1.detach())
-    c = ZOSGD([c_param], lr=0.5, seed=99)
+    c = ZOOptimizer([c_param], lr=0.5, seed=99)
     c.load_state_dict(a.state_dict())
     assert c.num_steps == 3 and c.seed == 4 and c.param_groups[0]["lr"] == 0.01
     a.step(loss1)
@@ -93,7 +93,7 @@ def test_state_dict_round_trip_continues_the_same_noise():
 
 def test_works_with_an_lr_scheduler():
     x, loss = _quadratic()
-    optimizer = ZOSGD([x], lr=0.1)
+    optimizer = ZOOptimizer([x], lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
     optimizer.step(loss)
     scheduler.step()
@@ -103,9 +103,9 @@ def test_works_with_an_lr_scheduler():
 def test_bad_arguments_are_refused():
     x, _ = _quadratic()
     with pytest.raises(ValueError, match="eps > 0"):
-        ZOSGD([x], eps=0.0)
+        ZOOptimizer([x], eps=0.0)
     with pytest.raises(ValueError, match="closure"):
-        ZOSGD([x]).step(None)
+        ZOOptimizer([x]).step(None)
 
 
 def _two_groups(seed=0):
@@ -121,7 +121,7 @@ def test_step_on_the_device_takes_the_same_steps_as_the_synchronised_step():
     runs = []
     for sync in (True, False):
         groups, loss = _two_groups()
-        optimizer = ZOSGD(groups, lr=0.01, eps=1e-3, weight_decay=0.1, seed=3, noise="philox", sync=sync)
+        optimizer = ZOOptimizer(groups, lr=0.01, eps=1e-3, weight_decay=0.1, seed=3, noise="philox", sync=sync)
         outputs = []
         for step in range(6):
             closure = (lambda: torch.tensor(math.inf)) if step in (2, 3) else loss
@@ -144,6 +144,6 @@ def test_step_on_the_device_takes_the_same_steps_as_the_synchronised_step():
 def test_step_on_the_device_needs_philox_and_fixed_scales():
     x, _ = _quadratic()
     with pytest.raises(ValueError, match="sync=False"):
-        ZOSGD([x], sync=False)
+        ZOOptimizer([x], sync=False)
     with pytest.raises(ValueError, match="sync=False"):
-        ZOSGD([x], noise="philox", sync=False, block_scales=object())
+        ZOOptimizer([x], noise="philox", sync=False, block_scales=object())

@@ -8,7 +8,7 @@ import torch
 
 from zolightning.models import load_causal_lm
 from zolightning.optim import LOZO, HiZOO, build_zo_optimizer, step_seed
-from zolightning.optim.shaped import _LAZY_TAG
+from zolightning.optim.rules.lozo import LAZY_TAG
 from zolightning.scoring import batch_loss
 
 
@@ -44,7 +44,7 @@ def _reference_lozo(steps, lr, eps, wd, rank, interval):
     params, loss = _problem()
     for t in range(steps):
         seed = step_seed(7, t)
-        v_seed = step_seed(7 ^ _LAZY_TAG, t // interval)
+        v_seed = step_seed(7 ^ LAZY_TAG, t // interval)
         directions = []
         for i, p in enumerate(params):
             if p.dim() < 2:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from zolightning.models.prefix import has_prefix
-from zolightning.optim import fused
+from zolightning.optim.kernels import fused
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _on_cuda(model: nn.Module) -> bool:
 
 
 def _sharded(model: nn.Module) -> bool:
-    from zolightning.optim.shards import is_sharded
+    from zolightning.optim.engine.shards import is_sharded
 
     return any(is_sharded(p) for p in model.parameters())
 
@@ -102,14 +102,12 @@ def describe(path: ZOPath, device: torch.device) -> str:
 
 def step_graph_refusal(module, optimizer) -> str | None:
     """Why whole ZO steps cannot be replayed as CUDA graphs in this fit (`optim/step_graphs.py`); None: they can."""
-    from zolightning.optim.zo_sgd import ZOSGD
-
     scorer = module._fast_scorer
     checks = [
         (module.hparams.get("step_graphs", False), "step_graphs=false"),
         (module.device.type == "cuda", "not on CUDA"),
         (module.trainer.world_size == 1, "more than one process (the losses are all-reduced)"),
-        (type(optimizer) is ZOSGD and not optimizer.sync, "only MeZO's zo_sgd step without host sync is captured"),
+        (optimizer.one_pass_update and not optimizer.sync, "only MeZO's zo_sgd step without host sync is captured"),
         (module.hparams.objective in ("loss", "accuracy"), f"objective={module.hparams.objective} decodes"),
         (scorer is not None and scorer.trunk.replays and not scorer.trunk.eager_reason, "no planned compiled forward"),
     ]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zolightning.models.prefix import prefix_inputs
-from zolightning.optim.shards import is_sharded
+from zolightning.optim.engine.shards import is_sharded
 
 
 def _hidden_then_head(model: nn.Module):

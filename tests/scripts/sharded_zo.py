@@ -15,7 +15,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from zolightning.models import load_causal_lm
-from zolightning.optim import ZOSGD
+from zolightning.optim import ZOOptimizer
 
 
 def fixed_batch() -> dict:
@@ -41,7 +41,7 @@ def learned_variance(model):
 
 
 def train(model, steps: int, weight_decay: float, all_reduce: bool, learned: bool = False) -> None:
-    optimizer = ZOSGD(
+    optimizer = ZOOptimizer(
         model.parameters(),
         lr=1e-2,
         eps=1e-3,

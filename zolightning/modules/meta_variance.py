@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from zolightning.models import load_causal_lm
-from zolightning.optim.noise import NoiseSource, step_seed
+from zolightning.optim.engine.noise import NoiseSource, step_seed
 from zolightning.scoring import batch_loss
 from zolightning.variance.blocks import describe_blocks, trainable_named_parameters
 from zolightning.variance.file_format import LearnedOptimizerFile

@@ -1,6 +1,6 @@
 """ZOFineTuneModule: forward-only fine-tuning of a causal LM, orchestrated by Lightning.
 
-The math lives elsewhere: the step in `optim/zo_sgd.py`, the loss in `scoring.py`, the data in `data/`.
+The math lives elsewhere: the step in `optim/` (engine and rules), the loss in `scoring.py`, the data in `data/`.
 This module wires them: a closure per batch, the optimizer step, logging, validation and test metrics.
 """
 
@@ -24,8 +24,8 @@ from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.models.adapters import adapter_summary, add_adapters, keep_trained_tensors, restore_base_tensors
 from zolightning.models.lora import check_adapter_dtype
 from zolightning.modules.training_log import TrainingLog
-from zolightning.optim import build_zo_optimizer
-from zolightning.optim.shards import is_sharded, shard_model
+from zolightning.optim import ZOOptimizer, ZORule, resolve_rule
+from zolightning.optim.engine.shards import is_sharded, shard_model
 from zolightning.predictions import PredictionWriter, candidate_predictions, generated_predictions
 from zolightning.provenance import run_record
 from zolightning.resources import find_optimizer_file
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 # What each split is logged as: the dev split picks checkpoints, the eval split is reported; a multi-task
 # run names its splits "dev:<task>" and logs "val/<task>/acc".
 LOG_PREFIX = {"dev": "val", "eval": "eval", "test": "test"}
-RULE_OPTIONS = ("queries", "momentum", "betas", "hessian_smooth", "lozo_rank", "lozo_interval")  # the rules' own
 
 
 def log_prefix(split: str) -> str:
@@ -84,18 +83,14 @@ class ZOFineTuneModule(L.LightningModule):
         fast_forward_bucket: planned sequence lengths are multiples of this, in tokens.
         fast_forward_lengths: at most this many planned sequence lengths (chosen to minimise padding).
         fast_forward_layers: compile one decoder layer and run every layer through it (`compiled_layers.py`).
-        optimizer: the ZO update rule (`zolightning/optim/estimated.py`): `zo_sgd` (MeZO), `zo_sgd_momentum`,
-            `zo_sgd_sign`, `zo_sgd_conserve` (keeps a step only if it lowers the minibatch loss; 2-3 more
-            forwards), `zo_adam`, `hizoo` (diagonal curvature-scaled perturbations, 3 forwards a step; no
-            learned variance) or `lozo` (low-rank U Vᵀ perturbations of matrices; `optim/shaped.py`). All share
-            the noise, learned variance and skip rules; only `zo_sgd` with one
-            query has the fused restore-and-update pass and steps that never wait for the GPU.
+        optimizer: the ZO update rule (`zolightning/optim/rules/`), by short name or as an object with its own
+            options: `zo_sgd` (MeZO), `zo_sgd_momentum`, `zo_sgd_nesterov`, `zo_sgd_sign`, `zo_sgd_conserve`
+            (keeps a step only if it lowers the minibatch loss; 2-3 more forwards), `zo_adam`, `hizoo` (diagonal
+            curvature-scaled perturbations, 3 forwards a step; no learned variance) or `lozo` (low-rank U Vᵀ
+            perturbations of matrices). Options: `--model.optimizer zolightning.optim.rules.ZOAdam
+            --model.optimizer.betas [0.9,0.99]`, or `class_path`/`init_args` in YAML. All rules share the engine:
+            the noise, learned variance, q queries, sharding and the skip of non-finite steps.
         queries: directions averaged per step (q > 1: 2q forward passes a step; compare at equal forwards).
-        momentum: `zo_sgd_momentum`'s factor.
-        betas: `zo_adam`'s moment factors.
-        hessian_smooth: `hizoo`'s smoothing α of its curvature estimate.
-        lozo_rank: `lozo`'s perturbation rank r.
-        lozo_interval: `lozo`'s steps between redraws of its V factors (the lazy subspace).
         peft: `none` (every weight is trained), `lora` (LoRA adapters through peft; `zolightning export` writes
             the merged model) or `prefix` (prefix tuning through peft, eager forward; export writes the peft
             adapter). ZO perturbs and updates only the adapter tensors (learned variance's blocks are those).
@@ -132,15 +127,8 @@ class ZOFineTuneModule(L.LightningModule):
         fast_forward_bucket: int = 32,
         fast_forward_lengths: int = 4,
         fast_forward_layers: bool = True,
-        optimizer: Literal[
-            "zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam", "hizoo", "lozo"
-        ] = "zo_sgd",
+        optimizer: ZORule | str = "zo_sgd",
         queries: int = 1,
-        momentum: float = 0.9,
-        betas: tuple[float, float] = (0.9, 0.999),
-        hessian_smooth: float = 1e-6,
-        lozo_rank: int = 1,
-        lozo_interval: int = 100,
         peft: Literal["none", "lora", "prefix"] = "none",
         lora_r: int = 8,
         lora_alpha: float = 16,
@@ -150,7 +138,10 @@ class ZOFineTuneModule(L.LightningModule):
         step_graphs: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.rule = resolve_rule(optimizer)
+        self.save_hyperparameters(ignore=["optimizer"])
+        # the rule as plain values (class path and options): what a checkpoint may hold and loads weights-only
+        self.save_hyperparameters({**self.hparams, "optimizer": self.rule.spec()})
         self.automatic_optimization = False
         if variance == "learned" and not variance_file:
             raise ValueError("variance=learned needs variance_file (a learned-optimizer .safetensors)")
@@ -234,10 +225,11 @@ class ZOFineTuneModule(L.LightningModule):
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
         block_scales = self._block_scales(decay + no_decay)
-        optimizer = build_zo_optimizer(
-            self.hparams.optimizer,
+        sync = self.path.noise != "philox" or block_scales is not None or not self.rule.device_step
+        optimizer = ZOOptimizer(
             [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-            **{name: self.hparams[name] for name in RULE_OPTIONS},
+            self.rule,
+            queries=self.hparams.queries,
             lr=self.hparams.lr,
             eps=self.hparams.eps,
             weight_decay=self.hparams.weight_decay,
@@ -245,7 +237,7 @@ class ZOFineTuneModule(L.LightningModule):
             block_scales=block_scales,
             noise=self.path.noise,
             stochastic_rounding=self.hparams.stochastic_rounding,
-            sync=self.path.noise != "philox" or block_scales is not None,  # the other rules always sync
+            sync=sync,  # g stays on the device wherever the noise, the variance and the rule allow it
         )
         if not optimizer.sync:
             log.info("ZO steps keep g on the device: a step never waits for the GPU")

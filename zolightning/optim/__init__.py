@@ -1,25 +1,43 @@
-"""Zeroth-order optimizers (torch.optim.Optimizer subclasses) and their noise."""
+"""Zeroth-order optimization: one engine (`engine/`), rules as small objects (`rules/`), kernels (`kernels/`).
 
-from zolightning.optim.estimated import EstimatedZO, ZOAdam, ZOSGDConserve, ZOSGDMomentum, ZOSGDSign
-from zolightning.optim.noise import NoiseSource, step_seed
-from zolightning.optim.registry import OPTIMIZER_NAMES, build_zo_optimizer
-from zolightning.optim.shaped import LOZO, HiZOO, ShapedZO
-from zolightning.optim.zo_sgd import ZOSGD, BlockScales, ZOStepOutput
+`ZOOptimizer(params, rule)` is a `torch.optim.Optimizer` (`step(closure)`), usable without Lightning.
+"""
+
+from zolightning.optim.engine.engine import BlockScales, ZOEngine
+from zolightning.optim.engine.noise import NoiseSource, step_seed
+from zolightning.optim.optimizer import ZOOptimizer, ZOStepOutput
+from zolightning.optim.registry import OPTIMIZER_NAMES, build_zo_optimizer, resolve_rule
+from zolightning.optim.rules import (
+    LOZO,
+    RULES,
+    HiZOO,
+    ZOAdam,
+    ZORule,
+    ZOSGDConserve,
+    ZOSGDMomentum,
+    ZOSGDNesterov,
+    ZOSGDSign,
+)
+from zolightning.optim.rules import ZOSGD
 
 __all__ = [
+    "LOZO",
     "OPTIMIZER_NAMES",
+    "RULES",
     "ZOSGD",
     "BlockScales",
-    "EstimatedZO",
     "HiZOO",
-    "LOZO",
     "NoiseSource",
-    "ShapedZO",
     "ZOAdam",
+    "ZOEngine",
+    "ZOOptimizer",
+    "ZORule",
     "ZOSGDConserve",
     "ZOSGDMomentum",
+    "ZOSGDNesterov",
     "ZOSGDSign",
     "ZOStepOutput",
     "build_zo_optimizer",
+    "resolve_rule",
     "step_seed",
 ]

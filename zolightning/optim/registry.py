@@ -1,44 +1,44 @@
-"""The ZO optimizers by name, as `--model.optimizer` selects them."""
+"""Rules by short name, class path or object: how configs and `build_zo_optimizer` name a ZO rule."""
 
 from __future__ import annotations
 
-from zolightning.optim.estimated import ZOAdam, ZOSGDConserve, ZOSGDMomentum, ZOSGDSign
-from zolightning.optim.shaped import LOZO, HiZOO
-from zolightning.optim.zo_sgd import ZOSGD
+import importlib
 
-OPTIMIZER_NAMES = ("zo_sgd", "zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam", "hizoo", "lozo")
+from zolightning.optim.optimizer import ZOOptimizer
+from zolightning.optim.rules import RULES, ZORule
+
+OPTIMIZER_NAMES = ("zo_sgd", "zo_sgd_momentum", "zo_sgd_nesterov", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam",
+                   "hizoo", "lozo")  # fmt: skip
 
 
-def build_zo_optimizer(
-    name: str,
-    params,
-    queries: int = 1,
-    momentum: float = 0.9,
-    betas: tuple[float, float] = (0.9, 0.999),
-    hessian_smooth: float = 1e-6,
-    lozo_rank: int = 1,
-    lozo_interval: int = 100,
-    **common,
-) -> ZOSGD:
-    """`common` are ZOSGD's arguments (lr, eps, weight_decay, seed, block_scales, noise, ...).
+def resolve_rule(rule: ZORule | str | dict) -> ZORule:
+    """A rule object from a short name (`zo_adam`), a class path (`zolightning.optim.rules.ZOAdam`), a config entry
+    (`{"class_path": ..., "init_args": {...}}`, as checkpoints record it) or a rule object (returned as is)."""
+    if isinstance(rule, ZORule):
+        return rule
+    if isinstance(rule, dict):
+        return _rule_class(rule["class_path"])(**rule.get("init_args", {}))
+    if isinstance(rule, str):
+        return _rule_class(rule)()
+    raise TypeError(f"a ZO rule is a name, a class path or a ZORule object, not {type(rule).__name__}")
 
-    `zo_sgd` is MeZO's ZOSGD (fused restore-and-update) with one query, the q-query estimate otherwise.
-    """
-    if name not in OPTIMIZER_NAMES:
-        raise ValueError(f"unknown ZO optimizer {name!r}; choose one of {', '.join(OPTIMIZER_NAMES)}")
-    if name == "zo_sgd" and queries == 1:
-        return ZOSGD(params, **common)
-    if common.pop("stochastic_rounding", False):
-        raise ValueError(f"stochastic_rounding is supported by zo_sgd with one query only, not {name}")
-    cls, options = {
-        "zo_sgd": (ZOSGDMomentum, {"momentum": 0.0}),
-        "zo_sgd_momentum": (ZOSGDMomentum, {"momentum": momentum}),
-        "zo_sgd_sign": (ZOSGDSign, {}),
-        "zo_sgd_conserve": (ZOSGDConserve, {}),
-        "zo_adam": (ZOAdam, {"betas": betas}),
-        "hizoo": (HiZOO, {"hessian_smooth": hessian_smooth}),
-        "lozo": (LOZO, {"rank": lozo_rank, "interval": lozo_interval}),
-    }[name]
-    if not cls.DEVICE_STEP:
-        common.pop("sync", None)  # these rules read g on the host
-    return cls(params, queries=queries, **options, **common)
+
+def _rule_class(name: str) -> type[ZORule]:
+    if name in RULES:
+        return RULES[name]
+    module, _, attribute = name.rpartition(".")
+    cls = getattr(importlib.import_module(module), attribute, None) if module else None
+    if not (isinstance(cls, type) and issubclass(cls, ZORule)):
+        raise ValueError(f"unknown ZO rule {name!r}; choose one of {', '.join(RULES)} or a ZORule class path")
+    return cls
+
+
+def build_zo_optimizer(rule: ZORule | str | dict, params, **common) -> ZOOptimizer:
+    """`common` are ZOOptimizer's arguments (lr, eps, weight_decay, seed, queries, block_scales, noise, sync, ...).
+
+    A rule that reads g on the host runs with sync=True whatever `sync` asks (the module asks for sync=False
+    wherever the noise allows it)."""
+    rule = resolve_rule(rule)
+    if not rule.device_step:
+        common.pop("sync", None)
+    return ZOOptimizer(params, rule, **common)

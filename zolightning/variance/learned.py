@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from zolightning.optim.shards import is_sharded, local_shard, shard_group
+from zolightning.optim.engine.shards import is_sharded, local_shard, shard_group
 from zolightning.variance.blocks import Block
 from zolightning.variance.networks import BlockVarianceNets, normalisation_factor
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from zolightning.optim.noise import NoiseSource
+from zolightning.optim.engine.noise import NoiseSource
 from zolightning.variance.networks import normalisation_factor
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from zolightning.optim.philox import MASK32, philox4x32, philox_normal
+from zolightning.optim.kernels.philox import MASK32, philox4x32, philox_normal
 
 STOCHASTIC_ROUNDING_DTYPES = (torch.bfloat16,)
 
@@ -76,7 +76,7 @@ def shift(
     With `statistics` (float64 [n, 2] on the parameters' device), row i receives the sum and the sum of
     squares of tensor i as written: the next step's block features, without another pass over the weights.
     """
-    from zolightning.optim import fused
+    from zolightning.optim.kernels import fused
 
     if fused.usable(params) and (offsets is None or not any(o % 4 for o in offsets)):
         fused.shift(params, keys, seed, pre, alpha, mult, stochastic_rounding, statistics, offsets)
@@ -104,7 +104,7 @@ def add_normal(out: Tensor, seed: int, key: int, alpha: Tensor) -> Tensor:
     live across steps (`Scratch`): the fused pass keeps a launch table per (buffer, key), and building one
     costs host-to-device copies that wait for the GPU.
     """
-    from zolightning.optim import fused
+    from zolightning.optim.kernels import fused
 
     flat = out.view(-1)
     if fused.usable([flat]):

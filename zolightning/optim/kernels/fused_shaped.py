@@ -25,9 +25,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from zolightning.optim import fused
-from zolightning.optim.fused_rules import _addresses
-from zolightning.optim.philox import ROUNDS
+from zolightning.optim.kernels import fused
+from zolightning.optim.kernels.fused_rules import addresses
+from zolightning.optim.kernels.philox import ROUNDS
 
 HIZOO, LOWRANK = 0, 1
 PER_TENSOR = ("sigmas", "us", "vs", "columns", "lowrank")
@@ -42,7 +42,7 @@ if fused.triton is not None:
     import triton
     import triton.language as tl
 
-    from zolightning.optim.fused import _narrow, _normals, _program_block
+    from zolightning.optim.kernels.fused import narrow, normals, program_block
 
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
     def _shaped_kernel(
@@ -51,13 +51,13 @@ if fused.triton is not None:
         DTYPE: tl.constexpr, MODE: tl.constexpr, UPDATE: tl.constexpr, RANK: tl.constexpr, BLOCK: tl.constexpr,
         FAST: tl.constexpr, ROUNDS: tl.constexpr, BY_BITS: tl.constexpr,
     ):  # fmt: skip
-        t, start, weights, offsets, inside = _program_block(
+        t, start, weights, offsets, inside = program_block(
             pointers, program_tensor, program_start, numels, DTYPE, BLOCK
         )
         q = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
         key = tl.load(keys + t).to(tl.uint32)
         if MODE == 0:  # HiZOO
-            z = _normals(seed_lo.to(tl.uint32), seed_hi.to(tl.uint32), q, key, FAST, ROUNDS)
+            z = normals(seed_lo.to(tl.uint32), seed_hi.to(tl.uint32), q, key, FAST, ROUNDS)
             sigma_at = tl.load(sigmas + t).to(tl.pointer_type(tl.float32)) + offsets
             sigma = tl.load(sigma_at, mask=inside, other=1.0)
             old = tl.sqrt(sigma) * z
@@ -86,17 +86,17 @@ if fused.triton is not None:
                     u_k = tl.load(u + row * RANK + k, mask=inside, other=0.0)
                     old += u_k * tl.load(v + column * RANK + k, mask=inside, other=0.0)
             else:
-                old = _normals(seed_lo.to(tl.uint32), seed_hi.to(tl.uint32), q, key, FAST, ROUNDS)
+                old = normals(seed_lo.to(tl.uint32), seed_hi.to(tl.uint32), q, key, FAST, ROUNDS)
             new = old
         w = tl.load(weights + offsets, mask=inside, other=0.0).to(tl.float32)
-        base = _narrow(w - tl.load(pre + t) * old, DTYPE, BY_BITS).to(tl.float32)
+        base = narrow(w - tl.load(pre + t) * old, DTYPE, BY_BITS).to(tl.float32)
         value = tl.load(mult + t) * base + tl.load(alpha + t) * new
-        tl.store(weights + offsets, _narrow(value, DTYPE, BY_BITS), mask=inside)
+        tl.store(weights + offsets, narrow(value, DTYPE, BY_BITS), mask=inside)
 
 
 def _launch(params, seed: int, pre, alpha, mult, mode: int, tables: dict, update: bool = False) -> None:
     keys = list(range(len(params)))
-    for dtype, plan in fused._plan(params, keys, ()).items():
+    for dtype, plan in fused.plan_for(params, keys, ()).items():
         chosen = [i for i, p in enumerate(params) if p.dtype == dtype]
         whole = len(chosen) == len(params)
         per_tensor = [v if whole else v.index_select(0, plan.index) for v in (pre, alpha, mult)]
@@ -111,7 +111,7 @@ def _launch(params, seed: int, pre, alpha, mult, mode: int, tables: dict, update
             picked.get("columns", plan.numels), picked.get("lowrank", plan.numels),
             *(v.float().contiguous() for v in per_tensor), tables.get("refresh", pre),
             seed & 0xFFFFFFFF, seed >> 32,
-            DTYPE=fused._TL_DTYPES[dtype], MODE=mode, UPDATE=update, RANK=tables.get("rank", 1), BLOCK=fused.BLOCK,
+            DTYPE=fused.TL_DTYPES[dtype], MODE=mode, UPDATE=update, RANK=tables.get("rank", 1), BLOCK=fused.BLOCK,
             FAST=not fused.INTERPRET, ROUNDS=ROUNDS, BY_BITS=fused.by_bits(dtype), num_warps=8,
         )  # fmt: skip
 
@@ -127,7 +127,7 @@ def hizoo_pass(
 ) -> None:
     """In place: tensor i <- mult_i round(w − pre_i √Σ_i z_i) + alpha_i √Σ'_i z_i; with `refresh` (float32
     [α, c, Σ_max] on the device) Σ' is Σ refreshed in place, else Σ' = Σ. Σ_i: float32, shaped like tensor i."""
-    tables = {"sigmas": _addresses(sigmas, pre.device)}
+    tables = {"sigmas": addresses(sigmas, pre.device)}
     if refresh is not None:
         tables["refresh"] = refresh.float().contiguous()
     _launch(params, seed, pre, alpha, mult, HIZOO, tables, update=refresh is not None)

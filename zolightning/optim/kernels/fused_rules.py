@@ -19,16 +19,39 @@ untouched: a non-finite g is skipped without reading it on the host.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from zolightning.optim import fused
-from zolightning.optim.philox import ROUNDS
+from zolightning.optim.kernels import fused
+from zolightning.optim.kernels.philox import ROUNDS
 
-RULES = {"plain": 0, "momentum": 1, "sign": 2, "adam": 3}
-STATE_NAMES = {"plain": (), "momentum": ("momentum_buffer",), "sign": (), "adam": ("exp_avg", "exp_avg_sq")}
-HYPER_WIDTH = 8  # per tensor: momentum (μ); Adam (β1, 1−β1, β2, 1−β2, 1−β1^t, 1−β2^t, adam_eps)
+HYPER_WIDTH = 8  # per-tensor parameters a rule may pass the kernel
+
+
+@dataclass(frozen=True)
+class KernelRule:
+    """One branch of the rule kernel: its code, the state buffers it reads and writes (float32, shaped like the
+    weight) and the per-tensor parameters it reads, each in the order the kernel takes them. The one declaration of
+    the kernel's layout: a rule names its values, the engine packs them in this order."""
+
+    code: int
+    states: tuple[str, ...] = ()
+    hyper: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if len(self.hyper) > HYPER_WIDTH or len(self.states) > 2:
+            raise ValueError(f"the rule kernel takes at most {HYPER_WIDTH} parameters and 2 states per tensor")
+
+
+PLAIN = KernelRule(0)
+MOMENTUM = KernelRule(1, ("momentum_buffer",), ("momentum",))
+SIGN = KernelRule(2)
+ADAM = KernelRule(
+    3, ("exp_avg", "exp_avg_sq"), ("beta1", "1-beta1", "beta2", "1-beta2", "1-beta1^t", "1-beta2^t", "adam_eps")
+)
+NESTEROV = KernelRule(4, ("momentum_buffer",), ("momentum",))
 
 
 def usable(params: Sequence[Tensor]) -> bool:
@@ -40,33 +63,33 @@ if fused.triton is not None:
     import triton
     import triton.language as tl
 
-    from zolightning.optim.fused import _narrow, _normals, _program_block, _seed_words
+    from zolightning.optim.kernels.fused import narrow, normals, program_block, seed_words
 
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "tensors"])
     def _rule_kernel(
         pointers, first_states, second_states, program_tensor, program_start, numels, keys,
         pre, coefficient, lr, mult, hyper, ok, seed_lo, seed_hi, more_seeds, tensors,
         DTYPE: tl.constexpr, RULE: tl.constexpr, QUERIES: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr,
-        ROUNDS: tl.constexpr, BY_BITS: tl.constexpr,
+        ROUNDS: tl.constexpr, BY_BITS: tl.constexpr, HYPER_WIDTH: tl.constexpr,
     ):  # fmt: skip
-        t, start, weights, offsets, inside = _program_block(
+        t, start, weights, offsets, inside = program_block(
             pointers, program_tensor, program_start, numels, DTYPE, BLOCK
         )
         key = tl.load(keys + t).to(tl.uint32)
         q = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
-        z = _normals(seed_lo.to(tl.uint32), seed_hi.to(tl.uint32), q, key, FAST, ROUNDS)  # the passes' z
+        z = normals(seed_lo.to(tl.uint32), seed_hi.to(tl.uint32), q, key, FAST, ROUNDS)  # the passes' z
         carried = tl.load(pre + t) * z  # the perturbation the weights carry now
         estimate = tl.load(coefficient + t) * z
         for j in tl.static_range(1, QUERIES):  # the other queries' z, in query order (as the reference sums)
-            k0, k1 = _seed_words(tl.load(more_seeds + j - 1))
-            z = _normals(k0, k1, q, key, FAST, ROUNDS)
+            k0, k1 = seed_words(tl.load(more_seeds + j - 1))
+            z = normals(k0, k1, q, key, FAST, ROUNDS)
             carried += tl.load(pre + j * tensors + t) * z
             estimate += tl.load(coefficient + j * tensors + t) * z
 
         go = tl.load(ok) != 0
         w = tl.load(weights + offsets, mask=inside, other=0.0).to(tl.float32)
-        base = _narrow(w - carried, DTYPE, BY_BITS).to(tl.float32)
-        h = hyper + t * 8  # HYPER_WIDTH
+        base = narrow(w - carried, DTYPE, BY_BITS).to(tl.float32)
+        h = hyper + t * HYPER_WIDTH  # this tensor's parameters, in its KernelRule's order
         if RULE == 0:
             direction = estimate
         elif RULE == 1:
@@ -77,6 +100,12 @@ if fused.triton is not None:
             direction = m
         elif RULE == 2:
             direction = tl.where(estimate > 0, 1.0, tl.where(estimate < 0, -1.0, 0.0))
+        elif RULE == 4:  # Nesterov: m <- mu m + g, d = g + mu m
+            m_at = tl.load(first_states + t).to(tl.pointer_type(tl.float32)) + offsets
+            m_old = tl.load(m_at, mask=inside, other=0.0)
+            m = tl.load(h) * m_old + estimate
+            tl.store(m_at, tl.where(go, m, m_old), mask=inside)
+            direction = estimate + tl.load(h) * m
         else:
             m_at = tl.load(first_states + t).to(tl.pointer_type(tl.float32)) + offsets
             v_at = tl.load(second_states + t).to(tl.pointer_type(tl.float32)) + offsets
@@ -88,13 +117,13 @@ if fused.triton is not None:
             tl.store(v_at, tl.where(go, v, v_old), mask=inside)
             direction = (m / tl.load(h + 4)) / (tl.sqrt(v / tl.load(h + 5)) + tl.load(h + 6))
         value = tl.where(go, tl.load(mult + t) * base - tl.load(lr + t) * direction, base)
-        tl.store(weights + offsets, _narrow(value, DTYPE, BY_BITS), mask=inside)
+        tl.store(weights + offsets, narrow(value, DTYPE, BY_BITS), mask=inside)
 
 
 _state_tables: dict[tuple, Tensor] = {}
 
 
-def _addresses(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
+def addresses(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
     """A device table of the tensors' addresses, built once per list of tensors."""
     signature = tuple(t.data_ptr() for t in tensors)
     if signature not in _state_tables:
@@ -107,7 +136,7 @@ def _addresses(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
 def update(
     params: Sequence[Tensor],
     states: Sequence[Sequence[Tensor]],
-    rule: str,
+    rule: KernelRule,
     seed: int | Sequence[int],
     pre: Tensor,
     coefficient: Tensor,
@@ -119,7 +148,7 @@ def update(
 ) -> None:
     """In place, one launch per dtype: tensor i <- mult_i base_i − lr_i d_i, and its states (see the module doc).
 
-    `states[i]`: tensor i's float32 state buffers in `STATE_NAMES[rule]` order; `pre`, `coefficient`, `lr`,
+    `states[i]`: tensor i's float32 state buffers in `rule.states` order; `pre`, `coefficient`, `lr`,
     `mult`: float32 per-tensor vectors; `hyper`: float32 [n, HYPER_WIDTH]; `ok`: one element, 0 = restore only.
 
     Several queries: `seed` lists their seeds and `pre`, `coefficient` are [queries, n]. Then
@@ -128,24 +157,24 @@ def update(
     """
     seeds = [seed] if isinstance(seed, int) else list(seed)
     keys = list(range(len(params))) if keys is None else list(keys)
-    wanted = len(STATE_NAMES[rule])
+    wanted = len(rule.states)
     if any(len(s) != wanted for s in states):
-        raise ValueError(f"rule {rule!r} takes {wanted} state tensors per weight")
+        raise ValueError(f"rule {rule} takes {wanted} state tensors per weight")
     pre, coefficient = pre.reshape(len(seeds), -1), coefficient.reshape(len(seeds), -1)
     more_seeds = _seed_table(seeds[1:], pre.device) if len(seeds) > 1 else ok
     flag = ok.reshape(1).to(torch.int32)
-    for dtype, plan in fused._plan(params, keys, ()).items():
+    for dtype, plan in fused.plan_for(params, keys, ()).items():
         chosen = [i for i, p in enumerate(params) if p.dtype == dtype]  # the plan's tensors, read on the host
         whole = len(chosen) == len(params)
         per_tensor = [v if whole else v.index_select(0, plan.index) for v in (lr, mult, hyper)]
         per_query = [v if whole else v.index_select(1, plan.index) for v in (pre, coefficient)]
-        tables = [_addresses([states[i][j] for i in chosen], pre.device) for j in range(wanted)]
+        tables = [addresses([states[i][j] for i in chosen], pre.device) for j in range(wanted)]
         tables += [plan.pointers] * (2 - wanted)  # unused by the rule: any valid pointer table
         _rule_kernel[(plan.programs,)](
             plan.pointers, *tables, plan.program_tensor, plan.program_start, plan.numels, plan.keys,
             *(v.float().contiguous() for v in per_query), *(v.float().contiguous() for v in per_tensor), flag,
             seeds[0] & 0xFFFFFFFF, seeds[0] >> 32, more_seeds, len(chosen),
-            DTYPE=fused._TL_DTYPES[dtype], RULE=RULES[rule], QUERIES=len(seeds), BLOCK=fused.BLOCK,
+            DTYPE=fused.TL_DTYPES[dtype], RULE=rule.code, QUERIES=len(seeds), BLOCK=fused.BLOCK, HYPER_WIDTH=HYPER_WIDTH,
             FAST=not fused.INTERPRET, ROUNDS=ROUNDS, BY_BITS=fused.by_bits(dtype), num_warps=8,
         )  # fmt: skip
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from zolightning.optim.philox import ROUNDS
+from zolightning.optim.kernels.philox import ROUNDS
 
 try:
     import triton
@@ -37,11 +37,11 @@ except ImportError:  # CPU installs: the PyTorch reference path is used
 
 BLOCK = 2048
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_TL_DTYPES = {}
+TL_DTYPES = {}
 
 
 def by_bits(dtype: torch.dtype) -> bool:
-    """Whether the kernels round float32 to `dtype` on the bits (bf16 under the interpreter: see `_narrow`)."""
+    """Whether the kernels round float32 to `dtype` on the bits (bf16 under the interpreter: see `narrow`)."""
     return INTERPRET and dtype == torch.bfloat16
 
 
@@ -106,14 +106,14 @@ def _usable(params: Sequence[Tensor]) -> bool:
     devices = {p.device for p in params}
     if len(devices) != 1 or not (next(iter(devices)).type == "cuda" or INTERPRET):
         return False
-    return all(p.is_contiguous() and p.dtype in _TL_DTYPES for p in params)
+    return all(p.is_contiguous() and p.dtype in TL_DTYPES for p in params)
 
 
 if triton is not None:
-    _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+    TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
     @triton.jit
-    def _philox(k0, k1, c0, c1, c2, c3, ROUNDS: tl.constexpr):
+    def philox_jit(k0, k1, c0, c1, c2, c3, ROUNDS: tl.constexpr):
         for _ in tl.static_range(ROUNDS):
             hi0 = tl.umulhi(0xD2511F53, c0)
             hi1 = tl.umulhi(0xCD9E8D57, c2)
@@ -125,7 +125,7 @@ if triton is not None:
         return c0, c1, c2, c3
 
     @triton.jit
-    def _narrow(x, DTYPE: tl.constexpr, BY_BITS: tl.constexpr):
+    def narrow(x, DTYPE: tl.constexpr, BY_BITS: tl.constexpr):
         # x (float32) to DTYPE, to nearest even. The GPU's conversion does this; Triton's interpreter truncates
         # bf16, so under it (BY_BITS) the rounding is done on the bits: the tests then see the GPU's numbers.
         if BY_BITS:
@@ -134,7 +134,7 @@ if triton is not None:
         return x.to(DTYPE)
 
     @triton.jit
-    def _program_block(pointers, program_tensor, program_start, numels, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    def program_block(pointers, program_tensor, program_start, numels, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
         # every kernel's program: its tensor t, the block's first element, the weights' address, offsets and mask
         pid = tl.program_id(0)
         t = tl.load(program_tensor + pid)
@@ -144,16 +144,16 @@ if triton is not None:
         return t, start, tl.load(pointers + t).to(tl.pointer_type(DTYPE)), offsets, inside
 
     @triton.jit
-    def _seed_words(both):
+    def seed_words(both):
         # a 64-bit seed read from memory as Philox's two key words
         return (both & 0xFFFFFFFF).to(tl.uint32), ((both >> 32) & 0xFFFFFFFF).to(tl.uint32)
 
     @triton.jit
-    def _uniform(x):
+    def uniform_jit(x):
         return ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
 
     @triton.jit
-    def _box_muller(u0, u1, FAST: tl.constexpr):
+    def box_muller_jit(u0, u1, FAST: tl.constexpr):
         angle = 6.283185307179586 * u1
         if FAST:  # -2 ln u = -2 ln(2) log2(u)
             radius = tl.sqrt(-1.3862943611198906 * libdevice.fast_log2f(u0))
@@ -174,12 +174,12 @@ if triton is not None:
         return c0, (q >> 32).to(tl.uint32), tl.zeros_like(c0) + key
 
     @triton.jit
-    def _normals(k0, k1, q, key, FAST: tl.constexpr, ROUNDS: tl.constexpr):
+    def normals(k0, k1, q, key, FAST: tl.constexpr, ROUNDS: tl.constexpr):
         # z of elements 4q .. 4q + 3 of tensor `key`, interleaved: the one noise definition of every kernel
         c0, c1, c2 = _counters(q, key)
-        x0, x1, x2, x3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
-        n0, n1 = _box_muller(_uniform(x0), _uniform(x1), FAST)
-        n2, n3 = _box_muller(_uniform(x2), _uniform(x3), FAST)
+        x0, x1, x2, x3 = philox_jit(k0, k1, c0, c1, c2, tl.zeros_like(c0), ROUNDS)
+        n0, n1 = box_muller_jit(uniform_jit(x0), uniform_jit(x1), FAST)
+        n2, n3 = box_muller_jit(uniform_jit(x2), uniform_jit(x3), FAST)
         return _interleave4(n0, n1, n2, n3)
 
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
@@ -188,30 +188,30 @@ if triton is not None:
         partials, DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, STATS: tl.constexpr, BLOCK: tl.constexpr,
         FAST: tl.constexpr, ROUNDS: tl.constexpr, SEED_IN_MEMORY: tl.constexpr, BY_BITS: tl.constexpr,
     ):  # fmt: skip
-        t, start, weights, offsets, inside = _program_block(
+        t, start, weights, offsets, inside = program_block(
             pointers, program_tensor, program_start, numels, DTYPE, BLOCK
         )
         key = tl.load(keys + t).to(tl.uint32)
         if SEED_IN_MEMORY:  # a CUDA graph replays one launch for every step: the seed is read, not baked in
-            k0, k1 = _seed_words(tl.load(seed_at))
+            k0, k1 = seed_words(tl.load(seed_at))
         else:
             k0 = seed_lo.to(tl.uint32)
             k1 = seed_hi.to(tl.uint32)
         # z of element i is that of element firsts[t] + i of the full tensor (shards; a multiple of 4)
         q = (tl.load(firsts + t) + start) // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
-        z = _normals(k0, k1, q, key, FAST, ROUNDS)
+        z = normals(k0, k1, q, key, FAST, ROUNDS)
 
         w = tl.load(weights + offsets, mask=inside, other=0.0).to(tl.float32)
-        base = _narrow(w - tl.load(pre + t) * z, DTYPE, BY_BITS).to(tl.float32)
+        base = narrow(w - tl.load(pre + t) * z, DTYPE, BY_BITS).to(tl.float32)
         value = tl.load(mult + t) * base + tl.load(alpha + t) * z
         if STOCHASTIC:  # counter word 3 = 1: bits apart from z's
             c0, c1, c2 = _counters(q, key)
-            r0, r1, r2, r3 = _philox(k0, k1, c0, c1, c2, tl.zeros_like(c0) + 1, ROUNDS)
+            r0, r1, r2, r3 = philox_jit(k0, k1, c0, c1, c2, tl.zeros_like(c0) + 1, ROUNDS)
             bits = _interleave4(r0, r1, r2, r3) & 0xFFFF
             raw = (value.to(tl.uint32, bitcast=True) + bits) & 0xFFFF0000
             stored = raw.to(tl.float32, bitcast=True).to(DTYPE)
         else:
-            stored = _narrow(value, DTYPE, BY_BITS)
+            stored = narrow(value, DTYPE, BY_BITS)
         tl.store(weights + offsets, stored, mask=inside)
         if STATS:  # this block's sum and sum of squares of the stored weights (next step's block features)
             v = tl.where(inside, stored.to(tl.float32), 0.0)
@@ -239,7 +239,7 @@ class _Plan:
 _plans: dict[tuple, dict[torch.dtype, _Plan]] = {}
 
 
-def _plan(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[int]) -> dict[torch.dtype, _Plan]:
+def plan_for(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[int]) -> dict[torch.dtype, _Plan]:
     known, setting = _lookup(params), (tuple(keys), tuple(firsts))
     if setting not in known.plans:
         known.plans[setting] = _build_plan(params, keys, firsts)
@@ -252,7 +252,7 @@ def _build_plan(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[
         device = params[0].device
         plans = {}
         for dtype in dict.fromkeys(p.dtype for p in params):
-            if dtype not in _TL_DTYPES:
+            if dtype not in TL_DTYPES:
                 raise TypeError(f"the fused perturbation supports float32, bfloat16, float16, not {dtype}")
             index = [i for i, p in enumerate(params) if p.dtype == dtype]
             numels = torch.tensor([params[i].numel() for i in index], dtype=torch.int64)
@@ -303,7 +303,7 @@ def shift(
     if any(f % 4 for f in firsts):
         raise ValueError(f"shard offsets must be multiples of 4 for the fused pass, got {firsts}")
     seed_arguments = (0, 0, seed) if torch.is_tensor(seed) else (seed & 0xFFFFFFFF, seed >> 32, pre)
-    for dtype, plan in _plan(params, keys, firsts).items():
+    for dtype, plan in plan_for(params, keys, firsts).items():
         whole = plan.index.numel() == len(params)
         per_tensor = [v if whole else v.index_select(0, plan.index) for v in (pre, alpha, mult)]
         partials = None if statistics is None else torch.empty(plan.programs, 2, device=pre.device)
@@ -311,7 +311,7 @@ def shift(
             plan.pointers, plan.program_tensor, plan.program_start, plan.numels, plan.keys, plan.firsts,
             *(v.float().contiguous() for v in per_tensor),
             *seed_arguments, partials if partials is not None else pre,
-            DTYPE=_TL_DTYPES[dtype], STOCHASTIC=stochastic_rounding and dtype == torch.bfloat16,
+            DTYPE=TL_DTYPES[dtype], STOCHASTIC=stochastic_rounding and dtype == torch.bfloat16,
             STATS=partials is not None, BLOCK=BLOCK, FAST=not INTERPRET, ROUNDS=ROUNDS,
             SEED_IN_MEMORY=torch.is_tensor(seed), BY_BITS=by_bits(dtype), num_warps=8,
         )  # fmt: skip

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from zolightning.optim.zo_sgd import ZOSGD
+    from zolightning.optim.optimizer import ZOOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,15 @@ def layout(batch: dict) -> Hashable | None:
 
 
 class StepGraphs:
-    """The CUDA graphs of one `ZOSGD`'s steps, one per batch layout (see the module docstring).
+    """The CUDA graphs of one `ZOOptimizer`'s steps, one per batch layout (see the module docstring).
 
     Args:
-        optimizer: a `ZOSGD` with `sync=False` whose weights live on one CUDA device.
+        optimizer: MeZO's `ZOOptimizer` with `sync=False` whose weights live on one CUDA device.
         pool: a CUDA-graph memory pool to share (e.g. the compiled scoring forward's), or None for a new one.
         limit: at most this many layouts are captured; further ones run eagerly.
     """
 
-    def __init__(self, optimizer: ZOSGD, pool=None, limit: int = 16):
+    def __init__(self, optimizer: ZOOptimizer, pool=None, limit: int = 16):
         self.optimizer, self.pool, self.limit = optimizer, pool, limit
         tensors = [p for group in optimizer.param_groups for p in group["params"]]
         device = tensors[0].device
@@ -82,7 +82,7 @@ class StepGraphs:
         self._batch = batch
 
     def run(self, seed: int, scales, closure: Callable[[], Tensor]) -> Tensor:
-        """One step: the `ZOSGD._device_step` summary, from a replay when the batch's layout has a graph."""
+        """One step: the `ZOOptimizer.device_step` summary, from a replay when the batch's layout has a graph."""
         self._fill(seed)
         batch, self._batch = self._batch, None
         key = layout(batch) if batch is not None and self.capturable and self.failure is None else None
@@ -93,7 +93,7 @@ class StepGraphs:
             if key is not None:
                 self._seen.add(key)
             self.eager_steps += 1
-            return self.optimizer._device_step(self.seed, scales, closure)
+            return self.optimizer.device_step(self.seed, scales, closure)
         names = list(graph.inputs)
         torch._foreach_copy_([graph.inputs[n] for n in names], [batch[n] for n in names])
         graph.graph.replay()
@@ -118,15 +118,15 @@ class StepGraphs:
 
     def _capture(self, key: Hashable, batch: dict, scales, closure: Callable[[], Tensor]) -> SimpleNamespace | None:
         optimizer = self.optimizer
-        offset = optimizer._offset
-        optimizer._skips.on_device(self.seed.device)  # the capture cannot create it from host numbers
+        offset = optimizer.engine.offset
+        optimizer.engine.skips.on_device(self.seed.device)  # the capture cannot create it from host numbers
         graph = torch.cuda.CUDAGraph()
         forwards = optimizer.num_forwards  # the capture records the closures without running them
         try:
             with torch.cuda.graph(graph, pool=self.pool):
-                summary = optimizer._device_step(self.seed, scales, closure)
+                summary = optimizer.device_step(self.seed, scales, closure)
         except Exception as error:  # noqa: BLE001 - anything the capture refuses: say so once, step eagerly
-            optimizer._offset, optimizer.num_forwards = offset, forwards
+            optimizer.engine.offset, optimizer.num_forwards = offset, forwards
             self.failure = f"{type(error).__name__}: {error}"
             log.warning("capturing the ZO step as a CUDA graph failed, steps run eagerly from now on: %s", self.failure)
             return None
