@@ -61,7 +61,7 @@ def measure(model, scorer, batch, name: str, noise: str, repeats: int, queries: 
         optimizer.step(loss)
 
     seconds = timed(step, repeats)
-    fused = getattr(optimizer, "_fuses", lambda: name == "zo_sgd")()
+    fused = optimizer.fused
     return seconds, peak_mib(step), fused, optimizer.sync, calls["forwards"] / calls["steps"]
 
 

@@ -5,9 +5,10 @@ import copy
 import pytest
 import torch
 
-from zolightning.optim import OPTIMIZER_NAMES, build_zo_optimizer
+from tests.zo_factory import make_optimizer
+from zolightning.optim import OPTIMIZER_NAMES
 
-PER_STEP = {"zo_sgd": 2, "zo_sgd_momentum": 2, "zo_sgd_sign": 2, "zo_adam": 2, "hizoo": 3, "lozo": 2}
+PER_STEP = {"zo_sgd": 2, "zo_sgd_momentum": 2, "zo_sgd_nesterov": 2, "zo_sgd_sign": 2, "zo_adam": 2, "hizoo": 3, "lozo": 2}
 
 
 def _problem():
@@ -29,7 +30,7 @@ def test_every_rule_counts_each_closure_call_as_a_forward(name, queries):
     if queries > 1 and name in ("hizoo",):
         pytest.skip("HiZOO takes one direction a step")
     params, loss, calls = _problem()
-    optimizer = build_zo_optimizer(name, params, lr=1e-3, seed=1, queries=queries)
+    optimizer = make_optimizer(name, params, lr=1e-3, seed=1, queries=queries)
     for step in range(4):
         optimizer.step(loss) if step % 2 else optimizer.step(closure=loss)  # positional and keyword closures
     assert optimizer.num_forwards == len(calls) > 0
@@ -41,11 +42,11 @@ def test_every_rule_counts_each_closure_call_as_a_forward(name, queries):
 
 def test_the_count_resumes_with_the_optimizer_and_older_checkpoints_start_at_zero():
     params, loss, _ = _problem()
-    optimizer = build_zo_optimizer("zo_sgd", params, lr=1e-3, seed=1)
+    optimizer = make_optimizer("zo_sgd", params, lr=1e-3, seed=1)
     for _ in range(3):
         optimizer.step(loss)
     state = copy.deepcopy(optimizer.state_dict())
-    resumed = build_zo_optimizer("zo_sgd", _problem()[0], lr=1e-3)
+    resumed = make_optimizer("zo_sgd", _problem()[0], lr=1e-3)
     resumed.load_state_dict(state)
     assert resumed.num_forwards == 6
     del state["zo"]["num_forwards"]
@@ -54,7 +55,7 @@ def test_the_count_resumes_with_the_optimizer_and_older_checkpoints_start_at_zer
 
 
 def test_a_step_without_a_closure_is_refused_not_counted():
-    optimizer = build_zo_optimizer("zo_sgd", _problem()[0], lr=1e-3)
+    optimizer = make_optimizer("zo_sgd", _problem()[0], lr=1e-3)
     with pytest.raises(ValueError, match="closure"):
         optimizer.step(None)
     assert optimizer.num_forwards == 0

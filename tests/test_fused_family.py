@@ -9,6 +9,7 @@ _INTERPRETED = textwrap.dedent(
     import torch
     from zolightning.optim import build_zo_optimizer
     from zolightning.optim.kernels import fused
+    from tests.zo_factory import make_optimizer
 
     sizes = [(40, 70), (fused.BLOCK + 5,), (3, 5), (6, 2, 4)]  # a partial block, a vector, a 3-d tensor
     targets = [torch.randn(*s, generator=torch.Generator().manual_seed(1)) for s in sizes]
@@ -26,11 +27,11 @@ _INTERPRETED = textwrap.dedent(
         optimizers, outputs = [], []
         for params in (fused_params, plain_params):
             groups = [{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}]
-            optimizers.append(build_zo_optimizer(
+            optimizers.append(make_optimizer(
                 name, groups, lr=lr, eps=eps, weight_decay=weight_decay, seed=3, noise="philox", sync=sync, **options
             ))
-        optimizers[1]._fusable = False  # the tensor-by-tensor path of the same rule
-        assert optimizers[0]._fuses() and not optimizers[1]._fuses(), name
+        optimizers[1].engine.use_reference_passes()  # the tensor-by-tensor path of the same rule
+        assert optimizers[0].fused and not optimizers[1].fused, name
         for _ in range(steps):
             for optimizer, params in zip(optimizers, (fused_params, plain_params)):
                 outputs.append(optimizer.step(loss_of(params)))
@@ -56,7 +57,7 @@ _INTERPRETED = textwrap.dedent(
             for key, value in plain.state[q].items():
                 if torch.is_tensor(value):
                     torch.testing.assert_close(fast.state[p][key], value, rtol=1e-4, atol=1e-5, msg=name)
-        assert getattr(fast, "last_choice", None) == getattr(plain, "last_choice", None), name
+        assert getattr(fast.rule, "last_choice", None) == getattr(plain.rule, "last_choice", None), name
         # bf16, one step, against float32 from the same bf16 weights: θ is recovered after the perturbations,
         # so the update's rounding (1/2 ulp) separates them, and where recovery fails, an ulp of θ + εD
         # (HiZOO's Σ kept at 1: its curvature from bf16 losses is quantisation noise over ε²)
@@ -68,24 +69,24 @@ _INTERPRETED = textwrap.dedent(
 
     # Conserve when both trials lose (lr far too large): back at θ
     (fast, plain), a, b, _ = pair("zo_sgd_conserve", torch.float32, 1, lr=1e3, weight_decay=0.0)
-    assert fast.last_choice == plain.last_choice == "stay"
+    assert fast.rule.last_choice == plain.rule.last_choice == "stay"
     for p, q, s in zip(a, b, weights(torch.float32)):
         torch.testing.assert_close(p, s, rtol=0, atol=1e-3)
         torch.testing.assert_close(q, s, rtol=0, atol=1e-3)
 
     (fast, plain), a, b, _ = pair("zo_sgd_conserve", torch.float32, 1, lr=0.5)
-    assert fast.last_choice == plain.last_choice, (fast.last_choice, plain.last_choice)
+    assert fast.rule.last_choice == plain.rule.last_choice, (fast.rule.last_choice, plain.rule.last_choice)
     for p, q in zip(a, b):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
 
     # sync=False: g stays on the device; a non-finite loss restores the weights and keeps HiZOO's Σ
     for name, queries in (("hizoo", {}), ("lozo", {}), ("lozo", {"queries": 2}), ("zo_sgd_momentum", {"queries": 2})):
         params, twin = weights(torch.float32), weights(torch.float32)
-        optimizer = build_zo_optimizer(name, params, lr=1e-3, noise="philox", sync=False, **queries)
-        assert optimizer._fuses() and not optimizer.sync, name
+        optimizer = make_optimizer(name, params, lr=1e-3, noise="philox", sync=False, **queries)
+        assert optimizer.fused and not optimizer.sync, name
         out = optimizer.step(loss_of(params))
         assert torch.is_tensor(out.loss) and not bool(out.skipped), name
-        build_zo_optimizer(name, twin, lr=1e-3, noise="philox", sync=True, **queries).step(loss_of(twin))
+        make_optimizer(name, twin, lr=1e-3, noise="philox", sync=True, **queries).step(loss_of(twin))
         for p, q in zip(params, twin):  # g from float32 losses on the device, float64 on the host: 1e-2 steps
             torch.testing.assert_close(p, q, rtol=0, atol=1e-4, msg=name)
         moved = [p.clone() for p in params]

@@ -6,14 +6,16 @@ import textwrap
 import pytest
 import torch
 
-from zolightning.optim import ZOSGDConserve, ZOSGDMomentum, build_zo_optimizer
+from tests.zo_factory import make_optimizer
+from zolightning.optim import ZOSGDConserve, ZOSGDMomentum
 
 _INTERPRETED = textwrap.dedent(
     """
     import math
     import torch
-    from zolightning.optim import ZOAdam, ZOSGDMomentum, ZOSGDSign, build_zo_optimizer
+    from zolightning.optim import ZOAdam, ZOOptimizer, ZOSGDMomentum, ZOSGDNesterov, ZOSGDSign, build_zo_optimizer
     from zolightning.optim.kernels import fused
+    from tests.zo_factory import make_optimizer
 
     sizes = [(40, 70), (fused.BLOCK + 5,), (3, 5)]  # a partial block, several programs per tensor
     targets = [torch.randn(*s, generator=torch.Generator().manual_seed(1)) for s in sizes]
@@ -30,21 +32,21 @@ _INTERPRETED = textwrap.dedent(
         optimizers = []
         for params in (fused_params, plain_params):
             groups = [{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}]
-            optimizers.append(cls(groups, lr=1e-3, eps=eps, weight_decay=0.1, seed=3, noise="philox", **options))
-        optimizers[1]._fusable = False  # the tensor-by-tensor path of the same rule
-        assert optimizers[0]._fuses() and not optimizers[1]._fuses()
+            optimizers.append(make_optimizer(cls, groups, lr=1e-3, eps=eps, weight_decay=0.1, seed=3, noise="philox", **options))
+        optimizers[1].engine.use_reference_passes()  # the tensor-by-tensor path of the same rule
+        assert optimizers[0].fused and not optimizers[1].fused
         for _ in range(steps):
             for optimizer, params in zip(optimizers, (fused_params, plain_params)):
                 optimizer.step(loss_of(params))
         return optimizers, fused_params, plain_params
 
     rules = [(ZOSGDMomentum, {"momentum": 0.9}), (ZOSGDMomentum, {"momentum": 0.0}), (ZOSGDSign, {}),
-             (ZOAdam, {"betas": (0.8, 0.9)})]
+             (ZOAdam, {"betas": (0.8, 0.9)}), (ZOSGDNesterov, {"momentum": 0.8})]
     for cls, options in rules:
-        # float32: the same weights and states after 4 steps (Adam: to float32 rounding of its division)
+        # float32: the same weights and states after 4 steps, to float32 rounding (Adam's division, FMAs)
         (fast, plain), a, b = pair(cls, torch.float32, 4, **options)
         for p, q in zip(a, b):
-            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-8)  # a multiply-add fused or not: 1 ulp
             for name, value in plain.state[q].items():
                 got = fast.state[p][name]
                 assert got == value if not torch.is_tensor(value) else torch.allclose(got, value, atol=1e-5), name
@@ -60,11 +62,11 @@ _INTERPRETED = textwrap.dedent(
     for params in mixed:
         params[1].data = params[1].data.bfloat16()
     optimizers = [  # per-group lrs: a launch that read another dtype's rows would step by the wrong lr
-        ZOSGDMomentum([{"params": p[:1]}, {"params": p[1:2], "lr": 0.2}, {"params": p[2:], "momentum": 0.0}],
-                      lr=1e-3, eps=0.05, seed=3, noise="philox", momentum=0.5)
+        ZOOptimizer([{"params": p[:1]}, {"params": p[1:2], "lr": 0.2}, {"params": p[2:], "momentum": 0.0}],
+                    ZOSGDMomentum(momentum=0.5), lr=1e-3, eps=0.05, seed=3, noise="philox")
         for p in mixed
     ]  # fmt: skip
-    optimizers[1]._fusable = False
+    optimizers[1].engine.use_reference_passes()
     for optimizer, params in zip(optimizers, mixed):  # one step: after it, bf16 rounding (1 ulp) moves g
         optimizer.step(loss_of(params))
     for p, q in zip(*mixed):
@@ -73,8 +75,8 @@ _INTERPRETED = textwrap.dedent(
     # sync=False: a non-finite loss restores the weights and leaves the momentum untouched, on the device
     params = weights(torch.float32)
     before = [p.clone() for p in params]
-    optimizer = build_zo_optimizer("zo_sgd_momentum", params, lr=1e-3, noise="philox", sync=False)
-    assert optimizer._fuses() and not optimizer.sync
+    optimizer = make_optimizer("zo_sgd_momentum", params, lr=1e-3, noise="philox", sync=False)
+    assert optimizer.fused and not optimizer.sync
     out = optimizer.step(loss_of(params))
     assert torch.is_tensor(out.skipped) and not bool(out.skipped)
     buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in params]
@@ -97,8 +99,8 @@ def test_fused_rules_match_their_reference_path_under_the_interpreter(run_interp
 def test_without_the_fused_pass_the_rules_read_g_on_the_host():
     # CPU tensors without the interpreter: the tensor-by-tensor path, even when sync=False was asked for
     params = [torch.randn(8, 4)]
-    optimizer = build_zo_optimizer("zo_sgd_momentum", params, lr=1e-3, noise="philox", sync=False)
-    assert not optimizer._fuses()
+    optimizer = make_optimizer("zo_sgd_momentum", params, lr=1e-3, noise="philox", sync=False)
+    assert not optimizer.fused
     out = optimizer.step(lambda: (params[0] ** 2).sum())
     assert isinstance(out.loss, float) and "momentum_buffer" in optimizer.state[params[0]]
 
@@ -106,8 +108,8 @@ def test_without_the_fused_pass_the_rules_read_g_on_the_host():
 def test_rules_without_a_device_step_refuse_sync_false_and_the_registry_keeps_them_synced():
     params = [torch.randn(8, 4)]
     with pytest.raises(ValueError, match="reads g on the host"):
-        ZOSGDConserve(params, lr=1e-3, noise="philox", sync=False)
-    assert build_zo_optimizer("zo_adam", params, lr=1e-3, noise="philox", sync=False).sync
-    assert not build_zo_optimizer("zo_sgd_sign", params, lr=1e-3, noise="philox", sync=False).sync
+        make_optimizer(ZOSGDConserve, params, lr=1e-3, noise="philox", sync=False)
+    assert make_optimizer("zo_adam", params, lr=1e-3, noise="philox", sync=False).sync
+    assert not make_optimizer("zo_sgd_sign", params, lr=1e-3, noise="philox", sync=False).sync
     with pytest.raises(ValueError, match="sync=False needs noise='philox'"):
-        ZOSGDMomentum(params, lr=1e-3, sync=False)  # the generator path always reads the losses
+        make_optimizer(ZOSGDMomentum, params, lr=1e-3, sync=False)  # the generator path always reads the losses

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from zolightning.models import load_causal_lm
-from zolightning.optim import OPTIMIZER_NAMES, build_zo_optimizer
+from tests.golden_rules import PINNED
+from tests.zo_factory import make_optimizer
 from zolightning.scoring import batch_loss
 
 GOLDEN = Path(__file__).parent / "golden" / "zo_steps.json"
@@ -38,7 +39,7 @@ class FixedScales:
 
 def _cases() -> dict[str, dict]:
     cases = {}
-    for name in OPTIMIZER_NAMES:
+    for name in PINNED:
         for noise in ("generator", "philox"):
             cases[f"{name}-{noise}"] = {"name": name, "noise": noise}
         if name != "hizoo":  # one query by definition (its curvature pairs L0 with one direction)
@@ -70,7 +71,7 @@ def run_case(case: dict) -> dict:
     options = {k: v for k, v in case.items() if k not in ("name", "block_scales")}
     if case.get("block_scales"):
         options["block_scales"] = FixedScales()
-    optimizer = build_zo_optimizer(case["name"], params, lr=1e-3, eps=1e-3, seed=3, **options)
+    optimizer = make_optimizer(case["name"], params, lr=1e-3, eps=1e-3, seed=3, **options)
     batch = _batch()
     seen = []
     for _ in range(STEPS):

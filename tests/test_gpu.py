@@ -6,6 +6,7 @@ Run on the GPU machine with `python -m pytest -q tests/test_gpu.py`; CI has no G
 import pytest
 import torch
 
+from tests.zo_factory import make_optimizer
 from zolightning.data.encoding import EncodedExample, collate
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOOptimizer
@@ -128,15 +129,14 @@ def test_planned_cuda_graph_forward_has_no_recompiles_after_warm_up(tiny_data):
 def test_estimated_and_shaped_rules_follow_the_cpu_reference_on_the_gpu(name, options):
     # on the GPU every pass is fused (fused_rules.py, fused_shaped.py: z, √Σ z and U Vᵀ made in the kernels);
     # on the CPU they run tensor by tensor with the PyTorch reference of the same noise
-    from zolightning.optim import build_zo_optimizer
 
     examples = [EncodedExample(((5, 9, 11, 40, 7, 3),), (2,), 0, False)] * 4
     results = []
     for device in ("cuda", "cpu"):
         model = load_causal_lm("tiny-llama").to(device)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples, 0, "lm").items()}
-        optimizer = build_zo_optimizer(name, list(model.parameters()), lr=1e-3, seed=0, noise="philox", **options)
-        assert optimizer._fuses() == (device == "cuda")
+        optimizer = make_optimizer(name, list(model.parameters()), lr=1e-3, seed=0, noise="philox", **options)
+        assert optimizer.fused == (device == "cuda")
         for _ in range(3):
             optimizer.step(lambda m=model, b=batch: batch_loss(m, b)[0])
         results.append(torch.cat([p.detach().cpu().flatten() for p in model.parameters()]))
@@ -148,14 +148,13 @@ def test_estimated_and_shaped_rules_follow_the_cpu_reference_on_the_gpu(name, op
 
 
 def test_fused_rules_skip_on_the_device_and_run_without_waiting():
-    from zolightning.optim import build_zo_optimizer
 
     model = load_causal_lm("tiny-llama").to("cuda")
     examples = [EncodedExample(((5, 9, 11, 40, 7, 3),), (2,), 0, False)] * 4
     batch = {k: v.to("cuda") if torch.is_tensor(v) else v for k, v in collate(examples, 0, "lm").items()}
     params = list(model.parameters())
-    optimizer = build_zo_optimizer("zo_sgd_momentum", params, lr=1e-3, seed=0, noise="philox", sync=False)
-    assert optimizer._fuses() and not optimizer.sync
+    optimizer = make_optimizer("zo_sgd_momentum", params, lr=1e-3, seed=0, noise="philox", sync=False)
+    assert optimizer.fused and not optimizer.sync
     optimizer.step(lambda: batch_loss(model, batch)[0])
     saved = [p.detach().clone() for p in params]
     buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in params]

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import torch
 
+from tests.zo_factory import make_optimizer
 from zolightning.fast_path import step_graph_refusal
 from zolightning.optim.engine.step_graphs import layout
 
@@ -86,7 +87,7 @@ def _module(**overrides):
 
 
 def test_the_module_says_why_steps_are_not_captured():
-    from zolightning.optim import ZOOptimizer, build_zo_optimizer
+    from zolightning.optim import ZOOptimizer
 
     params = [torch.nn.Parameter(torch.zeros(4))]
     mezo = ZOOptimizer(params, noise="philox", sync=False)
@@ -97,7 +98,7 @@ def test_the_module_says_why_steps_are_not_captured():
     assert "decodes" in step_graph_refusal(_module(hparams={"step_graphs": True, "objective": "f1"}), mezo)
     assert "planned" in step_graph_refusal(_module(_fast_scorer=None), mezo)
     assert "zo_sgd" in step_graph_refusal(_module(), ZOOptimizer(params, noise="philox", sync=True))
-    adam = build_zo_optimizer("zo_adam", params, noise="philox", sync=False)
+    adam = make_optimizer("zo_adam", params, noise="philox", sync=False)
     assert "zo_sgd" in step_graph_refusal(_module(), adam)
 
 

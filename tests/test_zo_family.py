@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from tests.zo_factory import make_optimizer
 from zolightning.models import load_causal_lm
 from zolightning.optim import (
     OPTIMIZER_NAMES,
@@ -14,12 +15,11 @@ from zolightning.optim import (
     ZOSGDConserve,
     ZOSGDMomentum,
     ZOSGDSign,
-    build_zo_optimizer,
     step_seed,
 )
 from zolightning.scoring import batch_loss
 
-FAMILY = {
+FAMILY = {  # (rule class, options of the rule and the optimizer)
     "momentum": (ZOSGDMomentum, {"momentum": 0.9}),
     "plain_q3": (ZOSGDMomentum, {"momentum": 0.0, "queries": 3}),
     "sign": (ZOSGDSign, {}),
@@ -109,7 +109,7 @@ def test_each_rule_matches_its_direct_reimplementation(kind):
     cls, options = FAMILY[kind]
     wd = 0.0 if kind == "conserve" else 0.1
     params, loss = _quadratic()
-    optimizer = cls(params, lr=0.01, eps=1e-3, weight_decay=wd, seed=7, **options)
+    optimizer = make_optimizer(cls, params, lr=0.01, eps=1e-3, weight_decay=wd, seed=7, **options)
     for _ in range(4):
         optimizer.step(loss)
     expected = _reference_steps(kind, 4, lr=0.01, eps=1e-3, wd=wd)
@@ -123,7 +123,7 @@ def test_each_rule_lowers_a_quadratic(kind):
     params, loss = _quadratic(torch.float32)
     start = float(loss())
     lr = 0.003 if kind in ("sign", "adam") else 0.002
-    optimizer = cls(params, lr=lr, eps=1e-3, seed=1, **options)
+    optimizer = make_optimizer(cls, params, lr=lr, eps=1e-3, seed=1, **options)
     for _ in range(300):
         optimizer.step(loss)
     assert float(loss()) < 0.5 * start
@@ -133,7 +133,7 @@ def test_each_rule_lowers_a_quadratic(kind):
 def test_a_resumed_optimizer_continues_bitwise(kind):
     cls, options = FAMILY[kind]
     params, loss = _quadratic(torch.float32)
-    optimizer = cls(params, lr=0.003, eps=1e-3, seed=3, **options)
+    optimizer = make_optimizer(cls, params, lr=0.003, eps=1e-3, seed=3, **options)
     for _ in range(3):
         optimizer.step(loss)
     saved_params, saved_state = [p.clone() for p in params], copy.deepcopy(optimizer.state_dict())  # as saved
@@ -142,7 +142,7 @@ def test_a_resumed_optimizer_continues_bitwise(kind):
     resumed_params, resumed_loss = _quadratic(torch.float32)
     for p, s in zip(resumed_params, saved_params):
         p.copy_(s)
-    resumed = cls(resumed_params, lr=0.003, eps=1e-3, seed=99, **options)  # the seed comes from the state
+    resumed = make_optimizer(cls, resumed_params, lr=0.003, eps=1e-3, seed=99, **options)  # the seed comes from the state
     resumed.load_state_dict(saved_state)
     for _ in range(3):
         resumed.step(resumed_loss)
@@ -151,10 +151,10 @@ def test_a_resumed_optimizer_continues_bitwise(kind):
 
 def test_a_checkpoint_of_other_queries_is_refused():
     params, loss = _quadratic()
-    optimizer = ZOSGDMomentum(params, lr=0.01, queries=2)
+    optimizer = make_optimizer(ZOSGDMomentum, params, lr=0.01, queries=2)
     optimizer.step(loss)
     with pytest.raises(ValueError, match="queries=2"):
-        ZOSGDMomentum(params, lr=0.01, queries=1).load_state_dict(optimizer.state_dict())
+        make_optimizer(ZOSGDMomentum, params, lr=0.01, queries=1).load_state_dict(optimizer.state_dict())
 
 
 def test_one_query_uses_mezos_directions():
@@ -162,7 +162,7 @@ def test_one_query_uses_mezos_directions():
     from zolightning.optim import ZOOptimizer
 
     ZOOptimizer(a, lr=0.01, seed=5).step(loss_a)
-    ZOSGDMomentum(b, lr=0.01, seed=5, momentum=0.0).step(loss_b)
+    make_optimizer(ZOSGDMomentum, b, lr=0.01, seed=5, momentum=0.0).step(loss_b)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
 
@@ -170,7 +170,7 @@ def test_one_query_uses_mezos_directions():
 def test_a_non_finite_loss_skips_the_step_and_keeps_the_weights():
     params, _ = _quadratic()
     before = [p.clone() for p in params]
-    optimizer = ZOAdam(params, lr=0.1)
+    optimizer = make_optimizer(ZOAdam, params, lr=0.1)
     out = optimizer.step(lambda: torch.tensor(math.nan))
     assert out.skipped and optimizer.num_skipped == 1 and not optimizer.state
     for p, q in zip(params, before):  # restored up to the rounding of the +eps, -2 eps, +eps round trip
@@ -180,11 +180,11 @@ def test_a_non_finite_loss_skips_the_step_and_keeps_the_weights():
 def test_the_factory_names_every_rule_and_refuses_unknown_ones():
     params, _ = _quadratic()
     for name in OPTIMIZER_NAMES:
-        assert build_zo_optimizer(name, params, lr=0.01).param_groups[0]["lr"] == 0.01
+        assert make_optimizer(name, params, lr=0.01).param_groups[0]["lr"] == 0.01
     with pytest.raises(ValueError, match="zo_sgd_momentum"):
-        build_zo_optimizer("adamw", params, lr=0.01)
+        make_optimizer("adamw", params, lr=0.01)
     with pytest.raises(ValueError, match="stochastic_rounding"):
-        build_zo_optimizer("zo_adam", params, lr=0.01, stochastic_rounding=True)
+        make_optimizer("zo_adam", params, lr=0.01, stochastic_rounding=True)
 
 
 @pytest.mark.parametrize("name", ["zo_sgd_momentum", "zo_sgd_sign", "zo_sgd_conserve", "zo_adam"])
@@ -192,7 +192,7 @@ def test_each_rule_lowers_the_tiny_lms_loss_on_a_batch(name, tiny_data):
     batch = next(iter(tiny_data(batch_size=8).train_dataloader()))
     model = load_causal_lm("tiny-llama")
     lr = {"zo_sgd_momentum": 2e-3, "zo_sgd_sign": 2e-3, "zo_sgd_conserve": 2e-2, "zo_adam": 2e-3}[name]
-    optimizer = build_zo_optimizer(name, list(model.parameters()), lr=lr, momentum=0.5, seed=0)
+    optimizer = make_optimizer(name, list(model.parameters()), lr=lr, momentum=0.5, seed=0)
     model.requires_grad_(False)  # ZO needs no autograd; the optimizer walks the tensors it was given
     start = float(batch_loss(model, batch)[0])
     for _ in range(40):
@@ -211,5 +211,5 @@ def test_the_module_trains_with_a_named_rule_and_q_queries(tiny_data, tmp_path):
     )
     trainer.fit(module, datamodule=tiny_data())
     optimizer = trainer.optimizers[0]
-    assert isinstance(optimizer, ZOAdam) and optimizer.queries == 2 and trainer.global_step == 3
+    assert isinstance(optimizer.rule, ZOAdam) and optimizer.queries == 2 and trainer.global_step == 3
     assert all(state["step"] == 3 for state in optimizer.state.values())

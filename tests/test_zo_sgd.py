@@ -22,10 +22,10 @@ def test_perturb_and_restore_is_exact_to_1e6_in_fp32():
     seed = step_seed(0, 0)
     scales = [1.0, 1.0]
     with torch.no_grad():
-        optimizer._perturb(seed, +1.0, scales)
+        optimizer.engine.perturb(seed, +1.0, scales)
         assert not torch.equal(params[0], before[0])
-        optimizer._perturb(seed, -2.0, scales)
-        optimizer._perturb(seed, +1.0, scales)
+        optimizer.engine.perturb(seed, -2.0, scales)
+        optimizer.engine.perturb(seed, +1.0, scales)
     for p, b in zip(params, before):
         assert ((p - b).norm() / b.norm()).item() < 1e-6
 

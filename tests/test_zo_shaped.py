@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
+from tests.zo_factory import make_optimizer
 from zolightning.models import load_causal_lm
-from zolightning.optim import LOZO, HiZOO, build_zo_optimizer, step_seed
+from zolightning.optim import LOZO, HiZOO, step_seed
 from zolightning.optim.rules.lozo import LAZY_TAG
 from zolightning.scoring import batch_loss
 
@@ -76,7 +77,7 @@ def _reference_hizoo(steps, lr, eps, alpha):
 
 def test_lozo_matches_its_direct_reimplementation_across_a_window_change():
     params, loss = _problem()
-    optimizer = LOZO(params, lr=0.01, eps=1e-3, weight_decay=0.1, seed=7, rank=2, interval=3)
+    optimizer = make_optimizer(LOZO, params, lr=0.01, eps=1e-3, weight_decay=0.1, seed=7, rank=2, interval=3)
     for _ in range(5):
         optimizer.step(loss)
     for got, want in zip(params, _reference_lozo(5, lr=0.01, eps=1e-3, wd=0.1, rank=2, interval=3)):
@@ -86,7 +87,7 @@ def test_lozo_matches_its_direct_reimplementation_across_a_window_change():
 def test_lozo_moves_a_matrix_in_a_rank_r_subspace_within_a_window():
     params, loss = _problem()
     start = params[0].clone()
-    optimizer = LOZO(params, lr=0.01, eps=1e-3, seed=7, rank=1, interval=10)
+    optimizer = make_optimizer(LOZO, params, lr=0.01, eps=1e-3, seed=7, rank=1, interval=10)
     for _ in range(4):
         optimizer.step(loss)
     moved = params[0] - start  # the sum of g_t u_t vᵀ with one v: rank 1
@@ -95,7 +96,7 @@ def test_lozo_moves_a_matrix_in_a_rank_r_subspace_within_a_window():
 
 def test_hizoo_matches_its_direct_reimplementation():
     params, loss = _problem()
-    optimizer = HiZOO(params, lr=0.005, eps=1e-3, seed=7, hessian_smooth=0.1)
+    optimizer = make_optimizer(HiZOO, params, lr=0.005, eps=1e-3, seed=7, hessian_smooth=0.1)
     for _ in range(4):
         optimizer.step(loss)
     want_params, want_sigma = _reference_hizoo(4, lr=0.005, eps=1e-3, alpha=0.1)
@@ -117,7 +118,7 @@ def test_hizoo_matches_its_direct_reimplementation():
 def test_each_lowers_a_least_squares_loss(cls, options, scale, lr):
     params, loss = _problem(torch.float32)
     start = float(loss()) * scale
-    optimizer = cls(params, lr=lr, eps=1e-3, seed=1, **options)
+    optimizer = make_optimizer(cls, params, lr=lr, eps=1e-3, seed=1, **options)
     for _ in range(300):
         optimizer.step(lambda: loss() * scale)
     assert float(loss()) * scale < 0.5 * start
@@ -126,7 +127,7 @@ def test_each_lowers_a_least_squares_loss(cls, options, scale, lr):
 @pytest.mark.parametrize("cls, options", [(LOZO, {"rank": 2, "interval": 4}), (HiZOO, {"hessian_smooth": 0.05})])
 def test_a_resumed_optimizer_continues_bitwise(cls, options):
     params, loss = _problem(torch.float32)
-    optimizer = cls(params, lr=0.003, eps=1e-3, seed=3, **options)
+    optimizer = make_optimizer(cls, params, lr=0.003, eps=1e-3, seed=3, **options)
     for _ in range(3):  # LOZO: saved mid-window, so V must come back without being stored
         optimizer.step(loss)
     saved_params, saved_state = [p.clone() for p in params], copy.deepcopy(optimizer.state_dict())
@@ -135,7 +136,7 @@ def test_a_resumed_optimizer_continues_bitwise(cls, options):
     resumed_params, resumed_loss = _problem(torch.float32)
     for p, s in zip(resumed_params, saved_params):
         p.copy_(s)
-    resumed = cls(resumed_params, lr=0.003, eps=1e-3, seed=99, **options)
+    resumed = make_optimizer(cls, resumed_params, lr=0.003, eps=1e-3, seed=99, **options)
     resumed.load_state_dict(saved_state)
     for _ in range(4):
         resumed.step(resumed_loss)
@@ -144,28 +145,28 @@ def test_a_resumed_optimizer_continues_bitwise(cls, options):
 
 def test_a_lozo_checkpoint_of_another_rank_is_refused():
     params, loss = _problem()
-    optimizer = LOZO(params, lr=0.01, rank=2)
+    optimizer = make_optimizer(LOZO, params, lr=0.01, rank=2)
     optimizer.step(loss)
     with pytest.raises(ValueError, match="rank"):
-        LOZO(params, lr=0.01, rank=1).load_state_dict(optimizer.state_dict())
+        make_optimizer(LOZO, params, lr=0.01, rank=1).load_state_dict(optimizer.state_dict())
 
 
 def test_hizoo_refuses_what_it_cannot_compose_with():
     params, _ = _problem()
     with pytest.raises(ValueError, match="block_scales"):
-        HiZOO(params, block_scales=object())
+        make_optimizer(HiZOO, params, block_scales=object())
     with pytest.raises(ValueError, match="one query"):
-        HiZOO(params, queries=2)
+        make_optimizer(HiZOO, params, queries=2)
     with pytest.raises(ValueError, match="hessian_smooth"):
-        HiZOO(params, hessian_smooth=2.0)
+        make_optimizer(HiZOO, params, hessian_smooth=2.0)
     with pytest.raises(ValueError, match="rank"):
-        LOZO(params, rank=0)
+        make_optimizer(LOZO, params, rank=0)
 
 
 def test_a_non_finite_loss_skips_hizoo_and_keeps_sigma():
     params, _ = _problem()
     before = [p.clone() for p in params]
-    optimizer = HiZOO(params, lr=0.1)
+    optimizer = make_optimizer(HiZOO, params, lr=0.1)
     out = optimizer.step(lambda: torch.tensor(math.nan))
     assert out.skipped and optimizer.num_skipped == 1
     assert all(torch.equal(s["sigma"], torch.ones_like(s["sigma"])) for s in optimizer.state.values())
@@ -178,7 +179,7 @@ def test_each_lowers_the_tiny_lms_loss_on_a_batch(name, tiny_data):
     batch = next(iter(tiny_data(batch_size=8).train_dataloader()))
     model = load_causal_lm("tiny-llama")
     model.requires_grad_(False)
-    optimizer = build_zo_optimizer(name, list(model.parameters()), lr=2e-3, seed=0, noise="philox", lozo_rank=2)
+    optimizer = make_optimizer(name, list(model.parameters()), lr=2e-3, seed=0, noise="philox", lozo_rank=2)
     start = float(batch_loss(model, batch)[0])
     for _ in range(40):
         optimizer.step(lambda: batch_loss(model, batch)[0])
@@ -191,10 +192,11 @@ def test_the_module_trains_with_it(name, tiny_data, tmp_path):
 
     from zolightning.modules import ZOFineTuneModule
 
-    module = ZOFineTuneModule(model="tiny-llama", optimizer=name, lr=1e-3, lozo_rank=2, lozo_interval=2)
+    rule = LOZO(rank=2, interval=2) if name == "lozo" else HiZOO()  # a rule object, as LightningCLI builds it
+    module = ZOFineTuneModule(model="tiny-llama", optimizer=rule, lr=1e-3)
     trainer = L.Trainer(
         max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
     )
     trainer.fit(module, datamodule=tiny_data())
     optimizer = trainer.optimizers[0]
-    assert type(optimizer).__name__ == {"hizoo": "HiZOO", "lozo": "LOZO"}[name] and trainer.global_step == 3
+    assert optimizer.rule is rule and trainer.global_step == 3

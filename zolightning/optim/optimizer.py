@@ -133,6 +133,11 @@ class ZOOptimizer(Optimizer):
         """MeZO's step: one query of the plain rule, restore and update in one pass (capturable as a CUDA graph)."""
         return getattr(self.rule, "one_pass_update", False) and self.queries == 1
 
+    @property
+    def fused(self) -> bool:
+        """Whether this optimizer's passes run as fused Triton kernels (philox noise on CUDA with Triton)."""
+        return self.engine.fuses() and (self.one_pass_update or self.rule.fuses(self.engine, self.queries))
+
     def query_seeds(self) -> list[int]:
         first = step_seed(self.seed, self.num_steps)
         return [first] + [step_seed(first, i) for i in range(1, self.queries)]
@@ -273,6 +278,8 @@ class ZOOptimizer(Optimizer):
         if zo is not None:
             _check_resume(self, zo)
         super().load_state_dict(state_dict)
+        # torch.optim replaces `param_groups` and `state` with new objects: the engine reads those
+        self.engine.groups, self.engine.state = self.param_groups, self.state
         if zo is not None:
             self.num_steps = zo["num_steps"]
             self.num_forwards = zo.get("num_forwards", 0)  # checkpoints before the count: 0, not a guess

@@ -95,6 +95,10 @@ class ZOEngine:
             self._fuses = self.noise.fuses([p for _, p in self.tensors()])
         return self._fuses
 
+    def use_reference_passes(self) -> None:
+        """Run every pass tensor by tensor with PyTorch ops even where the fused kernels could (to compare them)."""
+        self._fuses = False
+
     # ---- per-tensor device vectors ---------------------------------------------------------------------
     def vector(self, values: Scales | list[float], dtype: torch.dtype = torch.float32) -> Tensor:
         """Per-tensor values as a vector on the parameters' device (host lists: built once, reused)."""
