@@ -138,7 +138,9 @@ def main() -> None:
         forward_seconds = timed(closure, device)
         forward_peak = torch.cuda.max_memory_allocated(device) if cuda else 0
         scales = [1.0] * len(optimizer.param_groups[0]["params"])
-        pass_seconds = timed(lambda: optimizer.engine.perturb(12345, 0.0, scales), device)  # one pass, weights unchanged
+        pass_seconds = timed(
+            lambda: optimizer.engine.perturb(12345, 0.0, scales), device
+        )  # one pass, weights unchanged
         losses, step_times = [], []
         for _ in range(args.steps):
             step_times.append(timed(lambda: losses.append(float(optimizer.step(closure).loss)), device, repeats=1))

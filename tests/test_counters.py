@@ -8,7 +8,15 @@ import torch
 from tests.zo_factory import make_optimizer
 from zolightning.optim import OPTIMIZER_NAMES
 
-PER_STEP = {"zo_sgd": 2, "zo_sgd_momentum": 2, "zo_sgd_nesterov": 2, "zo_sgd_sign": 2, "zo_adam": 2, "hizoo": 3, "lozo": 2}
+PER_STEP = {
+    "zo_sgd": 2,
+    "zo_sgd_momentum": 2,
+    "zo_sgd_nesterov": 2,
+    "zo_sgd_sign": 2,
+    "zo_adam": 2,
+    "hizoo": 3,
+    "lozo": 2,
+}
 
 
 def _problem():

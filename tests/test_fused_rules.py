@@ -32,7 +32,8 @@ _INTERPRETED = textwrap.dedent(
         optimizers = []
         for params in (fused_params, plain_params):
             groups = [{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}]
-            optimizers.append(make_optimizer(cls, groups, lr=1e-3, eps=eps, weight_decay=0.1, seed=3, noise="philox", **options))
+            common = {"lr": 1e-3, "eps": eps, "weight_decay": 0.1, "seed": 3, "noise": "philox"}
+            optimizers.append(make_optimizer(cls, groups, **common, **options))
         optimizers[1].engine.use_reference_passes()  # the tensor-by-tensor path of the same rule
         assert optimizers[0].fused and not optimizers[1].fused
         for _ in range(steps):
@@ -113,3 +114,29 @@ def test_rules_without_a_device_step_refuse_sync_false_and_the_registry_keeps_th
     assert not make_optimizer("zo_sgd_sign", params, lr=1e-3, noise="philox", sync=False).sync
     with pytest.raises(ValueError, match="sync=False needs noise='philox'"):
         make_optimizer(ZOSGDMomentum, params, lr=1e-3, sync=False)  # the generator path always reads the losses
+
+
+_INTERPRETED_SHARDS = textwrap.dedent(
+    """
+    import torch
+    from zolightning.optim.kernels import fused_rules
+
+    whole = torch.randn(6, 20, generator=torch.Generator().manual_seed(0))
+    halves = [whole[:3].clone(), whole[3:].clone()]  # two ranks' rows: the second starts at element 60
+    state = [torch.zeros_like(whole)], [[torch.zeros_like(h)] for h in halves]
+    one = lambda v: torch.tensor([v])
+    for step in range(2):  # momentum: the state carries over
+        args = (fused_rules.MOMENTUM, [11 + step, 7], torch.zeros(2, 1), torch.tensor([[0.3], [-0.2]]), one(1e-2),
+                one(0.99), torch.tensor([[0.9] + [0.0] * 7]), one(1.0))
+        fused_rules.update([whole], [state[0]], *args)
+        for half, first, st in zip(halves, (0, 60), state[1]):
+            fused_rules.update([half], [st], *args, firsts=[first])
+    assert torch.equal(torch.cat(halves), whole)
+    assert torch.equal(torch.cat([s[0] for s in state[1]]), state[0][0])
+    print("shards done")
+    """
+)
+
+
+def test_the_rule_kernel_on_shards_equals_it_on_the_whole_tensor(run_interpreted):
+    run_interpreted(_INTERPRETED_SHARDS, "shards done")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zolightning.models import load_causal_lm
 from tests.golden_rules import PINNED
 from tests.zo_factory import make_optimizer
+from zolightning.models import load_causal_lm
 from zolightning.scoring import batch_loss
 
 GOLDEN = Path(__file__).parent / "golden" / "zo_steps.json"

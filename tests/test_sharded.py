@@ -42,6 +42,28 @@ def test_two_shards_give_the_unsharded_weights_bitwise(tmp_path, weight_decay):
         assert torch.equal(sharded[name], p), name
 
 
+EVERY_RULE = ["zo_sgd", "zo_sgd:2", "zo_sgd_momentum", "zo_sgd_nesterov:2", "zo_sgd_sign", "zo_sgd_conserve",
+              "zo_adam:2", "hizoo", "lozo", "lozo:2"]  # fmt: skip
+
+
+def test_every_rule_sharded_over_two_processes_gives_the_unsharded_weights_bitwise(tmp_path):
+    """The engine does every rule's passes on each rank's rows (reference passes on the CPU; float64)."""
+    out = tmp_path / "rules.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT)]
+    command += [str(out), "--steps", "3", "--weight-decay", "0.1", "--rules", ",".join(EVERY_RULE)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded = torch.load(out)
+    for entry in EVERY_RULE:
+        rule, _, queries = entry.partition(":")
+        model = load_causal_lm("tiny-llama", dtype="float64")
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        train(model, 3, 0.1, all_reduce=False, rule=rule, queries=int(queries or 1))
+        assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters()), entry
+        for name, p in model.named_parameters():
+            assert torch.equal(sharded[entry][name], p), (entry, name)
+
+
 def test_two_shards_with_learned_variance_follow_the_unsharded_run(tmp_path):
     # block statistics are summed across the shard group: the replicated networks see the full tensors'
     # mean and variance (float64 sums instead of var_mean; both round to the networks' float32 inputs)

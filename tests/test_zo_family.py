@@ -142,7 +142,9 @@ def test_a_resumed_optimizer_continues_bitwise(kind):
     resumed_params, resumed_loss = _quadratic(torch.float32)
     for p, s in zip(resumed_params, saved_params):
         p.copy_(s)
-    resumed = make_optimizer(cls, resumed_params, lr=0.003, eps=1e-3, seed=99, **options)  # the seed comes from the state
+    resumed = make_optimizer(
+        cls, resumed_params, lr=0.003, eps=1e-3, seed=99, **options
+    )  # the seed comes from the state
     resumed.load_state_dict(saved_state)
     for _ in range(3):
         resumed.step(resumed_loss)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch._dynamo.utils import counters
 
 from zolightning.compiled_layers import CompiledLayers, repeated_layers
-from zolightning.scoring import _hidden_then_head
+from zolightning.scoring import hidden_then_head
 from zolightning.shape_plan import ShapePlan, plan_shapes
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class FastScoringModel:
         plan: ShapePlan | None = None,
         layers: bool = True,
     ):
-        split = _hidden_then_head(model)
+        split = hidden_then_head(model)
         if split is None:
             raise ValueError(f"{type(model).__name__} post-processes its logits; fast_forward cannot split it")
         trunk, self._head = split

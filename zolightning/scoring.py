@@ -14,7 +14,7 @@ from zolightning.models.prefix import prefix_inputs
 from zolightning.optim.engine.shards import is_sharded
 
 
-def _hidden_then_head(model: nn.Module):
+def hidden_then_head(model: nn.Module):
     """(trunk, head) when logits are exactly head(trunk(x)); None for models that post-process logits."""
     config = getattr(model, "config", None)
     if config is None or getattr(config, "final_logit_softcapping", None) or hasattr(model, "logit_scale"):
@@ -31,7 +31,7 @@ def _hidden_then_head(model: nn.Module):
 def answer_logprobs(model: nn.Module, batch: dict) -> Tensor:
     """log p(token) for every answer token in the batch, in float32 or wider, shape [num_pred]."""
     rows, cols = batch["pred_rows"], batch["pred_cols"]
-    split = _hidden_then_head(model)
+    split = hidden_then_head(model)
     inputs = prefix_inputs(model, batch["input_ids"], batch["attention_mask"])
     if split is None:
         logits = model(**inputs).logits[rows, cols]

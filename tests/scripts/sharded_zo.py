@@ -2,7 +2,9 @@
 
 python -m torch.distributed.run --nproc_per_node 2 tests/scripts/sharded_zo.py OUT.pt --steps 3 [--weight-decay W]
     [--learned]   (learned block variance from seeded random networks)
-Each rank scores the same fixed batch (the losses then agree across ranks); rank 0 saves the full weights.
+    [--rules zo_sgd,zo_adam:2,...]   (each rule, with its query count after a colon, from fresh weights)
+Each rank scores the same fixed batch (the losses then agree across ranks); rank 0 saves the full weights (with
+--rules: a dict of them by rule).
 """
 
 import argparse
@@ -15,7 +17,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from zolightning.models import load_causal_lm
-from zolightning.optim import ZOOptimizer
+from zolightning.optim import RULES, ZOOptimizer
 
 
 def fixed_batch() -> dict:
@@ -40,9 +42,15 @@ def learned_variance(model):
     return LearnedVariance(nets, blocks, normalize=True, cuda_graph=False)
 
 
-def train(model, steps: int, weight_decay: float, all_reduce: bool, learned: bool = False) -> None:
+RULE_OPTIONS = {"lozo": {"rank": 2, "interval": 2}, "hizoo": {"hessian_smooth": 0.1}}
+
+
+def train(model, steps: int, weight_decay: float, all_reduce: bool, learned: bool = False, rule: str = "zo_sgd",
+          queries: int = 1) -> None:  # fmt: skip
     optimizer = ZOOptimizer(
         model.parameters(),
+        RULES[rule](**RULE_OPTIONS.get(rule, {})),
+        queries=queries,
         lr=1e-2,
         eps=1e-3,
         seed=5,
@@ -70,6 +78,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--learned", action="store_true")
     parser.add_argument("--replicas", type=int, default=1, help="hybrid: replicated over this many groups")
+    parser.add_argument("--rules", default="", help="comma-separated rule[:queries] list, each from fresh weights")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     world = dist.get_world_size()
@@ -77,14 +86,17 @@ def main() -> None:
         mesh = init_device_mesh("cpu", (args.replicas, world // args.replicas), mesh_dim_names=("replicate", "shard"))
     else:
         mesh = init_device_mesh("cpu", (world,))
-    model = load_causal_lm("tiny-llama", dtype="float64")
-    for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh, reshard_after_forward=True)  # the root too: every forward all-gathers anew
-    train(model, args.steps, args.weight_decay, all_reduce=True, learned=args.learned)
-    full = {name: p.full_tensor() for name, p in model.named_parameters()}
+    results = {}
+    for entry in args.rules.split(",") if args.rules else ["zo_sgd"]:
+        rule, _, queries = entry.partition(":")
+        model = load_causal_lm("tiny-llama", dtype="float64")
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh, reshard_after_forward=True)  # the root too: every forward all-gathers anew
+        train(model, args.steps, args.weight_decay, True, args.learned, rule, int(queries or 1))
+        results[entry] = {name: p.full_tensor() for name, p in model.named_parameters()}
     if dist.get_rank() == 0:
-        torch.save(full, args.out)
+        torch.save(results if args.rules else results["zo_sgd"], args.out)
     dist.barrier()  # every rank is done with gloo
     # A normal exit can abort while gloo's threads are torn down ("terminate called without an active
     # exception", SIGABRT, about one run in ten here): the work is saved, so leave without the teardown.

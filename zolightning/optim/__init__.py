@@ -10,6 +10,7 @@ from zolightning.optim.registry import OPTIMIZER_NAMES, build_zo_optimizer, reso
 from zolightning.optim.rules import (
     LOZO,
     RULES,
+    ZOSGD,
     HiZOO,
     ZOAdam,
     ZORule,
@@ -18,7 +19,6 @@ from zolightning.optim.rules import (
     ZOSGDNesterov,
     ZOSGDSign,
 )
-from zolightning.optim.rules import ZOSGD
 
 __all__ = [
     "LOZO",

@@ -154,7 +154,9 @@ class ZOOptimizer(Optimizer):
     def step(self, closure: Callable[[], Tensor | float]) -> ZOStepOutput:  # type: ignore[override]
         """One ZO step. `closure()` returns the minibatch loss at the current weights (no backward)."""
         if closure is None:
-            raise ValueError(f"{type(self.rule).__name__}: step needs a closure returning the loss; it never reads .grad")
+            raise ValueError(
+                f"{type(self.rule).__name__}: step needs a closure returning the loss; it never reads .grad"
+            )
         scheduled = self.rule.schedule(self, closure)  # a rule with a probe schedule of its own (HiZOO)
         if scheduled is not None:
             return scheduled
@@ -168,7 +170,11 @@ class ZOOptimizer(Optimizer):
     def _mezo_step(self, closure, scales, all_finite) -> ZOStepOutput:
         seed, engine = self.query_seeds()[0], self.engine
         if not self.sync:
-            summary = self.step_graphs.run(seed, scales, closure) if self.step_graphs else self.device_step(seed, scales, closure)
+            summary = (
+                self.step_graphs.run(seed, scales, closure)
+                if self.step_graphs
+                else self.device_step(seed, scales, closure)
+            )
             self.num_steps += 1
             loss, g, loss_plus, loss_minus, skipped = summary.unbind()
             return ZOStepOutput(loss, g, loss_plus, loss_minus, skipped.bool())

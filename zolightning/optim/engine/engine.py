@@ -72,14 +72,24 @@ class ZOEngine:
     def tensors(self) -> list[tuple[dict, Tensor]]:
         return [(group, p) for group in self.groups for p in group["params"]]
 
+    def parts(self) -> list[tuple[dict, Tensor, Tensor, int]]:
+        """(group, parameter, the part this process holds, its first element's flat index in the full tensor): the
+        whole tensor and 0 unless the weights are sharded (FSDP2)."""
+        return [(group, p, *local_shard(p)) for group, p in self.tensors()]
+
     def params(self) -> list[Tensor]:
-        """The tensors of this step, checked once for the fused pass: a step's three or four passes reuse the
-        check instead of each walking every tensor's storage (2 ms of host time per SmolLM2 step)."""
+        """The tensors (this process's parts) of this step, checked once for the fused pass: a step's three or four
+        passes reuse the check instead of each walking every tensor's storage (2 ms of host time per SmolLM2 step)."""
         if self._step_params is None:
             from zolightning.optim.kernels import fused
 
-            self._step_params = fused.trusted([p for _, p in self.tensors()])
+            local = [part for _, _, part, _ in self.parts()] if self.sharded else [p for _, p in self.tensors()]
+            self._step_params = fused.trusted(local)
         return self._step_params
+
+    def starts(self) -> list[int] | None:
+        """Where each part starts in its full tensor; None for unsharded weights."""
+        return [start for *_, start in self.parts()] if self.sharded else None
 
     def new_step(self) -> None:
         """Forget the checked tensors: every step checks afresh (weights may have been replaced between steps)."""
@@ -91,8 +101,8 @@ class ZOEngine:
 
     def fuses(self) -> bool:
         """Whether the fused Triton passes run on these weights: decided once (the tensors never change)."""
-        if self._fuses is None:
-            self._fuses = self.noise.fuses([p for _, p in self.tensors()])
+        if self._fuses is None:  # a part starting inside a Philox group of 4 takes the reference passes
+            self._fuses = self.noise.fuses(self.params()) and not any(s % 4 for s in self.starts() or ())
         return self._fuses
 
     def use_reference_passes(self) -> None:
@@ -181,10 +191,7 @@ class ZOEngine:
     def counter_pass(self, seed, scales: Scales, offset: float, update: tuple[Tensor, Tensor] | None = None) -> None:
         """Philox: weights at θ + self.offset·ε·s⊙z -> θ + offset·ε·s⊙z, or with update = (mult, step)
         -> mult·θ + step·s⊙z (the restore-and-update pass, rounded stochastically if asked)."""
-        if self.sharded:  # each rank's rows, and where they start in the full tensors
-            tensors, starts = zip(*(local_shard(p) for _, p in self.tensors()))
-        else:
-            tensors, starts = self.params(), None
+        tensors, starts = self.params(), self.starts()  # sharded: each rank's rows, and where they start
         s = self.vector(scales)
         pre = s * (self.offset * self.eps)
         if update is None:
@@ -216,7 +223,7 @@ class ZOEngine:
         coefficients = []
         for group in self.groups:
             k = 1.0 - group["lr"] * group["weight_decay"]
-            if k != 1.0:
+            if k != 1.0:  # (generator noise: never sharded)
                 torch._foreach_mul_(group["params"], k)
             coefficients += [k * self.eps - group["lr"] * g] * len(group["params"])
         tensors = [p for _, p in self.tensors()]
@@ -237,7 +244,8 @@ class ZOEngine:
         """θ ← (1 − lr·wd) θ per group, in place (rules that decay after their move)."""
         for group in self.groups:
             if group["weight_decay"]:
-                torch._foreach_mul_(group["params"], 1.0 - group["lr"] * group["weight_decay"])
+                parts = [local_shard(p)[0] for p in group["params"]]
+                torch._foreach_mul_(parts, 1.0 - group["lr"] * group["weight_decay"])
 
 
 def move_tensor(p: Tensor, direction: Tensor, alpha: float) -> None:

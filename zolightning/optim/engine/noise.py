@@ -74,8 +74,11 @@ class GeneratorNoise:
         for p, z, alpha in zip(tensors, self._source.directions(tensors, seed), alphas):
             axpy(p, z, alpha)
 
-    def normal(self, seed: int, index: int, shape: tuple[int, ...], device: torch.device, scratch=None, slot: int = 1):
+    def normal(self, seed: int, index: int, shape: tuple[int, ...], device: torch.device, scratch=None, slot: int = 1,
+               start: int = 0):  # fmt: skip
         """N(0, 1) of `shape` as a function of (seed, index) alone (shaped rules draw their factors with it)."""
+        if start:
+            raise ValueError("generator noise draws whole tensors; parts of sharded tensors need philox noise")
         generator = torch.Generator(device=device).manual_seed(step_seed(seed, index))
         return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
 
@@ -92,12 +95,14 @@ class PhiloxNoise:
 
         return fused.usable(tensors)
 
-    def normal(self, seed: int, index: int, shape: tuple[int, ...], device: torch.device, scratch=None, slot: int = 1):
-        """N(0, 1) of `shape` from tensor key `index`, in a scratch buffer (`slot`) the next draw of that shape reuses."""
+    def normal(self, seed: int, index: int, shape: tuple[int, ...], device: torch.device, scratch=None, slot: int = 1,
+               start: int = 0):  # fmt: skip
+        """N(0, 1) of `shape` from tensor key `index` (elements `start` on), in a scratch buffer (`slot`) reused by
+        the next such draw."""
         from zolightning.optim.kernels.perturbation import add_normal
 
         z = scratch.zeros(shape, torch.float32, device, slot)
-        return add_normal(z, seed, index, torch.ones(1, device=device))
+        return add_normal(z, seed, index, torch.ones(1, device=device), start)
 
 
 NOISES = {"generator": GeneratorNoise, "philox": PhiloxNoise}

@@ -17,8 +17,9 @@ from zolightning.optim.kernels import fused_rules
 from zolightning.optim.kernels.perturbation import add_normal
 
 
-def estimates(engine, probes: list[tuple[int, float]], scales) -> Iterator[tuple[dict, Tensor, Tensor]]:
-    """(group, p, ĝ_p in float32, or float64 for float64 weights) for every tensor, from each query's (seed, g).
+def estimates(engine, probes: list[tuple[int, float]], scales) -> Iterator[tuple[dict, Tensor, Tensor, Tensor]]:
+    """(group, parameter, its part on this process, ĝ of that part in float32, or float64 for float64 weights) for
+    every tensor, from each query's (seed, g). Unsharded, the part is the parameter.
 
     With philox noise each query's g z is added into the estimate by `add_normal`, in a scratch buffer that the
     next tensor of the same shape reuses: consume each estimate before the next."""
@@ -26,39 +27,39 @@ def estimates(engine, probes: list[tuple[int, float]], scales) -> Iterator[tuple
         yield from engine.directions.estimates(probes, scales)
         return
     scale_list = scales.tolist() if torch.is_tensor(scales) else scales
-    tensors = engine.tensors()
+    parts = engine.parts()
     if engine.noise.counter_based:  # one host-to-device copy per query: every tensor's coefficient
         coefficients = [
             torch.tensor([g * s / len(probes) for s in scale_list], dtype=torch.float32).to(engine.device)
             for _, g in probes
         ]
     else:
-        streams = [engine.noise.stream([p for _, p in tensors], seed) for seed, _ in probes]
-    for i, ((group, p), s) in enumerate(zip(tensors, scale_list)):
+        streams = [engine.noise.stream([p for _, p, _, _ in parts], seed) for seed, _ in probes]
+    for i, ((group, p, part, start), s) in enumerate(zip(parts, scale_list)):
         wide = torch.promote_types(p.dtype, torch.float32)
         if engine.noise.counter_based:
-            grad = engine.scratch.zeros(p.shape, wide, p.device)
+            grad = engine.scratch.zeros(part.shape, wide, part.device)
             for (seed, _), coefficient in zip(probes, coefficients):
-                add_normal(grad, seed, i, coefficient[i : i + 1])
-            yield group, p, grad
+                add_normal(grad, seed, i, coefficient[i : i + 1], start)
+            yield group, p, part, grad
             continue
         grad = torch.zeros(p.shape, dtype=wide, device=p.device)
         for (_, g), stream in zip(probes, streams):
             grad.add_(next(stream), alpha=g)
-        yield group, p, grad.mul_(s / len(probes))
+        yield group, p, part, grad.mul_(s / len(probes))
 
 
 def reference_update(engine, rule, probes: list[tuple[int, float]], scales) -> None:
     """θ ← (1 − lr·wd)·θ − lr·d tensor by tensor, d = rule.direction(ĝ) (the weights are at θ)."""
-    for group, p, grad in estimates(engine, probes, scales):
+    for group, p, part, grad in estimates(engine, probes, scales):
         state = engine.state[p]
         if rule.counts_steps:
             state["step"] = state.get("step", 0) + 1
-        wide = p.detach().to(torch.promote_types(p.dtype, torch.float32))
+        wide = part.detach().to(torch.promote_types(part.dtype, torch.float32))
         if group["weight_decay"]:
             wide.mul_(1.0 - group["lr"] * group["weight_decay"])
         wide.sub_(rule.direction(group, grad, state), alpha=group["lr"])
-        p.copy_(wide)
+        part.copy_(wide)
 
 
 def coefficients(engine, scales, g) -> Tensor:
@@ -83,17 +84,17 @@ def fused_update(engine, rule, seeds: list[int], scales, g, ok: Tensor | None) -
 def rule_pass(engine, rule, seeds: list[int], pre: Tensor, coefficient: Tensor, lrs, mults, ok, kernel=None) -> None:
     """One launch of the rule kernel over every tensor (`kernel`: another branch than the rule's own)."""
     kernel = kernel or rule.kernel_for(engine.groups)
-    tensors = engine.params()
+    tensors = engine.params()  # this process's parts; the states are kept per parameter, shaped like the part
     states = []
-    for p in tensors:
-        state = engine.state[p]
+    for (_, parameter), p in zip(engine.tensors(), tensors):
+        state = engine.state[parameter]
         for name in kernel.states:
             if name not in state:
                 state[name] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
         states.append([state[name] for name in kernel.states])
     flag = engine.vector([1.0]) if ok is None else ok
     hyper = hyper_table(engine, rule, kernel).reshape(len(tensors), fused_rules.HYPER_WIDTH)
-    fused_rules.update(tensors, states, kernel, seeds, pre, coefficient, lrs, mults, hyper, flag)
+    fused_rules.update(tensors, states, kernel, seeds, pre, coefficient, lrs, mults, hyper, flag, firsts=engine.starts())
 
 
 def _row(kernel, values: dict[str, float]) -> list[float]:

@@ -67,7 +67,7 @@ if fused.triton is not None:
 
     @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "tensors"])
     def _rule_kernel(
-        pointers, first_states, second_states, program_tensor, program_start, numels, keys,
+        pointers, first_states, second_states, program_tensor, program_start, numels, keys, firsts,
         pre, coefficient, lr, mult, hyper, ok, seed_lo, seed_hi, more_seeds, tensors,
         DTYPE: tl.constexpr, RULE: tl.constexpr, QUERIES: tl.constexpr, BLOCK: tl.constexpr, FAST: tl.constexpr,
         ROUNDS: tl.constexpr, BY_BITS: tl.constexpr, HYPER_WIDTH: tl.constexpr,
@@ -76,7 +76,7 @@ if fused.triton is not None:
             pointers, program_tensor, program_start, numels, DTYPE, BLOCK
         )
         key = tl.load(keys + t).to(tl.uint32)
-        q = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+        q = (tl.load(firsts + t) + start) // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)  # shards: from their offset
         z = normals(seed_lo.to(tl.uint32), seed_hi.to(tl.uint32), q, key, FAST, ROUNDS)  # the passes' z
         carried = tl.load(pre + t) * z  # the perturbation the weights carry now
         estimate = tl.load(coefficient + t) * z
@@ -145,6 +145,7 @@ def update(
     hyper: Tensor,
     ok: Tensor,
     keys: Sequence[int] | None = None,
+    firsts: Sequence[int] | None = None,
 ) -> None:
     """In place, one launch per dtype: tensor i <- mult_i base_i − lr_i d_i, and its states (see the module doc).
 
@@ -154,6 +155,7 @@ def update(
     Several queries: `seed` lists their seeds and `pre`, `coefficient` are [queries, n]. Then
     base = round(w − Σ_j pre_j z_j) and ĝ = Σ_j coefficient_j z_j (z_j drawn from seed j).
     `keys[i]`: tensor i's noise key (default i), for a subset of the tensors a rule perturbs.
+    `firsts[i]`: the flat index of tensor i's first element in its full tensor (shards; multiples of 4).
     """
     seeds = [seed] if isinstance(seed, int) else list(seed)
     keys = list(range(len(params))) if keys is None else list(keys)
@@ -163,7 +165,7 @@ def update(
     pre, coefficient = pre.reshape(len(seeds), -1), coefficient.reshape(len(seeds), -1)
     more_seeds = _seed_table(seeds[1:], pre.device) if len(seeds) > 1 else ok
     flag = ok.reshape(1).to(torch.int32)
-    for dtype, plan in fused.plan_for(params, keys, ()).items():
+    for dtype, plan in fused.plan_for(params, keys, tuple(firsts or ())).items():
         chosen = [i for i, p in enumerate(params) if p.dtype == dtype]  # the plan's tensors, read on the host
         whole = len(chosen) == len(params)
         per_tensor = [v if whole else v.index_select(0, plan.index) for v in (lr, mult, hyper)]
@@ -171,11 +173,11 @@ def update(
         tables = [addresses([states[i][j] for i in chosen], pre.device) for j in range(wanted)]
         tables += [plan.pointers] * (2 - wanted)  # unused by the rule: any valid pointer table
         _rule_kernel[(plan.programs,)](
-            plan.pointers, *tables, plan.program_tensor, plan.program_start, plan.numels, plan.keys,
+            plan.pointers, *tables, plan.program_tensor, plan.program_start, plan.numels, plan.keys, plan.firsts,
             *(v.float().contiguous() for v in per_query), *(v.float().contiguous() for v in per_tensor), flag,
             seeds[0] & 0xFFFFFFFF, seeds[0] >> 32, more_seeds, len(chosen),
-            DTYPE=fused.TL_DTYPES[dtype], RULE=rule.code, QUERIES=len(seeds), BLOCK=fused.BLOCK, HYPER_WIDTH=HYPER_WIDTH,
-            FAST=not fused.INTERPRET, ROUNDS=ROUNDS, BY_BITS=fused.by_bits(dtype), num_warps=8,
+            DTYPE=fused.TL_DTYPES[dtype], RULE=rule.code, QUERIES=len(seeds), BLOCK=fused.BLOCK,
+            HYPER_WIDTH=HYPER_WIDTH, FAST=not fused.INTERPRET, ROUNDS=ROUNDS, BY_BITS=fused.by_bits(dtype), num_warps=8,
         )  # fmt: skip
 
 

@@ -95,8 +95,9 @@ def shift(
             statistics[i, 0], statistics[i, 1] = written.sum(), (written * written).sum()
 
 
-def add_normal(out: Tensor, seed: int, key: int, alpha: Tensor) -> Tensor:
-    """In place: out += alpha * z, z the normals of tensor `key` as the passes draw them (`alpha`: 1 element).
+def add_normal(out: Tensor, seed: int, key: int, alpha: Tensor, start: int = 0) -> Tensor:
+    """In place: out += alpha * z, z the normals of tensor `key` as the passes draw them (`alpha`: 1 element), from
+    element `start` of the full tensor on (a shard's part).
 
     On CUDA with Triton this is one fused launch (z made in registers, as in `shift`); elsewhere the PyTorch
     reference. The update rules that need z itself (the estimated and shaped optimizers) draw it here, so their
@@ -107,11 +108,11 @@ def add_normal(out: Tensor, seed: int, key: int, alpha: Tensor) -> Tensor:
     from zolightning.optim.kernels import fused
 
     flat = out.view(-1)
-    if fused.usable([flat]):
+    if fused.usable([flat]) and start % 4 == 0:
         zero = alpha.new_zeros(1)
-        fused.shift([flat], [key], seed, zero, alpha.reshape(1), zero + 1.0)
+        fused.shift([flat], [key], seed, zero, alpha.reshape(1), zero + 1.0, firsts=[start] if start else None)
         return out
-    z = philox_normal(seed, key, flat.numel(), device=out.device).to(out.dtype)
+    z = philox_normal(seed, key, flat.numel(), start=start, device=out.device).to(out.dtype)
     flat.add_(z * alpha.to(out.dtype))
     return out
 

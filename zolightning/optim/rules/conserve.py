@@ -22,9 +22,9 @@ class ZOSGDConserve(ZORule):
 
     def reference_update(self, engine, probes, scales, closure) -> None:
         def move(factor: float) -> None:
-            for group, p, grad in updates.estimates(engine, probes, scales):
-                wide = p.detach().to(torch.promote_types(p.dtype, torch.float32))
-                p.copy_(wide.sub_(grad, alpha=factor * group["lr"]))
+            for group, _, part, grad in updates.estimates(engine, probes, scales):
+                wide = part.detach().to(torch.promote_types(part.dtype, torch.float32))
+                part.copy_(wide.sub_(grad, alpha=factor * group["lr"]))
 
         self.last_choice = _choose(closure, move, steps=(+1.0, -2.0, +1.0))
         engine.decay()

@@ -38,17 +38,19 @@ class HiZOO(ZORule):
 
     def __init__(self, hessian_smooth: float = 1e-6, max_sigma: float = math.inf):
         if not 0 <= hessian_smooth <= 1 or max_sigma <= 0:
-            raise ValueError(f"HiZOO needs 0 <= hessian_smooth <= 1 and max_sigma > 0, got {hessian_smooth}, {max_sigma}")
+            raise ValueError(
+                f"HiZOO needs 0 <= hessian_smooth <= 1 and max_sigma > 0, got {hessian_smooth}, {max_sigma}"
+            )
         self.hessian_smooth, self.max_sigma = hessian_smooth, max_sigma
 
     def directions(self, engine):
         return SigmaDirections(engine)
 
     def fuses(self, engine, queries: int) -> bool:
-        return engine.fuses()
+        return engine.directions.fuses(1)
 
     def schedule(self, optimizer, closure):
-        if optimizer.engine.fuses():
+        if optimizer.engine.directions.fuses(1):
             return self._fused_step(optimizer, closure)
         return self._reference_step(optimizer, closure)
 
@@ -63,15 +65,15 @@ class HiZOO(ZORule):
         if not (math.isfinite(g) and math.isfinite(curvature)):
             return optimizer.skip(loss_plus, loss_minus)
         alpha, sigmas = self.hessian_smooth, engine.directions
-        for index, (group, p) in enumerate(engine.tensors()):
-            z, sigma = sigmas.normal(seed, index, tuple(p.shape), p), sigmas.sigma(p)
+        for index, (group, p, part, start) in enumerate(engine.parts()):
+            z, sigma = sigmas.normal(seed, index, tuple(part.shape), part, start=start), sigmas.sigma(p, part)
             estimate = z.square().div_(sigma).mul_(curvature)
             sigma.mul_(1 - alpha).add_(estimate, alpha=alpha).clamp_(max=self.max_sigma)
-            wide = p.detach().to(sigma.dtype)
+            wide = part.detach().to(sigma.dtype)
             if group["weight_decay"]:
                 wide.mul_(1.0 - group["lr"] * group["weight_decay"])
             wide.sub_(z.mul_(sigma.sqrt()), alpha=group["lr"] * g)
-            p.copy_(wide)
+            part.copy_(wide)
         return optimizer.completed(loss_plus, loss_minus, g)
 
     def _fused_step(self, optimizer, closure):
@@ -106,17 +108,21 @@ class HiZOO(ZORule):
 
 
 class SigmaDirections(ShapedDirections):
-    """D = √Σ ⊙ z, Σ per element in the optimizer state (`sigma`, float32 or float64 like the weights' arithmetic)."""
+    """D = √Σ ⊙ z, Σ per element in the optimizer state (`sigma`, float32 or float64 like the weights' arithmetic;
+    shaped like this process's part of the parameter)."""
 
-    def sigma(self, p: Tensor) -> Tensor:
+    def sigma(self, p: Tensor, part: Tensor) -> Tensor:
         state = self.engine.state[p]
         if "sigma" not in state:
-            state["sigma"] = torch.ones(p.shape, dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
+            wide = torch.promote_types(part.dtype, torch.float32)
+            state["sigma"] = torch.ones(part.shape, dtype=wide, device=part.device)
         return state["sigma"]
 
-    def direction(self, index: int, p: Tensor, seed: int) -> Tensor:
-        return self.normal(seed, index, tuple(p.shape), p).mul_(self.sigma(p).sqrt())
+    def direction(self, index: int, part: Tensor, start: int, seed: int) -> Tensor:
+        p = self.engine.tensors()[index][1]
+        return self.normal(seed, index, tuple(part.shape), part, start=start).mul_(self.sigma(p, part).sqrt())
 
     def fused_pass(self, seed: int, pre: Tensor, alpha: Tensor, mult: Tensor, refresh: Tensor | None = None) -> None:
         params = self.engine.params()
-        fused_shaped.hizoo_pass(params, [self.sigma(p) for p in params], seed, pre, alpha, mult, refresh)
+        sigmas = [self.sigma(p, part) for (_, p), part in zip(self.engine.tensors(), params)]
+        fused_shaped.hizoo_pass(params, sigmas, seed, pre, alpha, mult, refresh)

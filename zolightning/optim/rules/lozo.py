@@ -41,7 +41,7 @@ class LOZO(ZORule):
         return LowRankDirections(engine, self.rank, self.interval)
 
     def fuses(self, engine, queries: int) -> bool:
-        return engine.fuses()
+        return engine.directions.fuses(queries)
 
     def fused_update(self, engine, seeds, scales, g, ok, closure) -> None:
         if len(seeds) == 1:
@@ -83,12 +83,14 @@ class LowRankDirections(ShapedDirections):
             self._v_cache[key] = self.normal(seed, index, (n, self.rank), like, slot=2).clone()
         return self._v_cache[key]
 
-    def direction(self, index: int, p: Tensor, seed: int) -> Tensor:
-        if p.dim() < 2:
-            return self.normal(seed, index, tuple(p.shape), p)
-        m = p.shape[0]
-        u = self.normal(seed, index, (m, self.rank), p)
-        return (u @ self._v(index, p.numel() // m, p).T).view(p.shape)
+    def direction(self, index: int, part: Tensor, start: int, seed: int) -> Tensor:
+        if part.dim() < 2:
+            return self.normal(seed, index, tuple(part.shape), part, start=start)
+        if part.numel() == 0:  # a rank past the last row holds nothing
+            return torch.zeros_like(part, dtype=torch.promote_types(part.dtype, torch.float32))
+        rows, width = part.shape[0], part[0].numel()  # a shard holds whole rows (FSDP2 splits dim 0)
+        u = self.normal(seed, index, (rows, self.rank), part, start=start // width * self.rank)  # its rows of U
+        return (u @ self._v(index, width, part).T).view(part.shape)
 
     def fused_pass(self, seed: int, pre: Tensor, alpha: Tensor, mult: Tensor, refresh: Tensor | None = None) -> None:
         params = self.engine.params()
