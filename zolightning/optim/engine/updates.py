@@ -94,7 +94,8 @@ def rule_pass(engine, rule, seeds: list[int], pre: Tensor, coefficient: Tensor, 
         states.append([state[name] for name in kernel.states])
     flag = engine.vector([1.0]) if ok is None else ok
     hyper = hyper_table(engine, rule, kernel).reshape(len(tensors), fused_rules.HYPER_WIDTH)
-    fused_rules.update(tensors, states, kernel, seeds, pre, coefficient, lrs, mults, hyper, flag, firsts=engine.starts())
+    starts = engine.starts()
+    fused_rules.update(tensors, states, kernel, seeds, pre, coefficient, lrs, mults, hyper, flag, firsts=starts)
 
 
 def _row(kernel, values: dict[str, float]) -> list[float]:

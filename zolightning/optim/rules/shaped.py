@@ -1,9 +1,9 @@
 """Direction sources for rules whose directions are not s⊙z: the engine perturbs and estimates along D instead.
 
 A source serves one engine: `direction(index, part, start, seed)` is D of tensor `index` (of its part from flat
-element `start` on, for shards) for a step seed (the PyTorch reference, tensor by tensor), `fused_pass(seed, pre, alpha, mult)` moves every tensor in one launch
-(`kernels/fused_shaped.py`), w ← mult·round(w − pre·D_old) + alpha·D_new. z is the engine's noise, so both paths
-move along the same directions.
+element `start` on, for shards) for a step seed: the PyTorch reference, tensor by tensor. `fused_pass(seed, pre,
+alpha, mult)` moves every tensor in one launch (`kernels/fused_shaped.py`): w ← mult·round(w − pre·D_old) +
+alpha·D_new. z is the engine's noise, so both paths move along the same directions.
 """
 
 from __future__ import annotations
