@@ -17,9 +17,9 @@ import torch
 
 from benchmarks.timing import to_device
 from zolightning.data import TaskDataModule
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOOptimizer
-from zolightning.scoring import batch_loss
 
 SETTINGS = {  # name: (dtype, noise, stochastic rounding)
     "fp32 generator": (torch.float32, "generator", False),

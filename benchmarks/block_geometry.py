@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.geometry import GeometrySums, allocation_terms, kind_table, observe_batch
 from benchmarks.timing import to_device
 from zolightning.data import TaskDataModule
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
-from zolightning.scoring import batch_loss
 from zolightning.variance.blocks import block_kind, trainable_named_parameters
-from zolightning.variance.geometry import GeometrySums, allocation_terms, kind_table, observe_batch
 from zolightning.variance.learned import LearnedVariance, learned_variance_for, sigma_by_kind
 
 FILES = sorted(str(p) for p in (Path(__file__).parents[1] / "optimizers").glob("smollm2-135m-instruct.*.safetensors"))

@@ -22,9 +22,9 @@ def main() -> None:
     import torch
     from torch._dynamo.utils import compile_times, counters
 
-    from zolightning.fast_forward import FastScoringModel
+    from zolightning.forward.fast_forward import FastScoringModel
+    from zolightning.forward.shape_plan import ShapePlan
     from zolightning.models import load_causal_lm
-    from zolightning.shape_plan import ShapePlan
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_causal_lm(args.model, dtype=args.dtype).to(device)

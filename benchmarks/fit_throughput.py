@@ -137,11 +137,11 @@ def isolated_step_ms(args, case: str) -> tuple[float, float, tuple[int, int]]:
     from benchmarks.step_time import random_batch
     from benchmarks.timing import timed
     from zolightning.data import TaskDataModule
-    from zolightning.fast_forward import FastScoringModel
+    from zolightning.forward.fast_forward import FastScoringModel
+    from zolightning.forward.scoring import batch_loss
+    from zolightning.forward.shape_plan import plan_shapes
     from zolightning.models import load_causal_lm
     from zolightning.optim import ZOOptimizer
-    from zolightning.scoring import batch_loss
-    from zolightning.shape_plan import plan_shapes
 
     config, _, dtype = FIT_CASES[case]
     task = Path(config).parent.name

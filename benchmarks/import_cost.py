@@ -15,7 +15,7 @@ import traceback
 
 
 def slowest_imports(limit: int = 15) -> list[str]:
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import zolightning.cli"],
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import zolightning.cli.main"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     rows = []
     for line in done.stderr.splitlines():
@@ -40,7 +40,7 @@ def custom_op_registrations() -> tuple[float, collections.Counter]:
 
     custom_ops.CustomOpDef._register_to_dispatcher = counted
     start = time.perf_counter()
-    import zolightning.cli  # noqa: F401
+    import zolightning.cli.main  # noqa: F401
 
     return time.perf_counter() - start, counts
 
@@ -48,7 +48,7 @@ def custom_op_registrations() -> tuple[float, collections.Counter]:
 def main() -> None:
     print("\n".join(slowest_imports()))
     seconds, counts = custom_op_registrations()
-    print(f"import zolightning.cli: {seconds:.1f} s (torch already imported), custom ops registered by:")
+    print(f"import zolightning.cli.main: {seconds:.1f} s (torch already imported), custom ops registered by:")
     for where, n in counts.most_common(10):
         print(f"  {n:4d}  {where}")
 

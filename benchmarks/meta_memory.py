@@ -16,9 +16,9 @@ import torch
 
 from benchmarks.timing import peak_mib, timed, to_device
 from zolightning.data import TaskDataModule
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim.engine.noise import NoiseSource, step_seed
-from zolightning.scoring import batch_loss
 from zolightning.variance.blocks import describe_blocks, trainable_named_parameters
 from zolightning.variance.learned import block_statistics
 from zolightning.variance.meta import meta_step

@@ -23,11 +23,11 @@ import torch
 
 from benchmarks.step_time import build_model, random_batch
 from benchmarks.timing import peak_mib, timed
-from zolightning.fast_forward import FastScoringModel
+from zolightning.forward.fast_forward import FastScoringModel
+from zolightning.forward.scoring import batch_loss
+from zolightning.forward.shape_plan import ShapePlan
 from zolightning.models.lora import add_lora
 from zolightning.optim import OPTIMIZER_NAMES, build_zo_optimizer
-from zolightning.scoring import batch_loss
-from zolightning.shape_plan import ShapePlan
 
 # --rules names of the LoRA rows: adapters in the model's dtype (what every fit runs), or peft's float32 ones
 LORA_ROWS = {"model": "lora", "float32": "lora_fp32"}

@@ -9,13 +9,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-
-def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+from zolightning.compare.results import read_scalars as scalars  # the one TensorBoard reader
 
 
 def main() -> None:

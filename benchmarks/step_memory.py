@@ -14,9 +14,9 @@ import torch
 
 from benchmarks.timing import peak_mib, timed, to_device
 from zolightning.data import TaskDataModule
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOOptimizer
-from zolightning.scoring import batch_loss
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.optimizer_family import scoring_model
 from benchmarks.step_time import build_model, random_batch
+from zolightning.forward.scoring import batch_loss
 from zolightning.models.lora import add_lora
 from zolightning.optim import build_zo_optimizer
-from zolightning.scoring import batch_loss
 
 
 def main() -> None:

@@ -28,11 +28,11 @@ import torch
 
 from benchmarks.timing import peak_mib, timed
 from zolightning.data.encoding import EncodedExample, collate
-from zolightning.fast_forward import FastScoringModel
+from zolightning.forward.fast_forward import FastScoringModel
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOOptimizer
 from zolightning.optim.kernels.philox import philox_normal
-from zolightning.scoring import batch_loss
 
 BACK_TO_BACK = 5  # calls per timed repeat when measuring the steady state
 SHAPES = {  # Llama-architecture configurations (tied embeddings), weights drawn at random: timing needs no file

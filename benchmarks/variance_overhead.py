@@ -16,9 +16,9 @@ import time
 import torch
 
 from zolightning.data import TaskDataModule
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOOptimizer
-from zolightning.scoring import batch_loss
 from zolightning.variance.learned import learned_variance_for
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from zolightning.bytecode import uncached_packages, warn_if_bytecode_uncached
+from zolightning.cli.bytecode import uncached_packages, warn_if_bytecode_uncached
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def test_a_package_without_bytecode_is_found_and_compiling_it_clears_it(package)
 
 
 def test_warns_only_where_python_will_not_write_the_caches(package, monkeypatch, caplog):
-    caplog.set_level(logging.WARNING, logger="zolightning.bytecode")
+    caplog.set_level(logging.WARNING, logger="zolightning.cli.bytecode")
     monkeypatch.setattr(sys, "dont_write_bytecode", False)
     assert not warn_if_bytecode_uncached(("zo_fake_pkg",))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)

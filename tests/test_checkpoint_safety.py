@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zolightning.checkpoint_safety import UnsafeCheckpointError, check_sharded_checkpoint, load_checkpoint
-from zolightning.cli import main as cli_main
-from zolightning.export_cli import main as export_main
+from zolightning.checkpoints.safety import UnsafeCheckpointError, check_sharded_checkpoint, load_checkpoint
+from zolightning.cli.export import main as export_main
+from zolightning.cli.main import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 

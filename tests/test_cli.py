@@ -6,11 +6,11 @@ import pytest
 
 from benchmarks.read_curves import scalars
 from tests.conftest import tiny_cli_args
-from zolightning.cli import ZOLightningCLI, main
+from zolightning.cli.entry import main as entry_main
+from zolightning.cli.main import ZOLightningCLI, main
 from zolightning.data import TaskDataModule
-from zolightning.entry import main as entry_main
+from zolightning.distributed.strategies import ZODDPStrategy
 from zolightning.modules import ZOFineTuneModule
-from zolightning.strategies import ZODDPStrategy
 
 CONFIGS = sorted(
     p
@@ -172,7 +172,7 @@ def test_meta_fit_writes_a_learned_optimizer_file(tmp_path, data_dir, monkeypatc
 
 
 def test_the_progress_bar_counts_steps_not_epochs(tmp_path, data_dir, capsys):
-    from zolightning.cli import main
+    from zolightning.cli.main import main
 
     args = ["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--data.data_dir", str(data_dir)]
     main(args + ["--trainer.logger", "false", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4"])

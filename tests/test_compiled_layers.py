@@ -6,11 +6,11 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from tests.test_fast_forward import _batch
-from zolightning.compiled_layers import CompiledLayers, is_routed, repeated_layers
-from zolightning.fast_forward import FastScoringModel, compiled_graph_count
+from zolightning.forward.compiled_layers import CompiledLayers, is_routed, repeated_layers
+from zolightning.forward.fast_forward import FastScoringModel, compiled_graph_count
+from zolightning.forward.scoring import batch_loss
+from zolightning.forward.shape_plan import ShapePlan
 from zolightning.models import load_causal_lm
-from zolightning.scoring import batch_loss
-from zolightning.shape_plan import ShapePlan
 
 PLAN = ShapePlan(rows=(3, 4), lengths=(32, 64))
 

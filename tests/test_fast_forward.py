@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from zolightning.data.encoding import EncodedExample, collate
-from zolightning.fast_forward import FastScoringModel, compiled_graph_count
+from zolightning.forward.fast_forward import FastScoringModel, compiled_graph_count
+from zolightning.forward.scoring import batch_loss
+from zolightning.forward.shape_plan import ShapePlan, plan_shapes
 from zolightning.models import load_causal_lm
-from zolightning.scoring import batch_loss
-from zolightning.shape_plan import ShapePlan, plan_shapes
 
 
 def _batch(lengths, seed=0):

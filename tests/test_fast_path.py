@@ -5,8 +5,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from zolightning import fast_path
-from zolightning.fast_path import choose_path
+from zolightning.forward import fast_path
+from zolightning.forward.fast_path import choose_path
 from zolightning.models import load_causal_lm
 from zolightning.modules import ZOFineTuneModule
 

@@ -5,7 +5,7 @@ from torchmetrics.text import SQuAD
 
 from zolightning.data import get_task
 from zolightning.data.encoding import collate_generation, encode_example
-from zolightning.generation import greedy_answers, update_squad
+from zolightning.forward.generation import greedy_answers, update_squad
 from zolightning.models import load_causal_lm, load_tokenizer
 
 
@@ -59,7 +59,7 @@ def test_greedy_answers_are_left_padded_prompts_continued_without_newlines():
 def test_stopping_at_newline_tokens_gives_the_answers_of_hf_stop_strings():
     import torch
 
-    from zolightning.generation import newline_token_ids
+    from zolightning.forward.generation import newline_token_ids
 
     tokenizer, model = load_tokenizer("tiny-llama"), load_causal_lm("tiny-llama")
     stops = newline_token_ids(tokenizer)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from benchmarks.geometry import GeometrySums, LossProbe, allocation_terms, kind_table, observe_batch
 from zolightning.optim import ZOOptimizer
-from zolightning.variance.geometry import GeometrySums, LossProbe, allocation_terms, kind_table, observe_batch
 
 CURVATURE = {
     "a": torch.linspace(0.5, 3.0, 6, dtype=torch.float64),

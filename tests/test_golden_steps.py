@@ -19,8 +19,8 @@ import torch
 
 from tests.golden_rules import PINNED
 from tests.zo_factory import make_optimizer
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
-from zolightning.scoring import batch_loss
 
 GOLDEN = Path(__file__).parent / "golden" / "zo_steps.json"
 RECORD = bool(os.environ.get("ZOLIGHTNING_RECORD_GOLDEN"))

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from tests.golden_rules import build_case_optimizer, rule_names
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
-from zolightning.scoring import batch_loss
 
 GOLDEN = Path(__file__).parent / "golden" / "zo_trajectories.json"
 RECORD = bool(os.environ.get("ZOLIGHTNING_RECORD_GOLDEN"))

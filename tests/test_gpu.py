@@ -8,11 +8,11 @@ import torch
 
 from tests.zo_factory import make_optimizer
 from zolightning.data.encoding import EncodedExample, collate
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOOptimizer
 from zolightning.optim.kernels import fused
 from zolightning.optim.kernels.philox import philox_normal
-from zolightning.scoring import batch_loss
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or fused.triton is None, reason="needs a CUDA GPU and Triton"
@@ -47,7 +47,7 @@ def test_fused_step_follows_the_reference_step(dtype):
 
 @torch.no_grad()
 def test_cuda_graph_forward_equals_eager_and_sees_updates():
-    from zolightning.fast_forward import FastScoringModel
+    from zolightning.forward.fast_forward import FastScoringModel
 
     model = load_causal_lm("tiny-llama").cuda()
     fast = FastScoringModel(model, bucket=64)
@@ -63,7 +63,7 @@ def test_cuda_graph_forward_equals_eager_and_sees_updates():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_lora_forward_equals_eager_on_the_gpu(dtype):
     # peft's LoRA layers under inductor's CUDA kernels and the CUDA-graphed trunk; fp32 adapters on a bf16 model
-    from zolightning.fast_forward import FastScoringModel
+    from zolightning.forward.fast_forward import FastScoringModel
     from zolightning.models.lora import add_lora
 
     model, _ = add_lora(load_causal_lm("tiny-llama").to("cuda", dtype), r=8)
@@ -101,8 +101,8 @@ def test_learned_variance_reads_the_fused_pass_statistics_in_its_cuda_graph(tmp_
 
 
 def test_planned_cuda_graph_forward_has_no_recompiles_after_warm_up(tiny_data):
-    from zolightning.fast_forward import FastScoringModel, compiled_graph_count
-    from zolightning.shape_plan import plan_shapes
+    from zolightning.forward.fast_forward import FastScoringModel, compiled_graph_count
+    from zolightning.forward.shape_plan import plan_shapes
 
     data = tiny_data(num_eval=12, eval_batch_size=8)
     model = load_causal_lm("tiny-llama").cuda()
@@ -170,7 +170,7 @@ def test_training_steps_between_logging_steps_never_wait_for_the_gpu(tmp_path, d
     from pathlib import Path
 
     from benchmarks.read_curves import scalars
-    from zolightning.cli import main
+    from zolightning.cli.main import main
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     main(
@@ -185,8 +185,8 @@ def test_training_steps_between_logging_steps_never_wait_for_the_gpu(tmp_path, d
 
 
 def _planned_steps(tiny_data, capture: bool, steps: int = 10):
-    from zolightning.fast_forward import FastScoringModel, compiled_graph_count
-    from zolightning.shape_plan import plan_shapes
+    from zolightning.forward.fast_forward import FastScoringModel, compiled_graph_count
+    from zolightning.forward.shape_plan import plan_shapes
 
     data = tiny_data(num_eval=12, eval_batch_size=8)
     model = load_causal_lm("tiny-llama").cuda()
@@ -221,7 +221,7 @@ def test_a_fit_replays_its_steps_as_cuda_graphs(tmp_path, data_dir, monkeypatch)
     from pathlib import Path
 
     from benchmarks.read_curves import scalars
-    from zolightning.cli import main
+    from zolightning.cli.main import main
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     main(

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import tiny_cli_args
-from zolightning.cli import main
-from zolightning.health import RunHealth, UnhealthyRun
+from zolightning.callbacks.health import RunHealth, UnhealthyRun
+from zolightning.cli.main import main
 from zolightning.modules import ZOFineTuneModule
 
 
@@ -110,14 +110,14 @@ def test_the_guard_is_enabled_from_the_command_line(capsys):
                 "fit",
                 "--config",
                 "configs/tiny/sst2_mezo.yaml",
-                "--trainer.callbacks+=zolightning.health.RunHealth",
+                "--trainer.callbacks+=zolightning.callbacks.health.RunHealth",
                 "--trainer.callbacks.action",
                 "cut_lr",
                 "--print_config",
             ]
         )
     printed = capsys.readouterr().out
-    assert "zolightning.health.RunHealth" in printed and "action: cut_lr" in printed
+    assert "zolightning.callbacks.health.RunHealth" in printed and "action: cut_lr" in printed
 
 
 def test_the_defaults_stay_quiet_on_six_real_sst2_curves():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from zolightning.export_cli import main as export_main
+from zolightning.cli.export import main as export_main
 from zolightning.models.lora import LoraConfigError
 from zolightning.modules import ZOFineTuneModule
 

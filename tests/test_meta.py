@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from zolightning.data.encoding import collate
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.modules import ZOFineTuneModule
 from zolightning.modules.meta_variance import MetaVarianceModule
 from zolightning.optim.engine.noise import NoiseSource
-from zolightning.scoring import batch_loss
 from zolightning.variance import BlockVarianceNets
 from zolightning.variance.blocks import trainable_named_parameters
 from zolightning.variance.meta import FunctionalModel, lookahead, meta_step

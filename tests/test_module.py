@@ -8,10 +8,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from benchmarks.read_curves import scalars
 from zolightning.data.encoding import collate
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.modules import ZOFineTuneModule
 from zolightning.optim import ZOOptimizer
-from zolightning.scoring import batch_loss
 
 
 def _trainer(tmp_path, max_steps, callbacks=(), **kwargs):

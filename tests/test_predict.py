@@ -33,7 +33,11 @@ def test_predictions_of_a_checkpoint_are_the_answers_test_scores(tmp_path, data_
     _zolightning("fit", *_tiny(tmp_path, data_dir, *logs, "--trainer.max_steps", "4"))
     ckpt = tmp_path / "tiny-sst2-mezo" / "version_0" / "checkpoints" / "last.ckpt"
     out = tmp_path / "predictions.jsonl"
-    writer = ["--trainer.callbacks+=zolightning.predictions.PredictionWriter", "--trainer.callbacks.path", str(out)]
+    writer = [
+        "--trainer.callbacks+=zolightning.callbacks.predictions.PredictionWriter",
+        "--trainer.callbacks.path",
+        str(out),
+    ]
     _zolightning("predict", *_tiny(tmp_path, data_dir, *logs, *writer, "--ckpt_path", str(ckpt)))
     lines = _lines(out)
     assert len(lines) == 32 and len({line["row"] for line in lines}) == 32  # num_eval of the tiny config
@@ -49,7 +53,11 @@ def test_rows_of_a_file_are_answered_in_order(tmp_path, data_dir):
     texts = ["a triumph", "a dull mess", "fine"]
     rows.write_text("".join(json.dumps({"sentence": t, "label": 1}) + "\n" for t in texts))
     out = tmp_path / "p.jsonl"
-    writer = ["--trainer.callbacks+=zolightning.predictions.PredictionWriter", "--trainer.callbacks.path", str(out)]
+    writer = [
+        "--trainer.callbacks+=zolightning.callbacks.predictions.PredictionWriter",
+        "--trainer.callbacks.path",
+        str(out),
+    ]
     own = ["--trainer.logger", "false", "--data.predict_file", str(rows), *writer]
     _zolightning("predict", *_tiny(tmp_path, data_dir, *own))
     assert [line["row"] for line in _lines(out)] == [0, 1, 2]
@@ -74,7 +82,7 @@ def test_generate_answers_each_prompt_from_a_checkpoint(tmp_path, data_dir):
 
 
 def test_the_chat_template_wraps_a_prompt_where_the_tokenizer_has_one():
-    from zolightning.generate_cli import as_model_input
+    from zolightning.cli.generate import as_model_input
     from zolightning.models import load_tokenizer
 
     smollm2 = load_tokenizer("smollm2-135m-instruct")

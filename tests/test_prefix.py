@@ -4,8 +4,8 @@ import lightning as L
 import pytest
 import torch
 
-from zolightning.export_cli import main as export_main
-from zolightning.fast_path import choose_path
+from zolightning.cli.export import main as export_main
+from zolightning.forward.fast_path import choose_path
 from zolightning.models import load_causal_lm
 from zolightning.models.prefix import add_prefix, prefix_inputs
 from zolightning.modules import ZOFineTuneModule

@@ -2,8 +2,8 @@ import torch
 import torch.nn.functional as F
 
 from zolightning.data.encoding import EncodedExample, collate
+from zolightning.forward.scoring import answer_logprobs, batch_loss, candidate_scores
 from zolightning.models import load_causal_lm
-from zolightning.scoring import answer_logprobs, batch_loss, candidate_scores
 
 
 def _reference_scores(model, examples):
@@ -75,8 +75,8 @@ def test_scoring_forwards_keep_no_key_value_cache(monkeypatch):
     # a cache would hold every layer's keys and values to the end of the forward (and be outputs of a compiled one)
     import transformers.cache_utils
 
-    from zolightning.fast_forward import FastScoringModel
-    from zolightning.shape_plan import ShapePlan
+    from zolightning.forward.fast_forward import FastScoringModel
+    from zolightning.forward.shape_plan import ShapePlan
 
     created = []
     cache = transformers.cache_utils.DynamicCache

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from zolightning.shape_plan import ShapePlan, choose_lengths, plan_shapes
+from zolightning.forward.shape_plan import ShapePlan, choose_lengths, plan_shapes
 
 
 def _padding(widths, buckets):

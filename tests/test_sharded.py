@@ -168,7 +168,7 @@ def test_a_sharded_checkpoint_resumes_on_another_number_of_processes(tmp_path, d
     assert at_4.keys() == at_6.keys() and not all(torch.equal(at_4[k], at_6[k]) for k in at_4)
     from transformers import AutoModelForCausalLM
 
-    from zolightning.export_cli import main as export_main
+    from zolightning.cli.export import main as export_main
 
     assert export_main([str(one), str(tmp_path / "exported")]) == 0  # consolidated into a Hugging Face directory
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
@@ -177,7 +177,7 @@ def test_a_sharded_checkpoint_resumes_on_another_number_of_processes(tmp_path, d
 
 @pytest.mark.parametrize("strategy", ["deepspeed_stage_3", "fsdp_cpu_offload"])
 def test_strategies_built_on_gradients_are_refused_with_the_supported_ones_named(strategy, capsys):
-    from zolightning.cli import main
+    from zolightning.cli.main import main
 
     with pytest.raises(SystemExit) as stopped:
         main(["fit", "--config", "configs/tiny/sst2_mezo.yaml", "--trainer.strategy", strategy])

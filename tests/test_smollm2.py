@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.read_curves import scalars
-from zolightning.cli import main
+from zolightning.cli.main import main
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import torch
 
 from tests.zo_factory import make_optimizer
-from zolightning.fast_path import step_graph_refusal
+from zolightning.forward.fast_path import step_graph_refusal
 from zolightning.optim.engine.step_graphs import layout
 
 _INTERPRETED = textwrap.dedent(
@@ -103,8 +103,8 @@ def test_the_module_says_why_steps_are_not_captured():
 
 
 def test_a_batch_is_padded_to_its_planned_shape_before_a_step_graph_sees_it():
-    from zolightning.fast_forward import CompiledTrunk
-    from zolightning.shape_plan import ShapePlan
+    from zolightning.forward.fast_forward import CompiledTrunk
+    from zolightning.forward.shape_plan import ShapePlan
 
     trunk = CompiledTrunk(torch.nn.Identity(), ShapePlan(rows=(2, 4), lengths=(8, 16)))
     ids = torch.tensor([[5, 6, 7], [8, 9, 0]])

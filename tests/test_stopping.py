@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from tests.conftest import tiny_cli_args as tiny_args
+from zolightning.callbacks.stopping import DurableCheckpointIO, GracefulStop
 from zolightning.compare.results import read_scalars
-from zolightning.fast_forward import CompiledTrunk
+from zolightning.forward.fast_forward import CompiledTrunk
 from zolightning.modules import ZOFineTuneModule
-from zolightning.stopping import DurableCheckpointIO, GracefulStop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_loses_nothing_saved(tmp_pat
     checkpoints = tmp_path / "tiny-sst2-mezo" / "version_0" / "checkpoints"
     step = torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"]
     assert step == 4  # the first save, whole; the second was cut at half a zip header
-    from zolightning.cli import main
+    from zolightning.cli.main import main
 
     main(["fit", *args, "--ckpt_path", "last"])  # resumes that file, in the same folder
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 8
@@ -143,7 +143,7 @@ def test_sigterm_during_training_saves_the_step_and_the_run_resumes(tmp_path, da
     assert saved["global_step"] > 1 and any("stopped at step" in line for line in seen)
     logged = read_scalars(last.parent.parent)["train/loss"]  # the steps since the last logging step too
     assert max(logged) == saved["global_step"] - 1, (sorted(logged)[-3:], saved["global_step"])
-    from zolightning.cli import main
+    from zolightning.cli.main import main
 
     step = saved["global_step"]
     main([*command, "--trainer.max_steps", str(step + 2), "--ckpt_path", str(last)])

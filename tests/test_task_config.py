@@ -72,7 +72,7 @@ def _topic_task(tmp_path, labels=(0, 1, 2, 1, 0, 2, 1, 0), extra: str = "") -> P
 
 
 def test_a_new_csv_task_trains_from_its_file_alone(tmp_path):
-    from zolightning.cli import main
+    from zolightning.cli.main import main
 
     path = _topic_task(tmp_path)
     args = ["fit", "--config", str(REPO / "configs/tiny/sst2_mezo.yaml"), "--data.task", str(path)]
@@ -116,7 +116,7 @@ def test_a_row_without_a_template_field_names_it(tmp_path):
 
 
 def test_an_f1_task_file_keeps_its_best_checkpoint_by_f1_with_the_default_settings(tmp_path, data_dir):
-    from zolightning.cli import main
+    from zolightning.cli.main import main
 
     path = tmp_path / "squad.yaml"
     path.write_text(
@@ -147,7 +147,7 @@ def _instruction_task(tmp_path, preset: str, rows: list[dict], extra: str = "") 
 
 
 def test_prompt_completion_rows_train_on_the_completion_and_score_by_generation(tmp_path):
-    from zolightning.cli import main
+    from zolightning.cli.main import main
 
     rows = [{"prompt": f"Q: {i} plus one?\nA:", "completion": f" {i + 1}"} for i in range(12)]
     task = _instruction_task(tmp_path, "prompt_completion", rows)

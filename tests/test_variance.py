@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from zolightning.data.encoding import collate
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim import ZOOptimizer
-from zolightning.scoring import batch_loss
 from zolightning.variance import (
     FEATURES,
     BlockVarianceNets,

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.zo_factory import make_optimizer
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim import (
     OPTIMIZER_NAMES,
@@ -17,7 +18,6 @@ from zolightning.optim import (
     ZOSGDSign,
     step_seed,
 )
-from zolightning.scoring import batch_loss
 
 FAMILY = {  # (rule class, options of the rule and the optimizer)
     "momentum": (ZOSGDMomentum, {"momentum": 0.9}),

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from tests.zo_factory import make_optimizer
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim import LOZO, HiZOO, step_seed
 from zolightning.optim.rules.lozo import LAZY_TAG
-from zolightning.scoring import batch_loss
 
 
 def _problem(dtype=torch.float64):

@@ -1,3 +1,3 @@
-from zolightning.entry import main
+from zolightning.cli.entry import main
 
 main()

@@ -14,8 +14,8 @@ import lightning as L
 import torch
 
 from zolightning.data import TaskDataModule
+from zolightning.distributed.strategies import ZO_STRATEGY_FOR
 from zolightning.modules import ZOFineTuneModule
-from zolightning.strategies import ZO_STRATEGY_FOR
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ so that a test can SIGKILL the process in the middle of the write. Arguments: th
 import sys
 import time
 
-from zolightning.cli import main
-from zolightning.stopping import DurableCheckpointIO
+from zolightning.callbacks.stopping import DurableCheckpointIO
+from zolightning.cli.main import main
 
 write = DurableCheckpointIO.write
 saves = []

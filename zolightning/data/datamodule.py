@@ -23,11 +23,12 @@ from zolightning.data.encoding import (
     through_chat_template,
     with_candidates,
 )
+from zolightning.data.facts import DataFacts
 from zolightning.data.sampling import StepIndexedStream, sample_splits
 from zolightning.data.sources import load_split, read_jsonl
 from zolightning.data.tasks import get_task
+from zolightning.forward.shape_plan import LoaderShapes, sampled_batch_widths, sequential_batch_widths
 from zolightning.models import load_tokenizer
-from zolightning.shape_plan import LoaderShapes, sampled_batch_widths, sequential_batch_widths
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class TaskDataModule(L.LightningDataModule):
             raise ValueError(f"objective=accuracy needs a task with candidates; {task!r} is scored by F1")
         self.splits: dict[str, list[EncodedExample]] = {}
         self.left_out: dict[str, list[int]] = {}  # rows whose answer cannot fit in max_length
+        self.truncated: dict[str, int] = {}  # examples whose prompt was cut on the left, per split
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -237,6 +239,13 @@ class TaskDataModule(L.LightningDataModule):
 
     def test_split_names(self) -> list[str]:
         return ["test"]
+
+    def facts(self) -> DataFacts:
+        """What the fine-tuning module reads of this data (`data/facts.py`)."""
+        return DataFacts(
+            self.batch_size, self.max_new_tokens, tuple(self.val_split_names()), tuple(self.test_split_names()),
+            self.task.name, dict(self.truncated), {k: len(v) for k, v in self.left_out.items()},
+        )  # fmt: skip
 
     def val_split_names(self) -> list[str]:
         """What each validation dataloader holds, in order; the module logs under these names."""

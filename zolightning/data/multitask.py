@@ -8,6 +8,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from zolightning.data.datamodule import TaskDataModule, training_loader
+from zolightning.data.facts import DataFacts
 from zolightning.data.sampling import MultiTaskStream, StepIndexedStream
 
 
@@ -100,3 +101,13 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def test_split_names(self) -> list[str]:
         return [f"test:{name}" for name in self.members]
+
+    def facts(self) -> DataFacts:
+        """What the fine-tuning module reads of this data (`data/facts.py`): the members' counts by task."""
+        truncated, left_out = {}, {}
+        for name, member in self.members.items():
+            member_facts = member.facts()
+            truncated |= {f"{split}:{name}": n for split, n in member_facts.truncated.items()}
+            left_out |= {f"{split}:{name}": n for split, n in member_facts.left_out.items()}
+        return DataFacts(self.batch_size, self.max_new_tokens, tuple(self.val_split_names()),
+                         tuple(self.test_split_names()), None, truncated, left_out)  # fmt: skip

@@ -20,9 +20,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim.engine.noise import NoiseSource, step_seed
-from zolightning.scoring import batch_loss
 from zolightning.variance.blocks import describe_blocks, trainable_named_parameters
 from zolightning.variance.file_format import LearnedOptimizerFile
 from zolightning.variance.learned import block_statistics, sigma_by_kind

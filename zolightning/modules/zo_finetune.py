@@ -16,21 +16,28 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 
-from zolightning.fast_forward import FastScoringModel, compile_for_data
-from zolightning.fast_path import ZOPath, choose_path, describe, step_graph_refusal, warn_half_precision_generator
-from zolightning.generation import greedy_answers, negative_f1, update_squad
-from zolightning.health import RunHealth
+from zolightning.callbacks.health import RunHealth
+from zolightning.callbacks.predictions import PredictionWriter, candidate_predictions, generated_predictions
+from zolightning.callbacks.stopping import GracefulStop
+from zolightning.checkpoints.provenance import run_record
+from zolightning.data.facts import facts_of
+from zolightning.forward.fast_forward import FastScoringModel, compile_for_data
+from zolightning.forward.fast_path import (
+    ZOPath,
+    choose_path,
+    describe,
+    step_graph_refusal,
+    warn_half_precision_generator,
+)
+from zolightning.forward.generation import greedy_answers, negative_f1, update_squad
+from zolightning.forward.scoring import answer_logprobs, batch_loss, candidate_scores, negative_accuracy
 from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.models.adapters import adapter_summary, add_adapters, keep_trained_tensors, restore_base_tensors
 from zolightning.models.lora import check_adapter_dtype
 from zolightning.modules.training_log import TrainingLog
 from zolightning.optim import ZOOptimizer, ZORule, resolve_rule
 from zolightning.optim.engine.shards import is_sharded, shard_model
-from zolightning.predictions import PredictionWriter, candidate_predictions, generated_predictions
-from zolightning.provenance import run_record
 from zolightning.resources import find_optimizer_file
-from zolightning.scoring import answer_logprobs, batch_loss, candidate_scores, negative_accuracy
-from zolightning.stopping import GracefulStop
 from zolightning.variance.learned import LearnedVariance, learned_variance_for
 
 log = logging.getLogger(__name__)
@@ -192,7 +199,7 @@ class ZOFineTuneModule(L.LightningModule):
 
     def configure_callbacks(self):
         # Lightning lets these replace the trainer's callbacks of the same type: a RunHealth the user configured
-        # (--trainer.callbacks+=zolightning.health.RunHealth ...) is kept by not returning the default one.
+        # (--trainer.callbacks+=zolightning.callbacks.health.RunHealth ...) is kept by not returning the default one.
         callbacks = getattr(self._trainer, "callbacks", None) or []
         configured = any(isinstance(c, RunHealth) for c in callbacks)
         writer = [] if any(isinstance(c, PredictionWriter) for c in callbacks) else [PredictionWriter()]
@@ -252,7 +259,7 @@ class ZOFineTuneModule(L.LightningModule):
     def _block_scales(self, walk: list[torch.Tensor]) -> LearnedVariance | None:
         if self.hparams.variance == "isotropic":
             return None
-        batch_size, h = getattr(getattr(self.trainer, "datamodule", None), "batch_size", 16), self.hparams
+        batch_size, h = facts_of(self.trainer).batch_size, self.hparams
         world = self.trainer.world_size
         file = find_optimizer_file(h.variance_file)  # a shipped file by its checkout path, from any folder
         return learned_variance_for(file, self.model, walk, batch_size, world, h.normalize, h.sigma_ceiling)
@@ -333,13 +340,12 @@ class ZOFineTuneModule(L.LightningModule):
         return self._tokenizer
 
     def _max_new_tokens(self) -> int:
-        return getattr(getattr(self.trainer, "datamodule", None), "max_new_tokens", 50)
+        return facts_of(self._trainer).max_new_tokens
 
     # ---- evaluation ---------------------------------------------------------------------------------
     def _split_name(self, dataloader_idx: int, stage: str) -> str:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        names = getattr(datamodule, f"{stage}_split_names", None)
-        return names()[dataloader_idx] if names else ("dev" if stage == "val" else "test")
+        facts = facts_of(self._trainer)
+        return (facts.val_split_names if stage == "val" else facts.test_split_names)[dataloader_idx]
 
     def _metrics(self, split: str) -> torch.nn.ModuleDict:
         key = f"{split}_metrics"  # a bare "eval" would shadow Module.eval

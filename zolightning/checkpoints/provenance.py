@@ -7,6 +7,8 @@ import importlib.metadata
 import subprocess
 from pathlib import Path
 
+from zolightning.data.facts import facts_of
+
 
 @functools.cache  # asked at every checkpoint save; two git calls once per process are enough
 def code_version() -> dict:
@@ -38,7 +40,7 @@ def run_record(module, trainer) -> dict:
 
     h = module.hparams
     origin, weights = describe_model(h.model)
-    task = getattr(getattr(getattr(trainer, "datamodule", None), "task", None), "name", None)
+    task = facts_of(trainer).task
     callback = trainer.checkpoint_callback
     best = getattr(callback, "best_model_score", None)
     return {

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 
-from zolightning.compiled_layers import CompiledLayers, repeated_layers
-from zolightning.scoring import hidden_then_head
-from zolightning.shape_plan import ShapePlan, plan_shapes
+from zolightning.forward.compiled_layers import CompiledLayers, repeated_layers
+from zolightning.forward.scoring import hidden_then_head
+from zolightning.forward.shape_plan import ShapePlan, plan_shapes
 
 log = logging.getLogger(__name__)
 

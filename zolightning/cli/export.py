@@ -13,14 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from zolightning.checkpoint_safety import (
+from zolightning.checkpoints.provenance import model_card
+from zolightning.checkpoints.safety import (
     UnsafeCheckpointError,
     check_sharded_checkpoint,
     first_line_of,
     load_checkpoint,
     refusal,
 )
-from zolightning.provenance import model_card
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,20 +19,20 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from zolightning.bytecode import warn_if_bytecode_uncached
-from zolightning.checkpoint_safety import (
+from zolightning.callbacks.health import UnhealthyRun
+from zolightning.checkpoints.safety import (
     UnsafeCheckpointError,
     check_checkpoint_path,
     first_line_of,
     newest_last_checkpoint,
     refusal,
 )
+from zolightning.cli.bytecode import warn_if_bytecode_uncached
 from zolightning.data import MultiTaskDataModule, TaskDataModule
-from zolightning.health import UnhealthyRun
+from zolightning.distributed.strategies import ZO_STRATEGY_FOR, refuse_unsupported
 from zolightning.modules import ZOFineTuneModule
 from zolightning.modules.meta_variance import MetaVarianceModule
 from zolightning.resources import find_config
-from zolightning.strategies import ZO_STRATEGY_FOR, refuse_unsupported
 
 log = logging.getLogger("zolightning")
 
@@ -156,11 +156,11 @@ def with_packaged_configs(argv: list[str]) -> list[str]:
 
 
 def count_steps_in_the_progress_bar(trainer) -> None:
-    """The fit's bar shows `step N/max_steps` (`zolightning.progress`) unless the bar is off or one is configured."""
+    """The fit's bar shows `step N/max_steps` (`callbacks/progress.py`) unless the bar is off or one is configured."""
     callbacks = trainer.get("callbacks") or []
     if trainer.get("enable_progress_bar") is False or any("ProgressBar" in _class_name(c) for c in callbacks):
         return
-    bar = Namespace(class_path="zolightning.progress.StepProgressBar", init_args=Namespace())
+    bar = Namespace(class_path="zolightning.callbacks.progress.StepProgressBar", init_args=Namespace())
     trainer.callbacks = [*callbacks, bar]
 
 

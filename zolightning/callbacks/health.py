@@ -1,6 +1,8 @@
 """Run health: a fit that stops learning, or drifts away from its best, says so (on by default).
 
-Two failures end a ZO fit without any error of their own:
+It owns the decision to end a fit that cannot go on (signals aside: `stopping.py`). Three failures:
+- **Skipped steps**: `max_consecutive_skips` steps in a row with a non-finite loss or block scale (the optimizer
+  skips each, so the weights never take them; the module's `max_consecutive_skips` unless set here).
 - **A stall**: an absurd step (say lr 1e3) saturates the model after one step; from then on both perturbed losses
   are equal, the projected gradient is exactly 0 and the loss exactly constant, and the run would go on for its
   whole budget, keep a "best" checkpoint and exit 0. `RunHealth` counts logging intervals whose projected
@@ -20,7 +22,7 @@ still stops). Each event is logged (`health/events`, `health/smoothed_loss`).
 `ZOFineTuneModule` adds a `RunHealth()` unless the trainer already has one (without the stall check for the
 non-differentiable objectives, accuracy and F1, whose g is often exactly 0 in a healthy run); to configure it:
 
-    zolightning fit --config configs/sst2/mezo.yaml --trainer.callbacks+=zolightning.health.RunHealth \
+    zolightning fit --config configs/sst2/mezo.yaml --trainer.callbacks+=zolightning.callbacks.health.RunHealth \
         --trainer.callbacks.action warn --trainer.callbacks.rise 0.2
 """
 
@@ -53,6 +55,8 @@ class RunHealth(Callback):
         smoothing: weight of the newest interval mean in the moving average (1 = no smoothing).
         warmup_intervals: logging intervals to watch before a drift may count (the loss is noisy early).
         lr_factor: the multiplier of `cut_lr`.
+        max_consecutive_skips: skipped ZO steps in a row that stop the run, whatever `action` says (None: the
+            module's `max_consecutive_skips`; checked every step, or at logging steps where g stays on the device).
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class RunHealth(Callback):
         smoothing: float = 0.05,
         warmup_intervals: int = 10,
         lr_factor: float = 0.5,
+        max_consecutive_skips: int | None = None,
     ):
         if rise <= 0 or patience < 1 or not 0 < smoothing <= 1 or not 0 < lr_factor < 1 or warmup_intervals < 0:
             raise ValueError(
@@ -72,7 +77,7 @@ class RunHealth(Callback):
             )
         if stall_intervals < 0:
             raise ValueError(f"need stall_intervals >= 0 (0: no stall check); got {stall_intervals}")
-        self.action, self.stall_intervals = action, stall_intervals
+        self.action, self.stall_intervals, self.max_consecutive_skips = action, stall_intervals, max_consecutive_skips
         self.rise, self.patience, self.smoothing = rise, patience, smoothing
         self.warmup_intervals, self.lr_factor = warmup_intervals, lr_factor
         self.smoothed: float | None = None
@@ -101,6 +106,7 @@ class RunHealth(Callback):
         return 0 < self.stall_intervals <= self.stalled
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self._check_skips(trainer, pl_module)
         metrics = trainer.callback_metrics
         if trainer.global_step % max(trainer.log_every_n_steps, 1) or "train/loss" not in metrics:
             return
@@ -112,6 +118,20 @@ class RunHealth(Callback):
             self._drifted(trainer, pl_module)
         elif self.smoothed is not None:
             pl_module.log("health/smoothed_loss", self.smoothed)
+
+    def _check_skips(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        limit = self.max_consecutive_skips or pl_module.hparams.get("max_consecutive_skips")
+        if not hasattr(optimizer, "consecutive_skipped") or not limit:
+            return
+        # steps that keep g on the device count skips there: reading them waits for the GPU, so only when logging
+        if not getattr(optimizer, "sync", True) and trainer.global_step % max(trainer.log_every_n_steps, 1):
+            return
+        if optimizer.consecutive_skipped >= limit:
+            raise UnhealthyRun(
+                f"{optimizer.consecutive_skipped} consecutive ZO steps had a non-finite loss or block scale; "
+                "stopping. The weights never took those steps; lower lr or eps, or check the learned-optimizer file"
+            )
 
     def _stalled(self, trainer: L.Trainer, loss: float, g: float | None) -> None:
         self.events += 1
@@ -136,7 +156,7 @@ class RunHealth(Callback):
         if self.action == "stop":
             raise UnhealthyRun(
                 f"{message}: the run is diverging; lower lr, use lr_schedule linear, or keep going with "
-                "--trainer.callbacks+=zolightning.health.RunHealth --trainer.callbacks.action warn"
+                "--trainer.callbacks+=zolightning.callbacks.health.RunHealth --trainer.callbacks.action warn"
             )
         if self.action == "warn":
             log.warning("%s (RunHealth action=warn)", message)

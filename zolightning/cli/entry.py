@@ -31,7 +31,7 @@ def main(args: list[str] | None = None) -> None:
 
         raise SystemExit(compare_main(argv[1:]))
     if argv[:1] == ["optimizer"]:
-        from zolightning.optimizer_cli import main as optimizer_main
+        from zolightning.cli.optimizer import main as optimizer_main
 
         raise SystemExit(optimizer_main(argv[1:]))
     if argv[:1] == ["configs"]:
@@ -43,13 +43,13 @@ def main(args: list[str] | None = None) -> None:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
     if argv[:1] == ["generate"]:
-        from zolightning.generate_cli import main as generate_main
+        from zolightning.cli.generate import main as generate_main
 
         raise SystemExit(generate_main(argv[1:]))
     if argv[:1] == ["export"]:
-        from zolightning.export_cli import main as export_main
+        from zolightning.cli.export import main as export_main
 
         raise SystemExit(export_main(argv[1:]))
-    from zolightning.cli import main as cli_main
+    from zolightning.cli.main import main as cli_main
 
     cli_main(args)

@@ -34,7 +34,7 @@ def load(model: str):
     from zolightning.models import load_causal_lm, load_tokenizer
 
     if model.endswith(".ckpt"):
-        from zolightning.export_cli import load_module
+        from zolightning.cli.export import load_module
 
         module = load_module(model, Path(model), trust_pickle=False, overrides={})
         return module.model.eval(), load_tokenizer(module.hparams.model)

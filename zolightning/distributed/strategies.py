@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, StrategyRegistry
-from lightning.pytorch.strategies.ddp import _sync_module_states
 
-from zolightning.checkpoint_safety import check_sharded_checkpoint
+from zolightning.checkpoints.safety import check_sharded_checkpoint
 
 
 class ZODDPStrategy(DDPStrategy):
@@ -24,12 +24,18 @@ class ZODDPStrategy(DDPStrategy):
 
     def configure_ddp(self) -> None:
         # Ranks must start from identical weights; DDP's constructor would broadcast them, so do it here.
-        _sync_module_states(self.model)
+        broadcast_weights(self.model)
 
     @classmethod
     def register_strategies(cls, strategy_registry: StrategyRegistry) -> None:
         strategy_registry.register(cls.strategy_name, cls, description="DDP for forward-only ZO training")
         strategy_registry.register("zo_ddp_spawn", cls, description="ZO DDP started by spawning", start_method="spawn")
+
+
+def broadcast_weights(module: torch.nn.Module) -> None:
+    """Every parameter and buffer from rank 0 to the others (once, before step 1)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        torch.distributed.broadcast(tensor.data, src=0)
 
 
 class ZOFSDPStrategy(ModelParallelStrategy):
@@ -50,6 +56,8 @@ class ZOFSDPStrategy(ModelParallelStrategy):
         super().save_checkpoint(checkpoint, filepath, storage_options)
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
+        # Lightning's own loader of a distributed checkpoint folder (no public API does this part): the one private
+        # name zolightning imports, from a pinned Lightning (tests/test_sharded.py resumes through it)
         from lightning.fabric.strategies.model_parallel import _load_checkpoint
 
         path = Path(self.broadcast(checkpoint_path))

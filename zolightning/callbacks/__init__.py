@@ -1,0 +1,1 @@
+"""Lightning callbacks of a fit: run health, graceful stops, the step progress bar, prediction files."""

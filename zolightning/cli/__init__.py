@@ -1,0 +1,2 @@
+"""The command line: `zolightning fit|validate|test|predict` (LightningCLI), `export`, `generate`, `optimizer`,
+`configs`, `compare`."""

@@ -1,0 +1,1 @@
+"""Scoring batches: candidate scores and losses, greedy generation, the compiled fast forward and the path choice."""
