@@ -1,8 +1,8 @@
 """One runner per run folder: a lock file that says who runs a fit, and what a later runner does with it.
 
-`run_dir/lock.json` is created atomically (O_CREAT | O_EXCL) by the runner that starts the run's fit and names
-that runner, the fit (whose process group it leads: fits start in a session of their own) and the host. A second
-runner finds it and reads it:
+`run_dir/lock.json` is created atomically, content and all (a hard link of a finished draft), by the runner that
+starts the run's fit, and names that runner, the fit (whose process group it leads: fits start in a session of
+their own) and the host. A second runner finds it and reads it:
 
 - held by a live runner (this host), or by another host: the run is not this runner's; it is left alone and
   reported as not done;
@@ -88,7 +88,7 @@ class RunLock:
         return self._create()
 
     def record_fit(self, fit_pid: int) -> None:
-        self._write(fit_pid, mode="w")
+        self._write(fit_pid, exclusive=False)
 
     def release(self) -> None:
         holder = self.holder()
@@ -97,16 +97,26 @@ class RunLock:
 
     def _create(self) -> bool:
         try:
-            self._write(None, mode="x")
+            self._write(None, exclusive=True)
         except FileExistsError:
             return False
         return True
 
-    def _write(self, fit_pid: int | None, mode: str) -> None:
+    def _write(self, fit_pid: int | None, exclusive: bool) -> None:
+        """Write the lock whole or not at all: a lock seen half-written (empty) reads as no holder, and another
+        runner would take it over (two fits of one run, seen under load). The record goes to a file of this
+        runner's first, then is linked (exclusive: fails if a lock exists) or renamed into place."""
         record = {"runner_pid": self.pid, "fit_pid": fit_pid, "host": self.host}
         record["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.path, mode) as stream:
-            stream.write(json.dumps(record, indent=1) + "\n")
+        draft = self.path.with_name(f"{LOCK_NAME}.{self.pid}.draft")
+        draft.write_text(json.dumps(record, indent=1) + "\n")
+        try:
+            if exclusive:
+                os.link(draft, self.path)
+            else:
+                os.replace(draft, self.path)
+        finally:
+            draft.unlink(missing_ok=True)
 
     def _stop(self, fit_pid: int) -> None:
         """SIGTERM the orphan's process group (it saves its step), SIGKILL it if it outlives `stop_seconds`."""

@@ -21,10 +21,12 @@ ACCURACIES = ("best_val", "eval_at_best", "last_val", "last_eval")
 FIGURES = ("final_loss", *ACCURACIES, "step_seconds", "forwards")
 
 
-def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
-    """tag → {step: value}; a resumed run's later events replace the earlier ones at the same step."""
+def read_scalars(log_dir: Path | str) -> dict[str, dict[int, float]]:
+    """tag → {step: value}; a resumed run's later events replace the earlier ones at the same step. The one reader
+    of TensorBoard files (the harness's tables, the benchmarks' curves)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    log_dir = Path(log_dir)
     if not log_dir.is_dir():
         return {}
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
