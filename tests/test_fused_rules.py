@@ -1,6 +1,9 @@
 """The estimated rules' fused update pass (fused_rules.py) against their tensor-by-tensor path, under Triton's
 interpreter on CPU: the same weights and states, a device-side skip, and the fallback where it cannot run."""
 
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -140,3 +143,43 @@ _INTERPRETED_SHARDS = textwrap.dedent(
 
 def test_the_rule_kernel_on_shards_equals_it_on_the_whole_tensor(run_interpreted):
     run_interpreted(_INTERPRETED_SHARDS, "shards done")
+
+
+_INTERPRETED_COUNTS = textwrap.dedent(
+    """
+    from benchmarks.launch_counts import QUERY_SETTINGS, measure
+
+    for name, queries in QUERY_SETTINGS:
+        counts = measure(name, queries)
+        print(name, queries, sorted((k, v) for k, v in counts.items()))
+    print("counts done")
+    """
+)
+
+# Per step, as measured before the engine redesign (docs/runs/launch_counts_cpu.md): a pass or a wait for the GPU
+# more is a regression the GPU would show as time.
+EXPECTED_COUNTS = {
+    ("zo_sgd", 1): {"launch _shift_kernel": 3},
+    ("zo_sgd_momentum", 1): {"launch _rule_kernel": 1, "launch _shift_kernel": 2},
+    ("zo_sgd_sign", 1): {"launch _rule_kernel": 1, "launch _shift_kernel": 2},
+    ("zo_sgd_conserve", 1): {"host read float": 5, "launch _rule_kernel": 3, "launch _shift_kernel": 3},
+    ("zo_adam", 1): {"host read float": 2, "launch _rule_kernel": 1, "launch _shift_kernel": 2},
+    ("hizoo", 1): {"launch _shaped_kernel": 3},
+    ("lozo", 1): {"launch _shaped_kernel": 3, "launch _shift_kernel": 1},
+    ("zo_sgd", 4): {"launch _rule_kernel": 1, "launch _shift_kernel": 11},
+    ("zo_sgd_momentum", 4): {"launch _rule_kernel": 1, "launch _shift_kernel": 11},
+    ("lozo", 4): {"launch _rule_kernel": 1, "launch _shaped_kernel": 13, "launch _shift_kernel": 8},
+}
+
+
+def test_every_rule_launches_and_waits_as_often_as_before_the_redesign(run_interpreted):
+    # run_interpreted: skipped without Triton; the script's output is parsed here, so it runs its own process
+    from tests.conftest import REPO
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", _INTERPRETED_COUNTS], env=env, cwd=REPO, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in result.stdout.splitlines()[:-1]:
+        name, queries, counts = line.split(" ", 2)
+        assert dict(eval(counts)) == EXPECTED_COUNTS[(name, int(queries))], line  # noqa: S307 - our own output
