@@ -179,7 +179,7 @@ class ZOOptimizer(Optimizer):
             loss, g, loss_plus, loss_minus, skipped = summary.unbind()
             return ZOStepOutput(loss, g, loss_plus, loss_minus, skipped.bool())
         loss_plus, loss_minus = engine.probe(closure, seed, scales)
-        g = (loss_plus - loss_minus) / (2 * engine.eps)
+        g = engine.slope(loss_plus, loss_minus)
         if not (math.isfinite(g) and bool(all_finite)):  # the device flag is read after the closures' sync
             engine.perturb(seed, +1.0, scales)
             return self.skip(loss_plus, loss_minus)
@@ -191,7 +191,7 @@ class ZOOptimizer(Optimizer):
         [loss, g, L+, L-, skipped] in float32. Host state is left as found: a CUDA graph records it."""
         engine = self.engine
         loss_plus, loss_minus = engine.probe(closure, seed, scales, engine.on_device)
-        g = (loss_plus.double() - loss_minus.double()) / (2 * engine.eps)  # float64 like the host path: same steps
+        g = engine.slope(loss_plus, loss_minus)
         ok = torch.isfinite(g)
         engine.restore_and_update(seed, scales, g, ok)
         engine.skips.add(~ok)
@@ -205,7 +205,7 @@ class ZOOptimizer(Optimizer):
             plus.append(loss_plus)
             minus.append(loss_minus)
             engine.perturb(seed, +1.0, scales)  # back at θ before the next query and the update
-            probes.append((seed, (loss_plus - loss_minus) / (2 * engine.eps)))
+            probes.append((seed, engine.slope(loss_plus, loss_minus)))
             if not math.isfinite(probes[-1][1]):
                 return self.skip(loss_plus, loss_minus)
         loss_plus, loss_minus = sum(plus) / len(plus), sum(minus) / len(minus)
@@ -228,7 +228,7 @@ class ZOOptimizer(Optimizer):
             minus.append(loss_minus)
         if on_device:  # a non-finite g turns the pass into a plain restore, decided on the device
             plus, minus = (values[0] if len(values) == 1 else torch.stack(values) for values in (plus, minus))
-            g = (plus.double() - minus.double()) / (2 * engine.eps)
+            g = engine.slope(plus, minus)
             ok = torch.isfinite(g) if g.dim() == 0 else torch.isfinite(g).all()
             self.rule.fused_update(engine, seeds, scales, torch.where(ok, g, 0.0), ok, closure)
             engine.skips.add(~ok)
@@ -237,7 +237,7 @@ class ZOOptimizer(Optimizer):
                 plus, minus, g = plus.mean(), minus.mean(), g.mean()
             return ZOStepOutput((plus + minus) / 2, g.float(), plus, minus, ~ok)
         plus, minus = [float(v) for v in plus], [float(v) for v in minus]
-        g = [(a - b) / (2 * engine.eps) for a, b in zip(plus, minus)]
+        g = [engine.slope(a, b) for a, b in zip(plus, minus)]
         loss_plus, loss_minus = sum(plus) / len(plus), sum(minus) / len(minus)
         if not (all(map(math.isfinite, g)) and bool(all_finite)):
             engine.perturb(seeds[-1], +1.0, scales)

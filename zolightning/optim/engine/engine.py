@@ -188,6 +188,13 @@ class ZOEngine:
         self.perturb(seed, -2.0, scales)
         return loss_plus, read(closure())
 
+    def slope(self, loss_plus, loss_minus):
+        """The projected gradient g = (L+ − L−) / (2ε) of a probe: host floats, or device tensors in float64 (so
+        that steps with g on the device take the host path's steps)."""
+        if torch.is_tensor(loss_plus):
+            loss_plus, loss_minus = loss_plus.double(), loss_minus.double()
+        return (loss_plus - loss_minus) / (2 * self.eps)
+
     def counter_pass(self, seed, scales: Scales, offset: float, update: tuple[Tensor, Tensor] | None = None) -> None:
         """Philox: weights at θ + self.offset·ε·s⊙z -> θ + offset·ε·s⊙z, or with update = (mult, step)
         -> mult·θ + step·s⊙z (the restore-and-update pass, rounded stochastically if asked)."""

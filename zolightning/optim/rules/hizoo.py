@@ -60,7 +60,7 @@ class HiZOO(ZORule):
         loss_zero = float(closure())
         loss_plus, loss_minus = engine.probe(closure, seed, scales)
         engine.perturb(seed, +1.0, scales)
-        g = (loss_plus - loss_minus) / (2 * engine.eps)
+        g = engine.slope(loss_plus, loss_minus)
         curvature = abs(loss_plus + loss_minus - 2 * loss_zero) / (2 * engine.eps**2)
         if not (math.isfinite(g) and math.isfinite(curvature)):
             return optimizer.skip(loss_plus, loss_minus)
@@ -86,7 +86,7 @@ class HiZOO(ZORule):
         on_device = lambda loss: torch.as_tensor(loss, device=engine.device).detach().double()  # noqa: E731
         loss_zero = on_device(closure())
         loss_plus, loss_minus = engine.probe(closure, seed, scales, on_device)
-        g = (loss_plus - loss_minus) / (2 * engine.eps)
+        g = engine.slope(loss_plus, loss_minus)
         curvature = (loss_plus + loss_minus - 2 * loss_zero).abs() / (2 * engine.eps**2)
         ok = torch.isfinite(g) & torch.isfinite(curvature)
         zero = torch.zeros_like(g)
