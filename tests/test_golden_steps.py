@@ -9,7 +9,6 @@ per step) and where the weights went (each tensor's update projected on a fixed 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.golden_rules import PINNED
+from tests.golden_rules import PINNED, golden_batch
 from tests.zo_factory import make_optimizer
 from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
@@ -54,16 +53,6 @@ def _cases() -> dict[str, dict]:
 CASES = _cases()
 
 
-@functools.cache
-def _batch() -> dict:
-    from tests.conftest import DATA_DIR
-    from zolightning.data import TaskDataModule
-
-    data = TaskDataModule(task="sst2", tokenizer="tiny-llama", data_dir=str(DATA_DIR), num_train=16, batch_size=4)
-    data.setup("fit")
-    return next(iter(data.train_dataloader()))
-
-
 def run_case(case: dict) -> dict:
     model = load_causal_lm("tiny-llama")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -72,7 +61,7 @@ def run_case(case: dict) -> dict:
     if case.get("block_scales"):
         options["block_scales"] = FixedScales()
     optimizer = make_optimizer(case["name"], params, lr=1e-3, eps=1e-3, seed=3, **options)
-    batch = _batch()
+    batch = golden_batch()
     seen = []
     for _ in range(STEPS):
         out = optimizer.step(lambda: batch_loss(model, batch)[0])

@@ -11,7 +11,6 @@ refactor must reproduce them bit for bit. Re-record only for an intended change 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.golden_rules import build_case_optimizer, rule_names
+from tests.golden_rules import build_case_optimizer, golden_batch, rule_names
 from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 
@@ -49,16 +48,6 @@ def _cases() -> dict[str, dict]:
 CASES = _cases()
 
 
-@functools.cache
-def _batch() -> dict:
-    from tests.conftest import DATA_DIR
-    from zolightning.data import TaskDataModule
-
-    data = TaskDataModule(task="sst2", tokenizer="tiny-llama", data_dir=str(DATA_DIR), num_train=16, batch_size=4)
-    data.setup("fit")
-    return next(iter(data.train_dataloader()))
-
-
 def _learned_variance(model, params, folder: Path):
     from zolightning.variance import BlockVarianceNets, LearnedOptimizerFile, describe_blocks
     from zolightning.variance.blocks import trainable_named_parameters
@@ -80,7 +69,7 @@ def run_case(case: dict, folder: Path) -> list[list[str]]:
     scales = _learned_variance(model, params, folder) if case["variance"] == "learned" else None
     optimizer = build_case_optimizer(case["name"], params, noise=case["noise"], queries=case["queries"],
                                      block_scales=scales, weight_decay=0.05)  # fmt: skip
-    batch = _batch()
+    batch = golden_batch()
     rows = []
     for _ in range(STEPS):
         out = optimizer.step(lambda: batch_loss(model, batch)[0])

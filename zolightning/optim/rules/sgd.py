@@ -56,32 +56,23 @@ class ZOSGDMomentum(ZORule):
         return state["momentum_buffer"]
 
 
-class ZOSGDNesterov(ZORule):
+class ZOSGDNesterov(ZOSGDMomentum):
     """ZO-SGD with Nesterov momentum (Sutskever et al. 2013, in PyTorch SGD's form): m ← μm + ĝ, θ ← θ − lr·(ĝ + μm).
 
-    The look-ahead of Nesterov's method on the ZO estimate; one float32 buffer per weight, as heavy-ball momentum.
+    The look-ahead of Nesterov's method on the ZO estimate; one float32 buffer per weight, as heavy-ball momentum
+    (whose options it shares).
 
     Args:
         momentum: μ, in [0, 1).
     """
 
     name = "zo_sgd_nesterov"
-    kernel = NESTEROV
 
-    def __init__(self, momentum: float = 0.9):
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.momentum = momentum
-
-    def group_defaults(self) -> dict:
-        return {"momentum": self.momentum}
-
-    def hyper(self, group: dict, step: int | None) -> dict[str, float]:
-        return {"momentum": group["momentum"]}
+    def kernel_for(self, groups: list[dict]):
+        return NESTEROV if any(group["momentum"] for group in groups) else PLAIN
 
     def direction(self, group: dict, grad: Tensor, state: dict) -> Tensor:
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = grad.clone()
-        else:
-            state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-        return grad.add(state["momentum_buffer"], alpha=group["momentum"])
+        if group["momentum"] == 0:
+            return grad
+        momentum = super().direction(group, grad, state)  # the buffer, updated
+        return grad.add(momentum, alpha=group["momentum"])
