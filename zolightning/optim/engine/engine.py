@@ -72,6 +72,10 @@ class ZOEngine:
     def tensors(self) -> list[tuple[dict, Tensor]]:
         return [(group, p) for group in self.groups for p in group["params"]]
 
+    def tensors_by_group(self) -> list[tuple[int, Tensor]]:
+        """(group index, tensor) in walk order."""
+        return [(index, p) for index, group in enumerate(self.groups) for p in group["params"]]
+
     def parts(self) -> list[tuple[dict, Tensor, Tensor, int]]:
         """(group, parameter, the part this process holds, its first element's flat index in the full tensor): the
         whole tensor and 0 unless the weights are sharded (FSDP2)."""

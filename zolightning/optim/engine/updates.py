@@ -106,11 +106,14 @@ def hyper_table(engine, rule, kernel) -> Tensor:
     """Per tensor, the kernel's parameters in its declared order. Rules that count steps build it every step (one
     non-blocking copy); the others only when a group's options change."""
     if rule.counts_steps:
-        rows = []
-        for group, p in engine.tensors():
+        rows, made = [], {}  # tensors of one group at one step share a row: built once (host time of a synced step)
+        for index, p in engine.tensors_by_group():
             state = engine.state[p]
-            state["step"] = state.get("step", 0) + 1  # this pass applies an update
-            rows.append(_row(kernel, rule.hyper(group, state["step"])))
+            step = state["step"] = state.get("step", 0) + 1  # this pass applies an update
+            row = made.get((index, step))
+            if row is None:
+                row = made[(index, step)] = _row(kernel, rule.hyper(engine.groups[index], step))
+            rows.append(row)
         return torch.tensor(rows, dtype=torch.float32).to(engine.device, non_blocking=True)
     rows = tuple(tuple(_row(kernel, rule.hyper(group, None))) for group in engine.groups)
     if engine.hyper_cache[0] != rows:

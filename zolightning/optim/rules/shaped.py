@@ -8,6 +8,7 @@ alpha·D_new. z is the engine's noise, so both paths move along the same directi
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -20,7 +21,9 @@ class ShapedDirections:
     """Base of the direction sources; subclasses define `direction` and `fused_pass`."""
 
     def __init__(self, engine, fused_queries: bool = False):
-        self.engine, self.fused_queries = engine, fused_queries
+        # a weak reference: the engine holds this source, and a cycle would keep a dropped optimizer's states
+        # (HiZOO's Σ: the model's size in float32) alive until the next garbage collection (seen on the GPU)
+        self.engine, self.fused_queries = weakref.proxy(engine), fused_queries
 
     def fuses(self, queries: int) -> bool:
         """The fused passes address whole tensors: sharded weights take the reference passes."""
