@@ -129,3 +129,8 @@ def test_the_cli_says_which_file_and_row_in_one_line(tmp_path, data_dir):
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2, result.stderr[-2000:]
     assert re.match(r"error: .*sst2/train\.jsonl:8: sentence is a list, expected a string", last), last
+
+
+def test_a_field_name_with_a_newline_is_named_on_one_line(tmp_path):
+    # found by the fuzz test on a clean clone: the "has" list printed the name raw, breaking the one-line error
+    _valid_or_one_line(tmp_path, "sst2", b'{"\\n": null}\n')

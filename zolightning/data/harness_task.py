@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 
-from zolightning.data.tasks import RenderedExample, Task
+from zolightning.data.tasks import RenderedExample, Task, missing_fields
 
 log = logging.getLogger(__name__)
 USED = {
@@ -109,7 +109,7 @@ class HarnessTask(Task):
     def check(self, row: dict) -> str | None:
         missing = [f for f in self.fields if f not in row]
         if missing:
-            return f"missing field(s) {', '.join(missing)} (has {', '.join(sorted(map(str, row)))})"
+            return missing_fields(missing, row)
         try:
             self.render(row)
         except (jinja2.TemplateError, TypeError, ValueError, IndexError, KeyError) as error:

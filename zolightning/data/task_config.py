@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from zolightning.data.harness_task import HarnessTask, is_harness_file
-from zolightning.data.tasks import RenderedExample, Task, shape_problem
+from zolightning.data.tasks import RenderedExample, Task, missing_fields, shape_problem
 
 KEYS = {
     "name", "template", "candidates", "verbalizer", "label_field", "metric", "train_mode", "strip", "num_dev",
@@ -165,7 +165,7 @@ class ConfigTask(Task):
     def check(self, row: dict) -> str | None:
         missing = [f for f in self.fields if f not in row]
         if missing:
-            return f"missing field(s) {', '.join(missing)} (has {', '.join(sorted(map(str, row)))})"
+            return missing_fields(missing, row)
         if self.preset == "messages":
             return _conversation_problem(row["messages"])
         if not self.generation:

@@ -47,7 +47,7 @@ class Task:
         """Return why `row` is unusable, or None; the loader adds the file and line."""
         missing = [f for f in self.fields if f not in row]
         if missing:
-            return f"missing field(s) {', '.join(missing)} (has {', '.join(sorted(map(str, row)))})"
+            return missing_fields(missing, row)
         for field in self.fields:
             problem = shape_problem(row[field], self.shapes.get(field, int if field == "label" else str), field)
             if problem:
@@ -58,6 +58,13 @@ class Task:
 
     def render(self, row: dict) -> RenderedExample:
         raise NotImplementedError
+
+
+def missing_fields(missing: list[str], row: dict) -> str:
+    """Why a row is unusable: the fields it lacks and those it has, on one line (names with control characters, a
+    newline say, are escaped: the loader's errors are one line)."""
+    has = ", ".join(sorted(repr(str(name))[1:-1] for name in row))
+    return f"missing field(s) {', '.join(missing)} (has {has})"
 
 
 def shape_problem(value, shape, name: str) -> str | None:
