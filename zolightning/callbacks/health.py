@@ -81,6 +81,7 @@ class RunHealth(Callback):
         self.rise, self.patience, self.smoothing = rise, patience, smoothing
         self.warmup_intervals, self.lr_factor = warmup_intervals, lr_factor
         self.smoothed: float | None = None
+        self._checked_step: int | None = None  # a step reads several batches under accumulation: checked once
         self.best = math.inf
         self.previous_loss: float | None = None
         self.intervals = self.strikes = self.stalled = self.events = 0
@@ -106,6 +107,9 @@ class RunHealth(Callback):
         return 0 < self.stall_intervals <= self.stalled
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._checked_step:
+            return
+        self._checked_step = trainer.global_step
         self._check_skips(trainer, pl_module)
         metrics = trainer.callback_metrics
         if trainer.global_step % max(trainer.log_every_n_steps, 1) or "train/loss" not in metrics:

@@ -98,6 +98,7 @@ class ZOLightningCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         follow_the_task_metric(config)
         count_steps_in_the_progress_bar(config.trainer)
+        move_accumulation_to_the_module(config)
         strategy = config.trainer.strategy
         if isinstance(strategy, str):
             refuse_unsupported(strategy)
@@ -139,6 +140,19 @@ def follow_the_task_metric(config) -> None:
     if checkpoint.monitor != metric:
         log.info("checkpoint.monitor %s -> %s: task %s is scored by %s", checkpoint.monitor, metric, task, metric)
         checkpoint.monitor = metric
+
+
+def move_accumulation_to_the_module(config) -> None:
+    """`--trainer.accumulate_grad_batches k`: Lightning accumulates only for gradients it computes, and refuses the
+    flag under manual optimization; a ZO step accumulates itself (`model.accumulate_grad_batches`)."""
+    k = config.get("trainer", {}).get("accumulate_grad_batches")
+    if k in (None, 1) or "accumulate_grad_batches" not in config.get("model", {}):
+        return
+    if config.model.accumulate_grad_batches not in (1, k):
+        raise ValueError(f"trainer.accumulate_grad_batches={k} and model.accumulate_grad_batches="
+                         f"{config.model.accumulate_grad_batches} disagree: set one")  # fmt: skip
+    config.model.accumulate_grad_batches, config.trainer.accumulate_grad_batches = k, 1
+    log.info("accumulate_grad_batches=%d: each ZO step averages L+ and L- over %d micro-batches, same z", k, k)
 
 
 def with_packaged_configs(argv: list[str]) -> list[str]:

@@ -179,12 +179,14 @@ class TaskDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         examples, collate_fn = self._train_examples_and_collate()
         trainer = self.trainer
+        # the stream counts batches; a step reads `micro_batches_per_step` of them (gradient accumulation)
+        per_step = getattr(trainer.lightning_module, "micro_batches_per_step", 1) if trainer else 1
         stream = StepIndexedStream(
             examples,
             collate_fn,
             self.batch_size,
             self.seed,
-            start_step=trainer.global_step if trainer else 0,
+            start_step=trainer.global_step * per_step if trainer else 0,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )

@@ -50,8 +50,10 @@ def _sharded(model: nn.Module) -> bool:
     return any(is_sharded(p) for p in model.parameters())
 
 
-def choose_path(model: nn.Module, noise: str, fast_forward: bool | str, recorded_noise: str | None = None) -> ZOPath:
-    """Resolve `auto` settings for the device the model is on; `recorded_noise` is a resumed checkpoint's."""
+def choose_path(model: nn.Module, noise: str, fast_forward: bool | str, recorded_noise: str | None = None,
+                streamer=None) -> ZOPath:  # fmt: skip
+    """Resolve `auto` settings for the device the model is on; `recorded_noise` is a resumed checkpoint's;
+    `streamer`: the weights live in host memory, streamed block by block (`zo_offload`)."""
     reasons = []
     if recorded_noise is not None:
         if noise not in ("auto", recorded_noise):
@@ -64,6 +66,13 @@ def choose_path(model: nn.Module, noise: str, fast_forward: bool | str, recorded
             reasons.append(f"noise={recorded_noise} from the checkpoint")
         noise = recorded_noise
     on_cuda = _on_cuda(model)
+    if streamer is not None:
+        if noise == "generator":
+            raise ValueError("zo_offload needs noise=philox: each block draws z for its own elements")
+        if fast_forward is True:
+            raise ValueError("fast_forward=true cannot run on streamed weights (zo_offload): use fast_forward=auto")
+        noise, fast_forward = "philox", False
+        reasons.append("noise=philox, fast_forward=off: weights streamed from host memory (zo_offload)")
     if _sharded(model):
         if noise == "generator":
             raise ValueError("sharded weights (FSDP2) need noise=philox: each rank draws z for its own elements")
@@ -109,6 +118,7 @@ def step_graph_refusal(module, optimizer) -> str | None:
         (module.trainer.world_size == 1, "more than one process (the losses are all-reduced)"),
         (optimizer.one_pass_update and not optimizer.sync, "only MeZO's zo_sgd step without host sync is captured"),
         (module.hparams.objective in ("loss", "accuracy"), f"objective={module.hparams.objective} decodes"),
+        (module.micro_batches_per_step == 1, "accumulate_grad_batches > 1 (a step reads several batches)"),
         (scorer is not None and scorer.trunk.replays and not scorer.trunk.eager_reason, "no planned compiled forward"),
     ]
     return next((why for ok, why in checks if not ok), None)

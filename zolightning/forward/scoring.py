@@ -28,19 +28,26 @@ def hidden_then_head(model: nn.Module):
     return trunk, head
 
 
-def answer_logprobs(model: nn.Module, batch: dict) -> Tensor:
-    """log p(token) for every answer token in the batch, in float32 or wider, shape [num_pred]."""
+def answer_logprobs(model: nn.Module, batch: dict, branches: int = 1) -> Tensor:
+    """log p(token) for every answer token in the batch, in float32 or wider, shape [branches * num_pred].
+
+    `branches=2`: the batch enters twice over (rows [0, B) then [B, 2B)) in one forward, as a streamed model's
+    two-branch step reads it (`offload/units.py`); the answer tokens of the first copy come first."""
     rows, cols = batch["pred_rows"], batch["pred_cols"]
     split = hidden_then_head(model)
-    inputs = prefix_inputs(model, batch["input_ids"], batch["attention_mask"])
+    ids, mask = (torch.cat([batch[k]] * branches) for k in ("input_ids", "attention_mask"))
+    inputs = prefix_inputs(model, ids, mask)
+    size = batch["input_ids"].shape[0]
+    every_rows = torch.cat([rows + b * size for b in range(branches)]) if branches > 1 else rows
+    every_cols = cols.repeat(branches) if branches > 1 else cols
     if split is None:
-        logits = model(**inputs).logits[rows, cols]
+        logits = model(**inputs).logits[every_rows, every_cols]
     else:
         trunk, head = split
         hidden = trunk(**inputs).last_hidden_state
-        logits = head(hidden[rows, cols])
+        logits = head(hidden[every_rows, every_cols])
     logprobs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    return logprobs.gather(1, batch["pred_tokens"].unsqueeze(1)).squeeze(1)
+    return logprobs.gather(1, batch["pred_tokens"].repeat(branches).unsqueeze(1)).squeeze(1)
 
 
 def candidate_scores(token_logprobs: Tensor, batch: dict) -> Tensor:
@@ -58,11 +65,33 @@ def candidate_scores(token_logprobs: Tensor, batch: dict) -> Tensor:
 def batch_loss(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor | None]:
     """(loss, candidate scores or None). Classification: cross-entropy over the candidates' scores;
     LM: mean cross-entropy of the gold answer tokens."""
-    token_logprobs = answer_logprobs(model, batch)
+    return loss_of(answer_logprobs(model, batch), batch)
+
+
+def loss_of(token_logprobs: Tensor, batch: dict) -> tuple[Tensor, Tensor | None]:
     if batch["kind"] == "lm":
         return -token_logprobs.mean(), None
     scores = candidate_scores(token_logprobs, batch)
     return F.cross_entropy(scores, batch["gold"]), scores
+
+
+def branch_objectives(model: nn.Module, batch: dict, objective: str = "loss") -> Tensor:
+    """[L+, L−]: the objective on each branch of one two-branch forward (a streamed model's ZO step)."""
+    values = []
+    for token_logprobs in answer_logprobs(model, batch, branches=2).chunk(2):
+        loss, scores = loss_of(token_logprobs, batch)
+        if objective == "accuracy":
+            loss = -(scores.argmax(dim=-1) == batch["gold"]).float().mean()
+        values.append(loss)
+    return torch.stack(values)
+
+
+def batch_weight(batch: dict) -> int:
+    """What a batch's objective averages over: answer tokens for LM batches, examples otherwise (accumulation
+    weighs micro-batches by it, so k micro-batches give the loss of the batch they make up)."""
+    if batch["kind"] == "lm":
+        return batch["pred_tokens"].numel()
+    return len(batch["gold"]) if "gold" in batch else batch["input_ids"].shape[0]
 
 
 def negative_accuracy(model: nn.Module, batch: dict) -> Tensor:

@@ -95,7 +95,7 @@ class TrainingLog:
         if counts:
             _to_logger(module, counts, step=0)
 
-    def after_step(self, module: L.LightningModule, out, batch: dict, start: float) -> None:
+    def after_step(self, module: L.LightningModule, out, batches: list[dict], start: float) -> None:
         self.loss.add(out.loss)
         first = self.timer.step_done(module.global_step)
         if first is not None:
@@ -111,7 +111,7 @@ class TrainingLog:
             return
         metrics = {"train/loss": self.loss.pop(), "zo/projected_grad": out.projected_grad}
         counts = {"zo/skipped_steps": float(optimizer.num_skipped), "train/forwards": float(optimizer.num_forwards)}
-        metrics |= counts | self._perf(module, batch, start, every)
+        metrics |= counts | self._perf(module, batches, start, every)
         metrics = on_host(metrics)
         # Through self.log: the progress bar and run health read them. Lightning writes them after the step's
         # hooks, which a stop ends early: kept until then for `flush`.
@@ -129,15 +129,18 @@ class TrainingLog:
         elif self._handed is not None and self._handed[0] == module.global_step:  # this step's, not written yet
             _to_logger(module, self._handed[1])
 
-    def _perf(self, module: L.LightningModule, batch: dict, start: float, every: int) -> dict:
+    def _perf(self, module: L.LightningModule, batches: list[dict], start: float, every: int) -> dict:
         # Mean seconds per step since the last logging step: one step's host time says little when steps
         # never wait for the GPU.
         since = self._last_log_start
         seconds = (start - since) / every if since is not None else time.perf_counter() - start
         self._last_log_start = start
-        examples = len(batch["input_ids"] if batch["kind"] == "generate" else batch["gold"]) * module.trainer.world_size
+        world = module.trainer.world_size
+        examples = sum(len(b["input_ids"] if b["kind"] == "generate" else b["gold"]) for b in batches) * world
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches) * world  # the batch's tokens, padding excluded
         perf = {"lr": module.optimizers().param_groups[0]["lr"], "perf/step_seconds": seconds}
         perf["perf/examples_per_sec"] = examples / seconds
+        perf["perf/tokens_per_sec"] = tokens / seconds
         fast = module._fast_scorer
         if fast is not None:
             perf["perf/recompiles"] = float(fast.trunk.recompiles)

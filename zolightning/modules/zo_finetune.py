@@ -30,11 +30,20 @@ from zolightning.forward.fast_path import (
     warn_half_precision_generator,
 )
 from zolightning.forward.generation import greedy_answers, negative_f1, update_squad
-from zolightning.forward.scoring import answer_logprobs, batch_loss, candidate_scores, negative_accuracy
+from zolightning.forward.scoring import (
+    answer_logprobs,
+    batch_loss,
+    branch_objectives,
+    candidate_scores,
+    negative_accuracy,
+)
 from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.models.adapters import adapter_summary, add_adapters, keep_trained_tensors, restore_base_tensors
 from zolightning.models.lora import check_adapter_dtype
+from zolightning.modules.micro_batches import MicroBatches, mean_objective
 from zolightning.modules.training_log import TrainingLog
+from zolightning.offload.optimizer import StreamedZOOptimizer, check_offload_options
+from zolightning.offload.streamer import BlockStreamer
 from zolightning.optim import ZOOptimizer, ZORule, resolve_rule
 from zolightning.optim.engine.shards import is_sharded, shard_model
 from zolightning.resources import find_optimizer_file
@@ -107,6 +116,9 @@ class ZOFineTuneModule(L.LightningModule):
         lora_dtype: the adapters' dtype: `model` (the weights', as `bf16-true` makes them anyway) or `float32`
             (peft's float32 adapters on a half-precision base: needs `precision: 32-true`; slower in bf16).
         prefix_tokens: prefix tuning's number of virtual tokens per layer.
+        accumulate_grad_batches: micro-batches per ZO step: L± are the mean over k micro-batches under the same z,
+            the loss of one batch k times larger at the memory of one (`micro_batches.py`). The CLI's
+            `--trainer.accumulate_grad_batches k` lands here (Lightning refuses it for manual optimization).
         step_graphs: on the fast path (one CUDA device, zo_sgd), replay each whole ZO step as a CUDA graph per
             planned batch shape (`optim/step_graphs.py`). Off by default: a lone SmolLM2 fit is GPU-bound either
             way, and the graphs' pool raised BoolQ's peak 0.49 -> 1.30 GiB (docs/benchmarks.md); for host-bound fits.
@@ -143,6 +155,7 @@ class ZOFineTuneModule(L.LightningModule):
         lora_dtype: Literal["model", "float32"] = "model",
         prefix_tokens: int = 20,
         step_graphs: bool = False,
+        accumulate_grad_batches: int = 1,
     ):
         super().__init__()
         self.rule = resolve_rule(optimizer)
@@ -167,6 +180,7 @@ class ZOFineTuneModule(L.LightningModule):
         self._recorded_noise: str | None = None  # a resumed checkpoint's
         self.training_log = TrainingLog()
         self.provenance: dict = {}  # the loaded checkpoint's record of its run (`provenance.run_record`)
+        self.micro_batches = MicroBatches(accumulate_grad_batches)
 
     def export_pretrained(self, out_dir: str, adapter_only: bool = False) -> None:
         """Write a Hugging Face model directory (weights, config, tokenizer), LoRA merged into the weights; for
@@ -186,9 +200,20 @@ class ZOFineTuneModule(L.LightningModule):
     def path(self) -> ZOPath:
         """The resolved noise and forward (see `fast_path.py`); needs the model on its device."""
         if self._path is None:
-            self._path = choose_path(self.model, self.hparams.noise, self.hparams.fast_forward, self._recorded_noise)
+            h = self.hparams
+            self._path = choose_path(self.model, h.noise, h.fast_forward, self._recorded_noise, self.streamer)
             log.info(describe(self._path, self.device))
         return self._path
+
+    @property
+    def streamer(self) -> BlockStreamer | None:
+        """The strategy's block streamer when the weights live in host memory (`zo_offload`), else None."""
+        return getattr(self._trainer.strategy, "streamer", None) if self._trainer is not None else None
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Training batches one ZO step reads (the data module resumes its stream at step × this)."""
+        return self.micro_batches.per_step
 
     def configure_model(self) -> None:
         """Under `zo_fsdp` (Lightning's ModelParallelStrategy), shard the LM with FSDP2 over the device mesh."""
@@ -233,7 +258,10 @@ class ZOFineTuneModule(L.LightningModule):
                 (decay if p.ndim >= 2 else no_decay).append(p)
         block_scales = self._block_scales(decay + no_decay)
         sync = self.path.noise != "philox" or block_scales is not None or not self.rule.device_step
-        optimizer = ZOOptimizer(
+        streamed = {} if self.streamer is None else {"streamer": self.streamer}
+        if streamed:
+            check_offload_options(self.hparams)
+        optimizer = (StreamedZOOptimizer if streamed else ZOOptimizer)(
             [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
             self.rule,
             queries=self.hparams.queries,
@@ -244,7 +272,8 @@ class ZOFineTuneModule(L.LightningModule):
             block_scales=block_scales,
             noise=self.path.noise,
             stochastic_rounding=self.hparams.stochastic_rounding,
-            sync=sync,  # g stays on the device wherever the noise, the variance and the rule allow it
+            sync=sync or bool(streamed),  # g stays on the device where noise, variance, rule and weights allow it
+            **streamed,
         )
         if not optimizer.sync:
             log.info("ZO steps keep g on the device: a step never waits for the GPU")
@@ -259,7 +288,7 @@ class ZOFineTuneModule(L.LightningModule):
     def _block_scales(self, walk: list[torch.Tensor]) -> LearnedVariance | None:
         if self.hparams.variance == "isotropic":
             return None
-        batch_size, h = facts_of(self.trainer).batch_size, self.hparams
+        batch_size, h = facts_of(self.trainer).batch_size * self.micro_batches.per_step, self.hparams
         world = self.trainer.world_size
         file = find_optimizer_file(h.variance_file)  # a shipped file by its checkout path, from any folder
         return learned_variance_for(file, self.model, walk, batch_size, world, h.normalize, h.sigma_ceiling)
@@ -278,21 +307,26 @@ class ZOFineTuneModule(L.LightningModule):
             log.warning("step_graphs asked for, but ZO steps queue their kernels one by one: %s", refusal)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        batches = self.micro_batches.add(batch)
+        if batches is None:  # the step waits for its other micro-batches
+            return
         optimizer = self.optimizers()
         strategy = self.trainer.strategy
         if optimizer.optimizer.step_graphs is not None:  # the closure reads exactly this batch
-            batch = self.scorer.trunk.planned(batch)
-            optimizer.optimizer.step_graphs.bind(batch)
+            batches = [self.scorer.trunk.planned(batches[0])]
+            optimizer.optimizer.step_graphs.bind(batches[0])
+        objective = self._branch_objectives if self.streamer is not None else self._objective
 
         def closure() -> torch.Tensor:
-            return strategy.reduce(self._objective(batch), reduce_op="mean")  # every rank takes the same step
+            # every rank takes the same step
+            return strategy.reduce(mean_objective(objective, batches), reduce_op="mean")
 
         start = time.perf_counter()
         out = optimizer.step(closure=closure)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        self.training_log.after_step(self, out, batch, start)
+        self.training_log.after_step(self, out, batches, start)
 
     def on_train_end(self) -> None:
         rate = self.training_log.timer.steady_steps_per_second(self.global_step, self.device)
@@ -307,6 +341,9 @@ class ZOFineTuneModule(L.LightningModule):
         if self.hparams.objective == "f1":
             return negative_f1(self.model, self._get_tokenizer(), batch, self._max_new_tokens())
         return batch_loss(self.scorer, batch)[0]
+
+    def _branch_objectives(self, batch: dict) -> torch.Tensor:
+        return branch_objectives(self.scorer, batch, self.hparams.objective)
 
     @property
     def scorer(self):

@@ -67,6 +67,9 @@ class ZOEngine:
         self._fuses: bool | None = None
         self.state: dict = {}  # per-tensor rule state (the optimizer hands over its `state`)
         self.hyper_cache: tuple = (None, None)  # the rule kernel's parameters, rebuilt when the groups' options change
+        # Each tensor's noise key: its position in the whole model's walk. None: this engine walks the whole model
+        # (keys 0..n-1); an engine over one block of a streamed model (`offload/`) names its tensors' positions.
+        self.keys: list[int] | None = None
 
     # ---- the walk ------------------------------------------------------------------------------------
     def tensors(self) -> list[tuple[dict, Tensor]]:
@@ -91,6 +94,10 @@ class ZOEngine:
             self._step_params = fused.trusted(local)
         return self._step_params
 
+    def tensor_keys(self) -> list[int]:
+        """The noise key of each tensor in walk order (z of element j of tensor k is f(seed, k, j))."""
+        return list(range(len(self.tensors()))) if self.keys is None else self.keys
+
     def starts(self) -> list[int] | None:
         """Where each part starts in its full tensor; None for unsharded weights."""
         return [start for *_, start in self.parts()] if self.sharded else None
@@ -101,7 +108,7 @@ class ZOEngine:
 
     @property
     def device(self) -> torch.device:
-        return self.groups[0]["params"][0].device
+        return next(p for group in self.groups for p in group["params"]).device
 
     def fuses(self) -> bool:
         """Whether the fused Triton passes run on these weights: decided once (the tensors never change)."""
@@ -214,7 +221,7 @@ class ZOEngine:
         # (Sharded: the sums would be one rank's rows; the variance reduces its own statistics instead.)
         wants = update is not None and hasattr(self.block_scales, "observe_statistics") and not self.sharded
         sums = torch.empty(len(tensors), 2, dtype=torch.float64, device=s.device) if wants else None
-        perturbation.shift(tensors, list(range(len(tensors))), seed, pre, alpha, mult, stochastic, sums, starts)
+        perturbation.shift(tensors, self.tensor_keys(), seed, pre, alpha, mult, stochastic, sums, starts)
         if wants:
             self.block_scales.observe_statistics(sums, tensors)
         self.offset = offset

@@ -35,12 +35,13 @@ def estimates(engine, probes: list[tuple[int, float]], scales) -> Iterator[tuple
         ]
     else:
         streams = [engine.noise.stream([p for _, p, _, _ in parts], seed) for seed, _ in probes]
+    keys = engine.tensor_keys()
     for i, ((group, p, part, start), s) in enumerate(zip(parts, scale_list)):
         wide = torch.promote_types(p.dtype, torch.float32)
         if engine.noise.counter_based:
             grad = engine.scratch.zeros(part.shape, wide, part.device)
             for (seed, _), coefficient in zip(probes, coefficients):
-                add_normal(grad, seed, i, coefficient[i : i + 1], start)
+                add_normal(grad, seed, keys[i], coefficient[i : i + 1], start)
             yield group, p, part, grad
             continue
         grad = torch.zeros(p.shape, dtype=wide, device=p.device)
@@ -95,7 +96,8 @@ def rule_pass(engine, rule, seeds: list[int], pre: Tensor, coefficient: Tensor, 
     flag = engine.vector([1.0]) if ok is None else ok
     hyper = hyper_table(engine, rule, kernel).reshape(len(tensors), fused_rules.HYPER_WIDTH)
     starts = engine.starts()
-    fused_rules.update(tensors, states, kernel, seeds, pre, coefficient, lrs, mults, hyper, flag, firsts=starts)
+    keys = engine.tensor_keys()
+    fused_rules.update(tensors, states, kernel, seeds, pre, coefficient, lrs, mults, hyper, flag, keys, firsts=starts)
 
 
 def _row(kernel, values: dict[str, float]) -> list[float]:

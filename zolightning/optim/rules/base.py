@@ -36,6 +36,8 @@ class ZORule:
         device_step: on the fused path, g may stay on the device (steps that never wait for the GPU).
         takes_queries / takes_block_scales: whether q > 1 and learned block variance compose with the rule.
         forwards_per_query: forward passes a step costs per query beyond the two of the probe (for the docs).
+        splits_by_block: each tensor's update needs only the step's (seed, g) and the tensor's own state, so it can
+            run block by block while a streamed model's block is on the GPU (`offload/`).
     """
 
     name: ClassVar[str] = ""
@@ -44,6 +46,7 @@ class ZORule:
     device_step: ClassVar[bool] = True
     takes_queries: ClassVar[bool] = True
     takes_block_scales: ClassVar[bool] = True
+    splits_by_block: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -17,6 +17,7 @@ class ZOSGDConserve(ZORule):
     """The trial steps are this rule's probe schedule; the move itself is plain ZO-SGD's."""
 
     name = "zo_sgd_conserve"
+    splits_by_block = False  # its trial steps re-score the whole model
     kernel = PLAIN
     device_step = False  # the choice reads the trial losses on the host
 

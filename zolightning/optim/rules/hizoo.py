@@ -33,6 +33,7 @@ class HiZOO(ZORule):
     """
 
     name = "hizoo"
+    splits_by_block = False  # its curvature estimate reads a third, centre forward of the whole model
     takes_queries = False
     takes_block_scales = False
 

@@ -31,6 +31,7 @@ class LOZO(ZORule):
     """
 
     name = "lozo"
+    splits_by_block = False  # its low-rank factors are drawn per matrix pair across the step
 
     def __init__(self, rank: int = 1, interval: int = 100):
         if rank < 1 or interval < 1:
