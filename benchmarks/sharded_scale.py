@@ -4,6 +4,14 @@ materialised shard by shard (FSDP2), then timed ZO steps (issue #13).
     torchrun --nproc_per_node 2 -m benchmarks.sharded_scale --shape 8b --steps 10      # sharded over 2 GPUs
     python -m benchmarks.sharded_scale --shape 8b --steps 10                            # one GPU, unsharded
     torchrun --nproc_per_node 2 -m benchmarks.sharded_scale --shape tiny --steps 2      # CPU (gloo) check
+    python -m benchmarks.sharded_scale --shape 70b --fake-world 8 --steps 2 --seq 512   # rank 0 of 8, on one GPU
+
+`--fake-world N`: torch.distributed's fake process group stands for N ranks: this process is rank 0, holds a
+1/N shard and computes what rank 0 computes, while collectives do nothing (the gathered layers hold garbage, so
+the losses mean nothing and steps may be skipped as non-finite). Memory and compute per rank are real; the
+all-gather time is not there, and is added on paper (`--link-gbps`, NVLink's per-GPU bandwidth) as an estimate.
+Beside the peak it prints the formula: this rank's weights + the largest gathered layer + activations (the peak
+of a one-layer model of the same widths on the same batch, minus its weights, measured first).
 
 Prints one JSON line (rank 0): the step time, its parts measured alone (the two sharded forwards, the three
 shard passes; issue #13 asks step ≤ 1.3 × their sum), peak memory per GPU beside its parts (this rank's
@@ -29,9 +37,11 @@ from zolightning.optim.engine.shards import local_shard, shard_model
 # hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings
 SHAPES = {
     "tiny": (64, 128, 2, 4, 2, 256, False),
+    "smollm2": (576, 1536, 30, 9, 3, 49152, True),  # SmolLM2-135M
     "1b": (2048, 8192, 16, 32, 8, 128256, True),  # Llama-3.2-1B
     "8b": (4096, 14336, 32, 32, 8, 128256, False),  # Llama-3-8B
     "13b": (5120, 13824, 40, 40, 40, 32000, False),  # Llama-2-13B
+    "32b": (5120, 27648, 64, 40, 8, 152064, False),  # Qwen2.5-32B's widths in a Llama block (no q/k/v bias)
     "70b": (8192, 28672, 80, 64, 8, 128256, False),  # Llama-3-70B
 }
 
@@ -72,6 +82,52 @@ def build(shape: str, dtype: torch.dtype, device: torch.device, mesh) -> LlamaFo
     return model.eval()
 
 
+def fake_group(args, device: torch.device) -> dict:
+    """Measure the activations first (a one-layer model, no group), then start the fake group of N ranks."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    activations = activation_bytes(args.shape, getattr(torch, args.dtype), args.batch, args.seq, device)
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=args.fake_world)
+    return {"fake_world": args.fake_world, "activations_gib": round(activations / 2**30, 3)}
+
+
+def activation_bytes(shape: str, dtype: torch.dtype, batch: int, seq: int, device: torch.device) -> int:
+    """Peak of a scoring forward of a one-layer model of the shape's widths, minus its weights."""
+    config = config_for(shape)
+    config.num_hidden_layers = 1
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config).to(dtype)
+    model.to_empty(device=device)
+    with torch.device(device):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
+    if device.type != "cuda":
+        return 0
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    peak = torch.cuda.max_memory_allocated(device) - start  # the weights were allocated before `start`
+    del model, logits
+    torch.cuda.empty_cache()
+    return peak
+
+
+def fake_group_formula(report: dict, model, args) -> dict:
+    """The per-rank formula beside the measured peak, and the all-gather time of a step on paper."""
+    formula = report["local_weight_gib"] + report["largest_gathered_layer_gib"] + report["activations_gib"]
+    full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    gathered = full_bytes * (args.fake_world - 1) / args.fake_world  # what a rank receives per forward
+    gather_seconds = 2 * gathered / (args.link_gbps * 1e9)  # two forwards a step
+    return {
+        "formula_gib": round(formula, 3),
+        "peak_over_formula": round(report["peak_gib"] / formula, 3) if report["peak_gib"] else None,
+        "all_gather_seconds_estimate": round(gather_seconds, 4),
+        "step_seconds_with_all_gather_estimate": round(report["step_seconds"] + gather_seconds, 4),
+    }
+
+
 def largest_layer_bytes(model: LlamaForCausalLM) -> int:
     """The biggest all-gather of a forward: one decoder layer or the root's own weights (embedding, head)."""
     layers = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in model.model.layers]
@@ -100,11 +156,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--fake-world", type=int, default=0, help="stand for rank 0 of this many (fake group)")
+    parser.add_argument("--link-gbps", type=float, default=450.0, help="per-GPU all-gather bandwidth (estimate)")
     args = parser.parse_args()
 
-    distributed = "WORLD_SIZE" in os.environ
     cuda = torch.cuda.is_available()
-    if distributed:
+    extra = {}
+    if args.fake_world:
+        extra = fake_group(args, torch.device("cuda" if cuda else "cpu"))
+    distributed = "WORLD_SIZE" in os.environ or bool(args.fake_world)
+    if distributed and not args.fake_world:
         dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
@@ -163,12 +224,15 @@ def main() -> None:
         "peak_gib": round(peak / 2**30, 3),
         "peak_over_forward_peak": round(peak / forward_peak, 3) if forward_peak else None,
         "losses": [round(x, 5) for x in losses],
+        **extra,
     }
+    if args.fake_world:
+        report |= fake_group_formula(report, model, args)
     if rank == 0:
         print(json.dumps(report), flush=True)
     if distributed:
         dist.barrier()
-        if dist.get_backend() == "gloo":  # its teardown can abort an exit after the work is done (SIGABRT)
+        if dist.get_backend() in ("gloo", "fake"):  # its teardown can abort an exit after the work is done (SIGABRT)
             sys.stdout.flush()
             os._exit(0)
         dist.destroy_process_group()

@@ -247,3 +247,35 @@ def test_block_geometry_runs_on_the_gpu(tmp_path, data_dir, capsys):
         + ["--device", "cuda"]
     )
     assert "| tiny.best cap 2 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rule", ["zo_sgd", "zo_adam"])
+def test_streamed_steps_on_the_gpu_equal_resident_steps(rule):
+    # the weights in pinned host memory, each unit copied up and down on its own streams with prefetch; the passes
+    # the fused kernels with whole-model noise keys: the resident fused step's weights, bit for bit
+    from tests.golden_rules import golden_batch
+    from zolightning.forward.scoring import branch_objectives
+    from zolightning.offload.optimizer import StreamedZOOptimizer
+    from zolightning.offload.streamer import BlockStreamer
+    from zolightning.offload.units import find_units
+    from zolightning.optim import resolve_rule
+
+    batch = {k: v.to("cuda") if torch.is_tensor(v) else v for k, v in golden_batch().items()}
+    resident = load_causal_lm("tiny-llama-untied").to("cuda").eval()
+    streamed = load_causal_lm("tiny-llama-untied").eval()
+    options = {"lr": 1e-3, "eps": 1e-3, "seed": 3, "noise": "philox", "weight_decay": 0.01}
+    plain = ZOOptimizer(resident.parameters(), resolve_rule(rule), **options)
+    streamer = BlockStreamer(find_units(streamed), torch.device("cuda"), prefetch=2)
+    streamer.place(streamed)
+    streamer.install()
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in streamed.parameters())
+    optimizer = StreamedZOOptimizer(list(streamed.parameters()), resolve_rule(rule), streamer=streamer, **options)
+    with torch.no_grad():
+        for _ in range(5):
+            a = plain.step(lambda: batch_loss(resident, batch)[0])
+            b = optimizer.step(lambda: branch_objectives(streamed, batch))
+            assert float(a.loss_plus) == b.loss_plus and float(a.loss_minus) == b.loss_minus
+        optimizer.flush()
+    assert plain.fused
+    for x, y in zip(resident.parameters(), streamed.parameters()):
+        assert y.device.type == "cpu" and torch.equal(x.cpu(), y)

@@ -125,3 +125,8 @@ def test_what_cannot_stream_is_refused_by_name(rule, options, message):
     options = {"noise": "philox", **options}
     with pytest.raises(ValueError, match=message):
         StreamedZOOptimizer(_groups(model), resolve_rule(rule), streamer=streamer, **options)
+
+
+def test_a_streamed_step_counts_two_forwards():
+    _, _, optimizer = _streamed_fit("tiny-llama-untied", "zo_sgd", 3, golden_batch(), lr=1e-3, eps=1e-3)
+    assert optimizer.num_forwards == 6

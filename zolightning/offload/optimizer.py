@@ -78,6 +78,7 @@ class StreamedZOOptimizer(ZOOptimizer):
         super().__init__(params, rule, **options)
         check_streamable(self)
         self.streamer = streamer
+        self.forwards_per_closure = 2  # one closure, the two branches' forwards
         streamer.states = lambda p: self.state.get(p, {})
         streamer.runner = self.run_unit
         keys = {id(p): k for k, (_, p) in enumerate(self.engine.tensors())}
@@ -146,11 +147,16 @@ class StreamedZOOptimizer(ZOOptimizer):
 
     def _visit(self, unit: Unit, work, changed: bool = False):
         self.streamer.acquire(unit)
+        for engine in self._unit_engines(unit):  # the unit's tensors are new GPU copies: check them afresh
+            engine.new_step()
         try:
             changed = self._catch_up(unit) or changed
             return work()
         finally:
             self.streamer.release(unit, changed)
+
+    def _unit_engines(self, unit: Unit) -> list[ZOEngine]:
+        return [self._engines[unit], *(engine for _, engine in self._sharing.get(unit, ()))]
 
     def _side(self, unit: Unit, side: float) -> None:
         """Move the unit's weights (and tensors it shares with an earlier unit) to θ + side·εz of this step."""

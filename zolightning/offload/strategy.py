@@ -36,15 +36,7 @@ class ZOOffloadStrategy(SingleDeviceStrategy):
         if self.streamer is None:
             units = find_units(self.lightning_module.model)
             self.streamer = BlockStreamer(units, self.root_device, self.prefetch)
-        self.streamer.to_host()
-        # Everything but the streamed weights goes to the device (buffers, metrics): the weights stand aside as
-        # empty tensors while the module moves, then point at their host memory again.
-        hosts = {p: p.data for unit in self.streamer.units for p in unit.tensors}
-        for p in hosts:
-            p.data = torch.empty(0, dtype=p.dtype)
-        self.model.to(self.root_device)
-        for p, host in hosts.items():
-            p.data = host
+        self.streamer.place(self.model)  # everything but the streamed weights (buffers, metrics) on the device
         self.streamer.install()
 
     def _flush(self) -> None:

@@ -54,6 +54,17 @@ class BlockStreamer:
                 if not (p.data.device.type == "cpu" and p.data.is_pinned()):
                     p.data = p.data.to("cpu").pin_memory()
 
+    def place(self, module: nn.Module) -> None:
+        """Move `module` to the device, all but the units' weights, which go to (or stay in) pinned host memory:
+        they stand aside as empty tensors while the module moves, then point at their host memory again."""
+        self.to_host()
+        hosts = {p: p.data for unit in self.units for p in unit.tensors}
+        for p in hosts:
+            p.data = torch.empty(0, dtype=p.dtype)
+        module.to(self.device)
+        for p, host in hosts.items():
+            p.data = host
+
     def host_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for unit in self.units for p in unit.tensors)
 

@@ -81,7 +81,8 @@ class ZOOptimizer(Optimizer):
                 "rows), and do not support stochastic_rounding yet"
             )
         self.engine.directions = rule.directions(self.engine)
-        self.num_forwards = 0  # closure calls: what equal-budget comparisons count (2q, 3 for HiZOO, 4-5 Conserve)
+        self.num_forwards = 0  # forwards: what equal-budget comparisons count (2q, 3 for HiZOO, 4-5 Conserve)
+        self.forwards_per_closure = 1  # a closure scores one forward (a streamed step's scores both branches)
         self.register_step_pre_hook(lambda optimizer, *_: optimizer.engine.new_step())
         self.register_step_post_hook(lambda optimizer, *_: optimizer.engine.new_step())
         self.register_step_pre_hook(count_forwards)

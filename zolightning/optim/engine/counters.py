@@ -52,7 +52,7 @@ def count_forwards(optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] |
         return None  # step() raises its own error
 
     def counted():
-        optimizer.num_forwards += 1
+        optimizer.num_forwards += optimizer.forwards_per_closure
         return closure()
 
     return ((args[0], counted, *args[2:]), kwargs) if positional else (args, {**kwargs, "closure": counted})

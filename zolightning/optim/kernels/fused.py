@@ -239,6 +239,15 @@ class _Plan:
 _plans: dict[tuple, dict[torch.dtype, _Plan]] = {}
 
 
+def device_table(values, device: torch.device) -> Tensor:
+    """A host list or tensor copied to `device` without waiting for the GPU (pinned, non-blocking): plans are built
+    while earlier passes still run (a streamed model builds them for each block it brings up)."""
+    table = values if torch.is_tensor(values) else torch.tensor(values, dtype=torch.int64)
+    if device.type != "cuda":
+        return table.to(device)
+    return table.pin_memory().to(device, non_blocking=True)
+
+
 def plan_for(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[int]) -> dict[torch.dtype, _Plan]:
     known, setting = _lookup(params), (tuple(keys), tuple(firsts))
     if setting not in known.plans:
@@ -261,16 +270,16 @@ def _build_plan(params: Sequence[Tensor], keys: Sequence[int], firsts: Sequence[
             first = torch.cumsum(counts, 0) - counts
             program_start = (torch.arange(int(counts.sum())) - first[program_tensor.long()]) * BLOCK
             plans[dtype] = _Plan(
-                torch.tensor(index, device=device),
-                torch.tensor([params[i].data_ptr() for i in index], dtype=torch.int64, device=device),
-                program_tensor.to(device),
-                program_start.to(device),
-                numels.to(device),
-                torch.tensor([keys[i] for i in index], dtype=torch.int64, device=device),
-                torch.tensor([firsts[i] if firsts else 0 for i in index], dtype=torch.int64, device=device),
+                device_table(index, device),
+                device_table([params[i].data_ptr() for i in index], device),
+                device_table(program_tensor, device),
+                device_table(program_start, device),
+                device_table(numels, device),
+                device_table([keys[i] for i in index], device),
+                device_table([firsts[i] if firsts else 0 for i in index], device),
                 int(counts.sum()),
-                first.to(device),
-                (first + counts).to(device),
+                device_table(first, device),
+                device_table(first + counts, device),
             )
         if len(_plans) > 4096:  # tensors re-allocated many times: drop stale tables (one per tensor is normal)
             _plans.clear()

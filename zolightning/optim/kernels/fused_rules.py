@@ -129,7 +129,7 @@ def addresses(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
     if signature not in _state_tables:
         if len(_state_tables) > 4096:
             _state_tables.clear()
-        _state_tables[signature] = torch.tensor(list(signature), dtype=torch.int64, device=device)
+        _state_tables[signature] = fused.device_table(list(signature), device)
     return _state_tables[signature]
 
 
