@@ -159,7 +159,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     report = {"shape": args.shape, "dtype": args.dtype, "batch": [args.batch, args.seq], "prefetch": args.prefetch,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}  # fmt: skip
-    report |= pcie_probe(device)
+    report["host_rss_before_gib"] = round(host_rss_gib(), 2)  # the process before any weight: libraries, CUDA
     start = time.perf_counter()
     model = build_on_host(args.shape, dtype, device)
     report["build_seconds"] = round(time.perf_counter() - start, 1)
@@ -168,6 +168,9 @@ def main() -> None:
     batch = lm_batch(model.config.vocab_size, args.batch, args.seq, args.answer, device)
     measured, _ = offloaded(model, batch, device, args.steps, args.prefetch)
     report |= measured
+    report["host_rss_over_weights"] = round((report["host_rss_gib"] - report["host_rss_before_gib"]) /
+                                            report["weight_gib"], 3)  # fmt: skip
+    report |= pcie_probe(device)  # after the offloaded steps: its pinned buffers stay cached in the process
     tokens = args.batch * args.seq
     report["offload_tokens_per_sec"] = round(tokens / report["offload_step_seconds"], 1)
     if "h2d_gbps" in report:  # the weight bytes up and back, at the probe's bandwidths: one way after the other

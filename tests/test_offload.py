@@ -26,15 +26,15 @@ def _groups(model):
     return [{"params": decay}, {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def _resident_fit(name, rule, steps, batch, **options):
-    model = _model(name)
+def _resident_fit(name, rule, steps, batch, dtype=torch.float64, **options):
+    model = _model(name, dtype)
     optimizer = ZOOptimizer(_groups(model), resolve_rule(rule), noise="philox", **options)
     losses = [optimizer.step(lambda: batch_loss(model, batch)[0]).loss for _ in range(steps)]
     return model, losses, optimizer
 
 
-def _streamed_fit(name, rule, steps, batch, **options):
-    model = _model(name)
+def _streamed_fit(name, rule, steps, batch, dtype=torch.float64, **options):
+    model = _model(name, dtype)
     streamer = BlockStreamer(find_units(model), torch.device("cpu"))
     streamer.install()
     optimizer = StreamedZOOptimizer(_groups(model), resolve_rule(rule), streamer=streamer, noise="philox", **options)
@@ -130,3 +130,23 @@ def test_what_cannot_stream_is_refused_by_name(rule, options, message):
 def test_a_streamed_step_counts_two_forwards():
     _, _, optimizer = _streamed_fit("tiny-llama-untied", "zo_sgd", 3, golden_batch(), lr=1e-3, eps=1e-3)
     assert optimizer.num_forwards == 6
+
+
+_INTERPRETED = """
+import torch
+from tests.golden_rules import golden_batch
+from tests.test_offload import _resident_fit, _streamed_fit
+batch = golden_batch()
+options = {"lr": 1e-3, "eps": 1e-3, "seed": 3, "weight_decay": 0.01, "dtype": torch.float32}
+for rule in ("zo_sgd", "zo_adam", "zo_sgd_momentum"):
+    resident, losses, plain = _resident_fit("tiny-llama-untied", rule, 3, batch, **options)
+    streamed, streamed_losses, _ = _streamed_fit("tiny-llama-untied", rule, 3, batch, **options)
+    assert plain.fused and losses == streamed_losses, rule
+    assert all(torch.equal(a, b) for a, b in zip(resident.parameters(), streamed.parameters())), rule
+print("streamed fused steps equal the resident ones")
+"""
+
+
+def test_streamed_fused_steps_equal_resident_ones_under_the_interpreter(run_interpreted):
+    # the unit engines' fused passes (shift and rule kernels) with whole-model keys, on float32 weights
+    run_interpreted(_INTERPRETED, "streamed fused steps equal the resident ones")

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The real `zolightning fit` on SST-2, resident and zo_offload, same config (philox noise, eager forward, fp32):
 # their step times and whether the final weights agree. SmolLM2's shape with seeded random weights (no model files
-# on the GPU machine). Run by benchmarks/gpu/offload.sh fit (it sources setup.sh first); writes $OUT/offload_fit*.
+# on the GPU machine). Run by benchmarks/gpu/offload.sh fit (it sources setup.sh first); its logs in /tmp/fit_{resident,offload}.log, JSON lines on stdout.
 set -u
 python -m benchmarks.random_model_dir --shape smollm2 /tmp/smol >/dev/null || exit 1
 common=(--config configs/sst2/mezo.yaml --model.model /tmp/smol --data.data_dir "$DATA" --trainer.max_steps 200
   --trainer.val_check_interval 100 --model.noise philox --model.fast_forward false --model.lr_schedule constant
-  --model.dtype float32 --trainer.enable_progress_bar false --data.num_eval 200)
+  --model.dtype float32 --trainer.enable_progress_bar false --data.num_eval 200 --trainer.deterministic true)
 for run in resident offload; do
   extra=(); [ "$run" = offload ] && extra=(--trainer.strategy zo_offload)
   timeout -k 10 220 python -m zolightning fit "${common[@]}" "${extra[@]}" --trainer.logger.init_args.save_dir "/tmp/fit_$run" \
-    > "$OUT/offload_fit_$run.log" 2>&1
+    > "/tmp/fit_$run.log" 2>&1
   echo "$run rc $?"
 done
 python - <<'PY'

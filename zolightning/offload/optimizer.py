@@ -195,7 +195,7 @@ class StreamedZOOptimizer(ZOOptimizer):
         elif self.one_pass_update:
             engine.restore_and_update(pending.seed, scales, pending.g)
         elif self.rule.fuses(engine, 1):
-            self.rule.fused_update(engine, [pending.seed], scales, pending.g, None, None)
+            self.rule.fused_update(engine, [pending.seed], scales, [pending.g], None, None)
         else:
             engine.shift(pending.seed, scales, 0.0)
             self.rule.reference_update(engine, [(pending.seed, pending.g)], scales, None)
