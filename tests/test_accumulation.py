@@ -20,7 +20,7 @@ def _fit_steps(batches_per_step: list[list[dict]], dtype=torch.float64):
     optimizer = ZOOptimizer(model.parameters(), lr=1e-3, eps=1e-3, seed=5)
     losses = []
     for batches in batches_per_step:
-        out = optimizer.step(lambda: mean_objective(lambda b: batch_loss(model, b)[0], batches))
+        out = optimizer.step(lambda batches=batches: mean_objective(lambda b: batch_loss(model, b)[0], batches))
         losses.append(out.loss_plus)
     return losses, [p.detach().clone() for p in model.parameters()]
 
@@ -68,8 +68,8 @@ def test_a_fit_with_accumulation_reads_the_batches_of_a_larger_batch(tmp_path, t
         module = ZOFineTuneModule(model="tiny-llama", lr=1e-3, noise="philox", accumulate_grad_batches=k)
         rows = seen[name] = []
         original = module._objective
-        module._objective = lambda batch, rows=rows, original=original: rows.append(batch["rows"].tolist()) or original(
-            batch
+        module._objective = lambda batch, rows=rows, original=original: (
+            rows.append(batch["rows"].tolist()) or original(batch)
         )
         trainer = _trainer(tmp_path / name, steps)
         trainer.fit(module, datamodule=tiny_data(batch_size=batch_size))

@@ -79,6 +79,7 @@ def _module(**overrides):
         device=torch.device("cuda"),
         trainer=SimpleNamespace(world_size=1),
         _fast_scorer=SimpleNamespace(trunk=trunk),
+        micro_batches_per_step=1,
     )
     settings.update(overrides)
     module = SimpleNamespace(**settings)
@@ -97,6 +98,7 @@ def test_the_module_says_why_steps_are_not_captured():
     assert "more than one" in step_graph_refusal(_module(trainer=SimpleNamespace(world_size=2)), mezo)
     assert "decodes" in step_graph_refusal(_module(hparams={"step_graphs": True, "objective": "f1"}), mezo)
     assert "planned" in step_graph_refusal(_module(_fast_scorer=None), mezo)
+    assert "accumulate" in step_graph_refusal(_module(micro_batches_per_step=4), mezo)
     assert "zo_sgd" in step_graph_refusal(_module(), ZOOptimizer(params, noise="philox", sync=True))
     adam = make_optimizer("zo_adam", params, noise="philox", sync=False)
     assert "zo_sgd" in step_graph_refusal(_module(), adam)
