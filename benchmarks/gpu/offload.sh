@@ -31,6 +31,7 @@ c)  # the second lease: the tests and the gloo equality again (after fixes), the
   bash benchmarks/gpu/offload_fit.sh > /tmp/fit.log 2>&1; echo "fit rc $?"; grep -h "^{" /tmp/fit.log >> "$OUT/c.jsonl"
   { echo "=== fit"; tail -n 30 /tmp/fit.log; tail -n 15 /tmp/fit_*.log 2>/dev/null; } >> "$OUT/c_logs.txt"
   grep -h "^{" /tmp/fit.log
+  step accumulation 60 python -m benchmarks.accumulation_memory --shape smollm2 --batch 16 --micro 4 --seq 512
   step offload_32b 300 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 3 --resident
   ;;
 b)
