@@ -39,15 +39,12 @@ from zolightning.forward.scoring import (
 )
 from zolightning.models import load_causal_lm, load_tokenizer
 from zolightning.models.adapters import adapter_summary, add_adapters, keep_trained_tensors, restore_base_tensors
-from zolightning.models.lora import check_adapter_dtype
 from zolightning.modules.micro_batches import MicroBatches, mean_objective
+from zolightning.modules.optimizer_setup import build_optimizer
 from zolightning.modules.training_log import TrainingLog
-from zolightning.offload.optimizer import StreamedZOOptimizer, check_offload_options
 from zolightning.offload.streamer import BlockStreamer
-from zolightning.optim import ZOOptimizer, ZORule, resolve_rule
+from zolightning.optim import ZORule, resolve_rule
 from zolightning.optim.engine.shards import is_sharded, shard_model
-from zolightning.resources import find_optimizer_file
-from zolightning.variance.learned import LearnedVariance, learned_variance_for
 
 log = logging.getLogger(__name__)
 
@@ -251,32 +248,7 @@ class ZOFineTuneModule(L.LightningModule):
 
     # ---- optimization -------------------------------------------------------------------------------
     def configure_optimizers(self):
-        check_adapter_dtype(self.model, self.hparams.lora_dtype)  # after the trainer's precision cast
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        block_scales = self._block_scales(decay + no_decay)
-        sync = self.path.noise != "philox" or block_scales is not None or not self.rule.device_step
-        streamed = {} if self.streamer is None else {"streamer": self.streamer}
-        if streamed:
-            check_offload_options(self.hparams)
-        optimizer = (StreamedZOOptimizer if streamed else ZOOptimizer)(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-            self.rule,
-            queries=self.hparams.queries,
-            lr=self.hparams.lr,
-            eps=self.hparams.eps,
-            weight_decay=self.hparams.weight_decay,
-            seed=self.hparams.zo_seed,
-            block_scales=block_scales,
-            noise=self.path.noise,
-            stochastic_rounding=self.hparams.stochastic_rounding,
-            sync=sync or bool(streamed),  # g stays on the device where noise, variance, rule and weights allow it
-            **streamed,
-        )
-        if not optimizer.sync:
-            log.info("ZO steps keep g on the device: a step never waits for the GPU")
+        optimizer = build_optimizer(self)
         if self.hparams.lr_schedule == "constant":
             return optimizer
         total = self.trainer.max_steps
@@ -284,14 +256,6 @@ class ZOFineTuneModule(L.LightningModule):
             raise ValueError("lr_schedule=linear needs trainer.max_steps")
         schedule = LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def _block_scales(self, walk: list[torch.Tensor]) -> LearnedVariance | None:
-        if self.hparams.variance == "isotropic":
-            return None
-        batch_size, h = facts_of(self.trainer).batch_size * self.micro_batches.per_step, self.hparams
-        world = self.trainer.world_size
-        file = find_optimizer_file(h.variance_file)  # a shipped file by its checkout path, from any folder
-        return learned_variance_for(file, self.model, walk, batch_size, world, h.normalize, h.sigma_ceiling)
 
     def on_train_start(self) -> None:
         if self.device.type == "cuda":  # perf/peak_mem_gib: the training peak, not set-up's broadcasts
