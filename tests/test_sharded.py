@@ -16,8 +16,11 @@ from zolightning.optim import ZOOptimizer
 SCRIPT = Path(__file__).parent / "scripts" / "sharded_zo.py"
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_two_shards_give_the_unsharded_weights_bitwise(tmp_path, weight_decay):
+SHARDED_CASES = [("tiny-llama", 0.0), ("tiny-llama", 0.1), ("tiny-llama-untied", 0.1)]  # untied: embedding, head apart
+
+
+@pytest.mark.parametrize(("name", "weight_decay"), SHARDED_CASES)
+def test_two_shards_give_the_unsharded_weights_bitwise(tmp_path, name, weight_decay):
     out = tmp_path / "sharded.pt"
     command = [
         sys.executable,
@@ -30,11 +33,14 @@ def test_two_shards_give_the_unsharded_weights_bitwise(tmp_path, weight_decay):
         str(out),
     ]
     result = subprocess.run(
-        [*command, "--steps", "3", "--weight-decay", str(weight_decay)], capture_output=True, text=True, timeout=300
+        [*command, "--steps", "3", "--weight-decay", str(weight_decay), "--model", name],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sharded = torch.load(out)
-    model = load_causal_lm("tiny-llama", dtype="float64")
+    model = load_causal_lm(name, dtype="float64")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     train(model, 3, weight_decay, all_reduce=False)
     for name, p in model.named_parameters():

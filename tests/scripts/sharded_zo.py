@@ -14,10 +14,10 @@ import sys
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
 
 from zolightning.models import load_causal_lm
 from zolightning.optim import RULES, ZOOptimizer
+from zolightning.optim.engine.shards import shard_model
 
 
 def fixed_batch() -> dict:
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--learned", action="store_true")
     parser.add_argument("--replicas", type=int, default=1, help="hybrid: replicated over this many groups")
+    parser.add_argument("--model", default="tiny-llama", help="tiny-llama-untied: embedding and head sharded apart")
     parser.add_argument("--rules", default="", help="comma-separated rule[:queries] list, each from fresh weights")
     args = parser.parse_args()
     dist.init_process_group("gloo")
@@ -89,10 +90,8 @@ def main() -> None:
     results = {}
     for entry in args.rules.split(",") if args.rules else ["zo_sgd"]:
         rule, _, queries = entry.partition(":")
-        model = load_causal_lm("tiny-llama", dtype="float64")
-        for layer in model.model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh, reshard_after_forward=True)  # the root too: every forward all-gathers anew
+        model = load_causal_lm(args.model, dtype="float64")
+        shard_model(model, mesh)  # as zo_fsdp shards it: layers (and untied embedding, head) as units, the root
         train(model, args.steps, args.weight_decay, True, args.learned, rule, int(queries or 1))
         results[entry] = {name: p.full_tensor() for name, p in model.named_parameters()}
     if dist.get_rank() == 0:

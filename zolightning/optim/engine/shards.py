@@ -57,10 +57,24 @@ def shard_group(p: Tensor):
 
 def shard_model(model: nn.Module, mesh) -> None:
     """FSDP2 over `mesh` (1-D: sharded; 2-D: replicated over the first dimension, sharded over the second):
-    each decoder layer is a unit, the root holds the rest; every forward gathers the current shards."""
+    each decoder layer is a unit, so are untied input embeddings and LM head (each gathered only while it computes,
+    not through the whole forward as the root's weights are), the root holds the rest; every forward gathers the
+    current shards."""
     from torch.distributed.fsdp import fully_shard
 
     trunk = getattr(model, getattr(model, "base_model_prefix", ""), model)
     for layer in getattr(trunk, "layers", []):
         fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    for unit in separate_embeddings(model):
+        fully_shard(unit, mesh=mesh, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, reshard_after_forward=True)
+
+
+def separate_embeddings(model: nn.Module) -> list[nn.Module]:
+    """The input embedding and the LM head when they share no weight (tied ones stay with the root)."""
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    units = [get() for get in (get_in, get_out) if get is not None]
+    units = [unit for unit in units if unit is not None and not isinstance(unit, nn.ModuleList)]
+    if len(units) == 2 and units[0].weight is units[1].weight:
+        return []
+    return units
