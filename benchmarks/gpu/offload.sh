@@ -24,22 +24,20 @@ a)
   step offload_8b 150 python -m benchmarks.offload_scale --shape 8b --batch 16 --seq 512 --steps 4 --resident
   for n in 2 4 8; do step "fake_8b_$n" 60 python -m benchmarks.sharded_scale --shape 8b --fake-world $n --steps 3; done
   ;;
-c)  # the second lease: the tests and the gloo equality again (after fixes), the real fit, 32B
-  step gpu_tests 120 python -m pytest -q tests/test_gpu.py -k "streamed or fused_step"
-  step sharded_gloo 150 python -m torch.distributed.run --nproc_per_node 2 -m benchmarks.sharded_on_one_gpu \
+c)  # the second lease: the tests and the gloo equality again (after fixes), accumulation's peak, 32B
+  step gpu_tests 90 python -m pytest -q tests/test_gpu.py -k "streamed or fused_step"
+  step sharded_gloo 120 python -m torch.distributed.run --nproc_per_node 2 -m benchmarks.sharded_on_one_gpu \
     --shape smollm2 --steps 200 --dtypes float32,bfloat16
-  bash benchmarks/gpu/offload_fit.sh > /tmp/fit.log 2>&1; echo "fit rc $?"; grep -h "^{" /tmp/fit.log >> "$OUT/c.jsonl"
-  { echo "=== fit"; tail -n 30 /tmp/fit.log; tail -n 15 /tmp/fit_*.log 2>/dev/null; } >> "$OUT/c_logs.txt"
+  step accumulation 45 python -m benchmarks.accumulation_memory --shape smollm2 --batch 16 --micro 4 --seq 512
+  step offload_32b 250 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 2 --resident
+  ;;
+fit)  # the real fit, resident against zo_offload
+  bash benchmarks/gpu/offload_fit.sh > /tmp/fit.log 2>&1; echo "fit rc $?"; grep -h "^{" /tmp/fit.log >> "$OUT/fit.jsonl"
+  { echo "=== fit"; tail -n 30 /tmp/fit.log; tail -n 15 /tmp/fit_*.log 2>/dev/null; } >> "$OUT/fit_logs.txt"
   grep -h "^{" /tmp/fit.log
-  step accumulation 60 python -m benchmarks.accumulation_memory --shape smollm2 --batch 16 --micro 4 --seq 512
-  step offload_32b 300 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 3 --resident
   ;;
 b)
   step offload_32b 330 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 3 --resident
   for n in 2 4 8; do step "fake_70b_$n" 80 python -m benchmarks.sharded_scale --shape 70b --fake-world $n --steps 3; done
-  ;;
-fit)
-  bash benchmarks/gpu/offload_fit.sh > /tmp/fit.log 2>&1; echo "fit rc $?"; grep -h "^{" /tmp/fit.log >> "$OUT/fit.jsonl"
-  tail -n 60 /tmp/fit.log > "$OUT/fit_logs.txt"; tail -n 30 "$OUT"/offload_fit_*.log >> "$OUT/fit_logs.txt"; cat "$OUT/fit.jsonl"
   ;;
 esac
