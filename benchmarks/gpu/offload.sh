@@ -25,11 +25,11 @@ a)
   for n in 2 4 8; do step "fake_8b_$n" 60 python -m benchmarks.sharded_scale --shape 8b --fake-world $n --steps 3; done
   ;;
 c)  # the second lease: the tests and the gloo equality again (after fixes), accumulation's peak, 32B
-  step gpu_tests 90 python -m pytest -q tests/test_gpu.py -k "streamed or fused_step"
+  step gpu_tests 60 python -m pytest -q tests/test_gpu.py -k "streamed or fused_step"
   step sharded_gloo 120 python -m torch.distributed.run --nproc_per_node 2 -m benchmarks.sharded_on_one_gpu \
     --shape smollm2 --steps 200 --dtypes float32,bfloat16
   step accumulation 45 python -m benchmarks.accumulation_memory --shape smollm2 --batch 16 --micro 4 --seq 512
-  step offload_32b 250 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 2 --resident
+  step offload_32b 230 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 2 --resident
   ;;
 fit)  # the real fit, resident against zo_offload
   bash benchmarks/gpu/offload_fit.sh > /tmp/fit.log 2>&1; echo "fit rc $?"; grep -h "^{" /tmp/fit.log >> "$OUT/fit.jsonl"
