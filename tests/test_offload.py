@@ -138,9 +138,9 @@ from tests.golden_rules import golden_batch
 from tests.test_offload import _resident_fit, _streamed_fit
 batch = golden_batch()
 options = {"lr": 1e-3, "eps": 1e-3, "seed": 3, "weight_decay": 0.01, "dtype": torch.float32}
-for rule in ("zo_sgd", "zo_adam", "zo_sgd_momentum"):
-    resident, losses, plain = _resident_fit("tiny-llama-untied", rule, 3, batch, **options)
-    streamed, streamed_losses, _ = _streamed_fit("tiny-llama-untied", rule, 3, batch, **options)
+for rule in ("zo_sgd", "zo_adam"):  # the restore-and-update pass, and the rule kernel with states
+    resident, losses, plain = _resident_fit("tiny-llama-untied", rule, 2, batch, **options)
+    streamed, streamed_losses, _ = _streamed_fit("tiny-llama-untied", rule, 2, batch, **options)
     assert plain.fused and losses == streamed_losses, rule
     assert all(torch.equal(a, b) for a, b in zip(resident.parameters(), streamed.parameters())), rule
 print("streamed fused steps equal the resident ones")
