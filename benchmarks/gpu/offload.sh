@@ -37,6 +37,11 @@ d)  # a short lease: the gloo equality, 32B, accumulation's peak
   step offload_32b 200 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 2 --resident
   step accumulation 30 python -m benchmarks.accumulation_memory --shape smollm2 --batch 16 --micro 4 --seq 512
   ;;
+e)  # the last minutes of a lease: the gloo equality and accumulation's peak
+  step sharded_gloo 90 python -m torch.distributed.run --nproc_per_node 2 -m benchmarks.sharded_on_one_gpu \
+    --shape smollm2 --steps 200 --dtypes float32,bfloat16
+  step accumulation 30 python -m benchmarks.accumulation_memory --shape smollm2 --batch 16 --micro 4 --seq 512
+  ;;
 fit)  # the real fit, resident against zo_offload
   bash benchmarks/gpu/offload_fit.sh > /tmp/fit.log 2>&1; echo "fit rc $?"; grep -h "^{" /tmp/fit.log >> "$OUT/fit.jsonl"
   { echo "=== fit"; tail -n 30 /tmp/fit.log; tail -n 15 /tmp/fit_*.log 2>/dev/null; } >> "$OUT/fit_logs.txt"
