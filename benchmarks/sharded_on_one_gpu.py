@@ -2,6 +2,10 @@
 weights sharded with FSDP2 as `zo_fsdp` shards them, the passes the fused Triton kernels with shard offsets; rank 0
 then trains the same weights unsharded on the same batches and compares.
 
+Two things differ from a multi-GPU run, both in how shards travel, not in the ZO step: the mesh is built on the gloo
+group (`init_device_mesh("cuda")` would start an NCCL group beside it), and FSDP2's all-gathers go through host
+memory (gloo gathers host tensors; `HostStagedAllGather`), as do the loss average and the final gather.
+
     torchrun --nproc_per_node 2 -m benchmarks.sharded_on_one_gpu --shape smollm2 --steps 200 --dtypes float32,bfloat16
     torchrun --nproc_per_node 2 -m benchmarks.sharded_on_one_gpu --shape tiny --steps 3      # CPU: the code path
 
@@ -19,7 +23,9 @@ import sys
 
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather  # FSDP2's custom-collective hook (not exported)
 from transformers import LlamaForCausalLM
 
 from benchmarks.offload_scale import lm_batch
@@ -27,6 +33,35 @@ from benchmarks.sharded_scale import SHAPES, config_for
 from zolightning.forward.scoring import batch_loss
 from zolightning.optim import ZOSGD, ZOOptimizer
 from zolightning.optim.engine.shards import shard_model
+
+
+class HostStagedAllGather(AllGather):
+    """FSDP2's all-gather through host memory: gloo gathers host tensors (a proof's speed, not a product's)."""
+
+    def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(self, output_tensor, input_tensor, group, async_op: bool = False):
+        host = torch.empty(output_tensor.shape, dtype=output_tensor.dtype)
+        dist.all_gather_into_tensor(host, input_tensor.cpu(), group=group)
+        output_tensor.copy_(host)  # on the stream FSDP2 gathers on; it records its event after this
+        return None
+
+
+def one_gpu_mesh(device: torch.device) -> DeviceMesh:
+    if device.type == "cuda":
+        return DeviceMesh.from_group(dist.group.WORLD, "cuda")
+    return init_device_mesh("cpu", (dist.get_world_size(),))
+
+
+def full_weights(model) -> list[torch.Tensor]:
+    """Every parameter whole, on rank 0's host (shards gathered as host tensors over gloo)."""
+    out = []
+    for p in model.parameters():
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, p.to_local().cpu())
+        out.append(torch.cat(parts))
+    return out
 
 
 def seeded_model(shape: str, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
@@ -46,8 +81,10 @@ def train(model, steps: int, shape: str, device: torch.device, reduce: bool) -> 
 
         def closure(batch=batch):
             loss = batch_loss(model, batch)[0]
-            if reduce:  # what the strategy's reduce does inside the module's closure
-                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+            if reduce:  # what the strategy's reduce does inside the module's closure (on the host: gloo)
+                host = loss.detach().cpu()
+                dist.all_reduce(host, op=dist.ReduceOp.SUM)
+                loss = (host / dist.get_world_size()).to(loss.device)
             return loss
 
         with torch.no_grad():
@@ -59,14 +96,17 @@ def compare(dtype_name: str, args, rank: int, device: torch.device, mesh) -> dic
     dtype = getattr(torch, dtype_name)
     sharded = seeded_model(args.shape, dtype, device)
     shard_model(sharded, mesh)
+    for module in sharded.modules():
+        if isinstance(module, FSDPModule):
+            module.set_custom_all_gather(HostStagedAllGather())
     sharded_losses, fused = train(sharded, args.steps, args.shape, device, reduce=True)
-    full = [p.full_tensor() for p in sharded.parameters()]  # a collective: every rank takes part
+    full = full_weights(sharded)  # a collective: every rank takes part
     if rank != 0:
         return None
     plain = seeded_model(args.shape, dtype, device)
     plain_losses, plain_fused = train(plain, args.steps, args.shape, device, reduce=False)
     rel = [abs(a - b) / max(abs(b), 1e-30) for a, b in zip(sharded_losses, plain_losses)]
-    diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(full, plain.parameters())]
+    diffs = [(a.float() - b.float().cpu()).abs().max().item() for a, b in zip(full, plain.parameters())]
     return {
         "shape": args.shape, "dtype": dtype_name, "steps": args.steps, "world": dist.get_world_size(),
         "backend": dist.get_backend(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -89,7 +129,7 @@ def main() -> None:
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")  # one GPU for all ranks
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mesh = one_gpu_mesh(device)
     for dtype_name in args.dtypes.split(","):
         report = compare(dtype_name, args, rank, device, mesh)
         if report is not None:

@@ -230,3 +230,17 @@ def test_the_scale_benchmark_builds_a_sharded_random_llama_and_steps():
     report = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
     assert report["world"] == 2 and len(report["losses"]) == 2 and all(math.isfinite(x) for x in report["losses"])
     assert report["step_seconds"] > 0 and report["forward_seconds"] > 0
+
+
+def test_the_one_gpu_proof_runs_its_host_staged_gathers_and_compares(tmp_path):
+    # the script that proves sharding on one GPU (gloo, two ranks), run on the CPU: same code path, tiny shape
+    import json
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "benchmarks.sharded_on_one_gpu", "--shape", "tiny", "--steps", "2", "--dtypes", "float32"]
+    result = subprocess.run(
+        command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    assert report["world"] == 2 and report["weights_bitwise_equal"] and report["losses_bitwise_equal_steps"] == 2
