@@ -79,3 +79,21 @@ def test_offload_refuses_what_it_cannot_run_with_one_line(tmp_path, tiny_data, o
     module = ZOFineTuneModule(model="tiny-llama-untied", lr=1e-3, **options)
     with pytest.raises(ValueError, match=message):
         _trainer(tmp_path, 2, strategy="zo_offload").fit(module, datamodule=tiny_data())
+
+
+def test_an_offloaded_checkpoint_exports_the_trained_weights(tmp_path, tiny_data):
+    from transformers import AutoModelForCausalLM
+
+    from zolightning.cli.export import main as export_main
+
+    module = _module()
+    trainer = _trainer(tmp_path, 6, strategy="zo_offload")
+    trainer.fit(module, datamodule=tiny_data())
+    checkpoint = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(checkpoint)  # the last step's update reached the host weights first
+    out = tmp_path / "exported"
+    assert export_main([str(checkpoint), str(out)]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    for (name, a), b in zip(module.model.named_parameters(), exported.parameters()):
+        assert torch.equal(a, b), name
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(module), _weights(_module())))  # it trained
