@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 from transformers import LlamaForCausalLM
 
 from benchmarks.offload_scale import lm_batch
-from benchmarks.sharded_scale import SHAPES, config_for
+from benchmarks.sharded_scale import SHAPES, config_for, synced
 from zolightning.forward.scoring import batch_loss
 from zolightning.modules.micro_batches import mean_objective
 from zolightning.optim import ZOSGD, ZOOptimizer
@@ -26,17 +25,16 @@ def measure(model, batches: list[dict], device: torch.device, steps: int = 3) ->
     optimizer = ZOOptimizer(list(model.parameters()), ZOSGD(), lr=1e-6, eps=1e-3, noise="philox")
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     times, losses = [], []
+
+    def step() -> None:
+        out = optimizer.step(lambda: mean_objective(lambda b: batch_loss(model, b)[0], batches))
+        losses.append(float(out.loss_plus))
+
     with torch.no_grad():
         for _ in range(steps):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            out = optimizer.step(lambda: mean_objective(lambda b: batch_loss(model, b)[0], batches))
-            losses.append(float(out.loss_plus))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
+            times.append(synced(step, device))
     peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else 0
     return {"peak_above_weights_gib": round(peak / 2**30, 3), "step_seconds": round(sorted(times)[len(times) // 2], 4),
             "first_loss_plus": losses[0]}  # fmt: skip

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from benchmarks.sharded_scale import SHAPES, config_for
+from benchmarks.sharded_scale import SHAPES, config_for, synced
 from zolightning.forward.scoring import batch_loss, branch_objectives
 from zolightning.offload.optimizer import StreamedZOOptimizer
 from zolightning.offload.streamer import BlockStreamer
@@ -61,16 +61,6 @@ def lm_batch(vocab: int, batch: int, seq: int, answer: int, device: torch.device
     out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pred_rows": rows, "pred_cols": cols,
            "pred_tokens": ids[rows, cols + 1]}  # fmt: skip
     return {"kind": "lm", **{k: v.to(device) for k, v in out.items()}}
-
-
-def synced(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def pcie_probe(device: torch.device, gib: float = 1.0) -> dict:
@@ -168,8 +158,8 @@ def main() -> None:
     batch = lm_batch(model.config.vocab_size, args.batch, args.seq, args.answer, device)
     measured, _ = offloaded(model, batch, device, args.steps, args.prefetch)
     report |= measured
-    report["host_rss_over_weights"] = round((report["host_rss_gib"] - report["host_rss_before_gib"]) /
-                                            report["weight_gib"], 3)  # fmt: skip
+    grown = (report["host_rss_gib"] - report["host_rss_before_gib"]) * 2**30  # what the weights and steps added
+    report["host_rss_over_weights"] = round(grown / weight_bytes, 3)
     report |= pcie_probe(device)  # after the offloaded steps: its pinned buffers stay cached in the process
     tokens = args.batch * args.seq
     report["offload_tokens_per_sec"] = round(tokens / report["offload_step_seconds"], 1)

@@ -136,17 +136,20 @@ def largest_layer_bytes(model: LlamaForCausalLM) -> int:
     return max(layers + [root])
 
 
+def synced(fn, device: torch.device) -> float:
+    """Seconds `fn` takes, the GPU's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def timed(fn, device: torch.device, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    times = sorted(synced(fn, device) for _ in range(repeats))
+    return times[len(times) // 2]
 
 
 def main() -> None:

@@ -218,29 +218,29 @@ def test_a_sharded_fit_with_learned_variance_follows_the_data_parallel_one(tmp_p
     assert not torch.allclose(sigma, torch.ones_like(sigma))  # the networks' sigma was used and carried
 
 
-def test_the_scale_benchmark_builds_a_sharded_random_llama_and_steps():
+def _benchmark_on_two_processes(module: str, *args: str) -> dict:
+    """Run `python -m module args` under torchrun with two processes; its last JSON line."""
     import json
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "benchmarks.sharded_scale", "--shape", "tiny", "--steps", "2", "--dtype", "float32"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", module]
     result = subprocess.run(
-        command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300
+        [*command, *args], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+
+
+def test_the_scale_benchmark_builds_a_sharded_random_llama_and_steps():
+    report = _benchmark_on_two_processes(
+        "benchmarks.sharded_scale", "--shape", "tiny", "--steps", "2", "--dtype", "float32"
+    )
     assert report["world"] == 2 and len(report["losses"]) == 2 and all(math.isfinite(x) for x in report["losses"])
     assert report["step_seconds"] > 0 and report["forward_seconds"] > 0
 
 
-def test_the_one_gpu_proof_runs_its_host_staged_gathers_and_compares(tmp_path):
+def test_the_one_gpu_proof_runs_its_host_staged_gathers_and_compares():
     # the script that proves sharding on one GPU (gloo, two ranks), run on the CPU: same code path, tiny shape
-    import json
-
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "benchmarks.sharded_on_one_gpu", "--shape", "tiny", "--steps", "2", "--dtypes", "float32"]
-    result = subprocess.run(
-        command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300
+    report = _benchmark_on_two_processes(
+        "benchmarks.sharded_on_one_gpu", "--shape", "tiny", "--steps", "2", "--dtypes", "float32"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
     assert report["world"] == 2 and report["weights_bitwise_equal"] and report["losses_bitwise_equal_steps"] == 2

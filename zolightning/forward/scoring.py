@@ -35,19 +35,21 @@ def answer_logprobs(model: nn.Module, batch: dict, branches: int = 1) -> Tensor:
     two-branch step reads it (`offload/units.py`); the answer tokens of the first copy come first."""
     rows, cols = batch["pred_rows"], batch["pred_cols"]
     split = hidden_then_head(model)
-    ids, mask = (torch.cat([batch[k]] * branches) for k in ("input_ids", "attention_mask"))
+    ids, mask, tokens = batch["input_ids"], batch["attention_mask"], batch["pred_tokens"]
+    if branches > 1:  # (the one-branch forward of every resident step copies nothing)
+        size = ids.shape[0]
+        ids, mask = ids.repeat(branches, 1), mask.repeat(branches, 1)
+        rows, cols = torch.cat([rows + b * size for b in range(branches)]), cols.repeat(branches)
+        tokens = tokens.repeat(branches)
     inputs = prefix_inputs(model, ids, mask)
-    size = batch["input_ids"].shape[0]
-    every_rows = torch.cat([rows + b * size for b in range(branches)]) if branches > 1 else rows
-    every_cols = cols.repeat(branches) if branches > 1 else cols
     if split is None:
-        logits = model(**inputs).logits[every_rows, every_cols]
+        logits = model(**inputs).logits[rows, cols]
     else:
         trunk, head = split
         hidden = trunk(**inputs).last_hidden_state
-        logits = head(hidden[every_rows, every_cols])
+        logits = head(hidden[rows, cols])
     logprobs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    return logprobs.gather(1, batch["pred_tokens"].repeat(branches).unsqueeze(1)).squeeze(1)
+    return logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
 
 def candidate_scores(token_logprobs: Tensor, batch: dict) -> Tensor:

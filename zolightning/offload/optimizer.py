@@ -60,8 +60,6 @@ def check_offload_options(hparams) -> None:
         raise ValueError("zo_offload scores objective=loss or accuracy; f1's greedy decoding is one forward per token")
     if hparams.peft == "prefix":
         raise ValueError("zo_offload trains every weight or LoRA adapters; prefix tuning is not supported")
-    if hparams.variance != "isotropic":
-        raise ValueError("zo_offload does not take learned variance yet; use variance=isotropic")
 
 
 class StreamedZOOptimizer(ZOOptimizer):
@@ -120,9 +118,7 @@ class StreamedZOOptimizer(ZOOptimizer):
             loss_plus, loss_minus = (float(v) for v in closure())
         finally:
             seed, self.probing = self.probing, None
-        for unit in self.streamer.units:  # units this forward skipped still take the pending update
-            if unit not in self._entered:
-                self._visit(unit, lambda: None)
+        self._settle()  # units this forward skipped still take the pending update before it is replaced
         options = tuple({"lr": group["lr"], "weight_decay": group["weight_decay"]} for group in self.param_groups)
         g = self.engine.slope(loss_plus, loss_minus)
         self.pending, self._applied = Pending(seed, g if math.isfinite(g) else None, options), set()
@@ -209,11 +205,15 @@ class StreamedZOOptimizer(ZOOptimizer):
     @torch.no_grad()
     def flush(self) -> None:
         """Apply the pending update to every unit and wait for the copies: the host weights are then current."""
+        self._settle()
+        self.streamer.synchronize()
+
+    def _settle(self) -> None:
+        """Bring every unit the pending update has not reached yet up, apply it, and send it back."""
         if self.pending is not None:
             for unit in self.streamer.units:
                 if unit not in self._applied:
                     self._visit(unit, lambda: None)
-        self.streamer.synchronize()
 
     def state_dict(self) -> dict:
         self.flush()
