@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import deque
 from pathlib import Path
 
 import lightning as L
@@ -25,8 +26,8 @@ from zolightning.models import load_causal_lm
 from zolightning.optim.engine.noise import NoiseSource, step_seed
 from zolightning.variance.blocks import describe_blocks, trainable_named_parameters
 from zolightning.variance.file_format import LearnedOptimizerFile
-from zolightning.variance.learned import block_statistics, sigma_by_kind
-from zolightning.variance.meta import meta_step
+from zolightning.variance.learned import sigma_by_kind
+from zolightning.variance.meta import MetaStepResult, unrolled_meta_step
 from zolightning.variance.networks import BlockVarianceNets
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class MetaVarianceModule(L.LightningModule):
             (method.md: networks trained for a much smaller step than their use learn little).
         lr_update_range: `[low, high]`: sample the look-ahead step log-uniformly in this range at every meta
             step instead (robustness across the downstream lrs of a sweep); `lr_update` is then unused.
+        horizon: K, the ZO steps unrolled per meta step (variance/meta.py): the meta-loss is the mean loss
+            after K steps over the task's K most recent batches (fewer until K have been seen). 1 is the
+            published one-step look-ahead, bit for bit; larger K penalises steps that only suit one batch.
         lr_llm: first-order learning rate of the LM at the start of each restart window.
         momentum: first-order SGD momentum.
         grad_clip: gradient-norm clip of the first-order step.
@@ -69,6 +73,7 @@ class MetaVarianceModule(L.LightningModule):
         lr_mlp: float = 0.1,
         lr_update: float = 1e-5,
         lr_update_range: tuple[float, float] | None = None,
+        horizon: int = 1,
         lr_llm: float = 0.01,
         momentum: float = 0.8,
         grad_clip: float = 1.0,
@@ -83,6 +88,8 @@ class MetaVarianceModule(L.LightningModule):
         super().__init__()
         if lr_update_range is not None and not 0 < lr_update_range[0] <= lr_update_range[1]:
             raise ValueError(f"lr_update_range must be [low, high] with 0 < low <= high, got {lr_update_range}")
+        if horizon < 1:
+            raise ValueError(f"horizon must be a number of ZO steps >= 1, got {horizon}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.model = load_causal_lm(model, seed=init_seed)
@@ -92,6 +99,7 @@ class MetaVarianceModule(L.LightningModule):
         # Restarts go back to these: on the CPU, not a second copy on the GPU.
         self.pretrained = {n: p.detach().cpu().clone() for n, p in named}
         self.history: dict[str, dict[str, Tensor]] = {}  # per task: sigma_prev, losses_prev
+        self.recent: dict[str, deque[dict]] = {}  # per task: its last `horizon` training batches
         self.meta_steps = 0
         self.best_val_gap = -math.inf
         self._noise = NoiseSource()
@@ -145,38 +153,46 @@ class MetaVarianceModule(L.LightningModule):
         self.optimizers()[1].optimizer.state.clear()
         return True
 
-    def _meta_result(self, batch: dict, history: dict[str, Tensor], seed: int, lookahead_lr: float):
-        mean, variance = block_statistics(self.params)
-        losses = history["losses_prev"].expand(len(self.names), 2)
-        features = torch.cat([mean[:, None], variance[:, None], losses, history["sigma_prev"][:, None]], dim=1)
-        return meta_step(
+    def _meta_result(self, batches: list[dict], history: dict[str, Tensor], seed: int, lookahead_lr: float,
+                     train: bool = True) -> MetaStepResult:  # fmt: skip
+        """The unrolled meta step; with `train`, its meta-loss is already backpropagated into the networks."""
+        seeds = [step_seed(seed, k) if k else seed for k in range(len(batches))]  # K = 1: today's seed
+        return unrolled_meta_step(
             self.model,
             self.names,
             self.params,
             self.nets,
-            features,
+            (history["losses_prev"], history["sigma_prev"]),
             self.effective_sizes,
             _loss,
-            batch,
+            batches,
             self.hparams.eps,
             lookahead_lr,
-            seed,
+            seeds,
             self._noise,
             self.hparams.normalize,
+            self.manual_backward if train else None,
         )
+
+    def _recent_batches(self, task: str, batch: dict) -> list[dict]:
+        """The task's last `horizon` batches, oldest first, this one last."""
+        recent = self.recent.setdefault(task, deque(maxlen=self.hparams.horizon))
+        recent.append(batch)
+        return list(recent)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_nets, opt_lm = self.optimizers()
         restarted = self.restart_if_due()
-        history = self._history(batch.get("task", "default"))
+        task = batch.get("task", "default")
+        history, batches = self._history(task), self._recent_batches(task, batch)
         lookahead_lr = self.lookahead_lr()
-        result = self._meta_result(batch, history, step_seed(self.hparams.zo_seed, self.meta_steps), lookahead_lr)
         opt_nets.zero_grad()
-        self.manual_backward(result.meta_loss)
+        result = self._meta_result(batches, history, step_seed(self.hparams.zo_seed, self.meta_steps), lookahead_lr)
         opt_nets.step()
+        first = result.steps[0]  # the step taken from the current weights carries the history
         history["sigma_prev"], history["losses_prev"] = (
-            result.sigma,
-            torch.tensor([result.loss_plus, result.loss_minus], device=self.device),
+            first.sigma,
+            torch.tensor([first.loss_plus, first.loss_minus], device=self.device),
         )
 
         position = self.meta_steps % self.window
@@ -193,20 +209,21 @@ class MetaVarianceModule(L.LightningModule):
 
         self.log_dict(
             {
-                "meta/loss": result.meta_loss.detach(),
-                "meta/zo_loss": (result.loss_plus + result.loss_minus) / 2,
-                # how much the look-ahead step lowers the loss: near 0 means the networks get little signal
-                "meta/gap": (result.loss_plus + result.loss_minus) / 2 - result.meta_loss.detach(),
+                "meta/loss": result.meta_loss,
+                "meta/zo_loss": result.zo_loss,
+                # how much the look-ahead steps lower the loss: near 0 means the networks get little signal
+                "meta/gap": result.zo_loss - result.meta_loss,
                 "meta/lr_update": lookahead_lr,
-                "meta/projected_grad": result.projected_grad,
-                "meta/norm_factor": result.c,
+                "meta/horizon": float(len(result.steps)),
+                "meta/projected_grad": first.projected_grad,
+                "meta/norm_factor": first.c,
                 "train/loss": loss.detach(),
                 "lr/llm": lr,
                 "lr/mlp": opt_nets.param_groups[0]["lr"],
                 "meta/restarted": float(restarted),
             }
         )
-        self.log_dict({f"sigma/{k}": v for k, v in sigma_by_kind(result.sigma, [b.kind for b in self.blocks]).items()})
+        self.log_dict({f"sigma/{k}": v for k, v in sigma_by_kind(first.sigma, [b.kind for b in self.blocks]).items()})
         every = self.hparams.save_every_n_steps
         if every and self.meta_steps % every == 0:
             self.save_optimizer()
@@ -224,8 +241,8 @@ class MetaVarianceModule(L.LightningModule):
         task = members[dataloader_idx] if dataloader_idx < len(members) else "default"
         seed = step_seed(self.hparams.zo_seed + 2, batch_idx)
         history = self.history.get(task) or self._fresh_history()  # read only: validation records nothing
-        result = self._meta_result(batch, history, seed, self.lookahead_lr())
-        gap = (result.loss_plus + result.loss_minus) / 2 - float(result.meta_loss)
+        result = self._meta_result([batch], history, seed, self.lookahead_lr(), train=False)
+        gap = result.zo_loss - result.meta_loss
         self._val_gaps.setdefault(task, []).append(gap)
 
     def on_validation_epoch_end(self) -> None:
