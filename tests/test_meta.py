@@ -14,7 +14,7 @@ from zolightning.modules.meta_variance import MetaVarianceModule
 from zolightning.optim.engine.noise import NoiseSource
 from zolightning.variance import BlockVarianceNets
 from zolightning.variance.blocks import trainable_named_parameters
-from zolightning.variance.meta import FunctionalModel, lookahead, meta_step
+from zolightning.variance.meta import FunctionalModel, lookahead, meta_features, unrolled_meta_step
 
 
 def _loss(model, batch):
@@ -29,22 +29,48 @@ def _setup(tiny_data, dtype="float32"):
     return model, [n for n, _ in named], [p for _, p in named], batch
 
 
+def _history(params):
+    return torch.zeros(2), torch.ones(len(params))
+
+
 def test_meta_step_changes_only_the_networks(tiny_data):
     model, names, params, batch = _setup(tiny_data)
     before = [p.detach().clone() for p in params]
     nets = BlockVarianceNets(len(params), generator=torch.Generator().manual_seed(0))
     nets_before = [p.detach().clone() for p in nets.parameters()]
-    features = torch.randn(len(params), 5)
     sizes = torch.tensor([p.numel() for p in params], dtype=torch.float64)
-    result = meta_step(
-        model, names, params, nets, features, sizes, _loss, batch, eps=1e-3, lr_update=1e-2, seed=7, noise=NoiseSource()
-    )
-    optimizer = torch.optim.SGD(nets.parameters(), lr=0.1)
-    result.meta_loss.backward()
-    optimizer.step()
-    assert all(torch.equal(a, p) for a, p in zip(before, params))  # L+- and the look-ahead never write weights
-    assert all(p.grad is None for p in params)
-    assert not all(torch.equal(a, p) for a, p in zip(nets_before, nets.parameters()))
+    for horizon in (1, 3):
+        unrolled_meta_step(model, names, params, nets, _history(params), sizes, _loss, [batch] * horizon,
+                           eps=1e-3, lr_update=1e-2, seeds=range(7, 7 + horizon), noise=NoiseSource())  # fmt: skip
+        torch.optim.SGD(nets.parameters(), lr=0.1).step()
+        assert all(torch.equal(a, p) for a, p in zip(before, params))  # no pass writes the weights
+        assert all(p.grad is None for p in params)
+        assert not all(torch.equal(a, p) for a, p in zip(nets_before, nets.parameters()))
+
+
+def test_the_unrolled_gradient_equals_backpropagation_through_every_step(tiny_data):
+    """The regenerated-direction gradient of K = 3 steps against autograd through a graph that keeps every z."""
+    model, names, params, batch = _setup(tiny_data, dtype="float64")
+    batches = [batch, {**batch, "input_ids": batch["input_ids"].flip(0)}, batch]
+    sizes = torch.tensor([p.numel() for p in params], dtype=torch.float64)
+    nets = BlockVarianceNets(len(params), generator=torch.Generator().manual_seed(0)).double()
+    result = unrolled_meta_step(model, names, params, nets, _history(params), sizes, _loss, batches, eps=1e-3,
+                                lr_update=0.05, seeds=[3, 4, 5], noise=NoiseSource())  # fmt: skip
+    ours = [p.grad.clone() for p in nets.parameters()]
+    nets.zero_grad()
+    theta = {n: p.detach() for n, p in zip(names, params)}
+    losses, previous = _history(params)
+    for k, step in enumerate(result.steps):  # the same steps, g and c as constants, each iterate's features anew
+        values = list(theta.values())
+        sigma = nets(meta_features([v.detach() for v in values], losses.double(), previous.double()))
+        torch.testing.assert_close(sigma.detach(), step.sigma)
+        theta = lookahead(names, values, sigma, 0.05 * step.projected_grad * step.c, 3 + k, NoiseSource(), detach=False)
+        losses, previous = torch.tensor([step.loss_plus, step.loss_minus]), step.sigma
+    reference = sum(_loss(FunctionalModel(model, theta), b) for b in batches) / 3
+    reference.backward()
+    assert abs(float(reference) - result.meta_loss) < 1e-12
+    for a, b in zip(ours, nets.parameters()):
+        torch.testing.assert_close(a, b.grad, rtol=1e-9, atol=1e-12)
 
 
 def test_meta_gradient_of_one_sigma_matches_finite_differences(tiny_data):
@@ -151,6 +177,15 @@ def test_meta_training_logs_the_gap_between_zo_and_lookahead_losses(tmp_path, ti
     assert 1e-4 <= float(logged["meta/lr_update"]) <= 1e-2
 
 
+def test_a_horizon_unrolls_over_the_latest_batches(tmp_path, tiny_data):
+    module = _fit_meta(tmp_path, tiny_data, max_steps=8, horizon=3)  # 4 meta steps: horizons 1, 2, 3, 3
+    assert float(module.trainer.callback_metrics["meta/horizon"]) == 3
+    assert len(module.recent["default"]) == 3
+    assert all(torch.isfinite(p).all() for p in module.nets.parameters())
+    with pytest.raises(ValueError, match="horizon"):
+        MetaVarianceModule(model="tiny-llama", horizon=0)
+
+
 def test_meta_validation_keeps_the_best_file_and_records_no_history(tmp_path, tiny_data):
     module = MetaVarianceModule(model="tiny-llama", output=str(tmp_path / "meta.safetensors"), save_every_n_steps=0)
     trainer = L.Trainer(
@@ -167,3 +202,53 @@ def test_meta_validation_keeps_the_best_file_and_records_no_history(tmp_path, ti
     assert "meta_val/gap" in trainer.callback_metrics and math.isfinite(module.best_val_gap)
     assert (tmp_path / "meta.best.safetensors").is_file() and (tmp_path / "meta.safetensors").is_file()
     assert set(module.history) == {"default"}  # validation batches did not add a task's history
+
+
+class _Quadratic(torch.nn.Module):
+    """L(theta; b) = (theta - m_b)^2 / 2 in one dimension: the minimum moves from batch to batch."""
+
+    config = None
+
+    def __init__(self):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, target):
+        return 0.5 * (self.theta - target).square().sum()
+
+
+class _ConstantScale(torch.nn.Module):
+    """Networks that answer one sigma, exp(log_sigma), for every block."""
+
+    def __init__(self, log_sigma: float):
+        super().__init__()
+        self.log_sigma = torch.nn.Parameter(torch.tensor(log_sigma, dtype=torch.float64))
+
+    def forward(self, features):
+        return self.log_sigma.exp().expand(features.shape[0])
+
+
+def _quadratic_meta(log_sigma: float, horizon: int) -> tuple[float, float]:
+    """(meta-loss, its derivative in log sigma) of `horizon` ZO steps at lr 0.5 over minima 1.5, 0.5, 1.5, ..."""
+    model, nets = _Quadratic(), _ConstantScale(log_sigma)
+    batches = [{"target": torch.tensor(1 + 0.5 * (-1) ** j, dtype=torch.float64)} for j in range(horizon)]
+    result = unrolled_meta_step(model, ["theta"], [model.theta], nets, (torch.zeros(2), torch.ones(1)),
+                                torch.ones(1, dtype=torch.float64), lambda m, b: m(b["target"]), batches, eps=1e-3,
+                                lr_update=0.5, seeds=range(horizon), noise=NoiseSource(), normalize=False)  # fmt: skip
+    return result.meta_loss, nets.log_sigma.grad.item()
+
+
+@pytest.mark.filterwarnings("ignore:var_mean")  # a one-element tensor: its variance feature is 0 by design
+def test_a_longer_horizon_prefers_the_smaller_safe_step():
+    """One step of size a = lr sigma^2 z^2 on (theta - m)^2 / 2 lands on m at a = 1: the one-step loss is 0 there,
+    its minimum. After K steps over minima that differ, theta_K weighs the m_j by a (1 - a)^(K-1-j), whose spread
+    shrinks as a does, so the K-step loss is lowest at a < 1: a smaller sigma."""
+    z0 = next(iter(NoiseSource().directions([torch.zeros(1, dtype=torch.float64)], 0))).item()
+    one_step_best = math.log(1 / (0.5 * z0 * z0)) / 2  # a = 1
+    loss, grad = _quadratic_meta(one_step_best, 1)
+    assert loss < 1e-20 and abs(grad) < 1e-9  # the one-step objective sits at its minimum
+    loss8, grad8 = _quadratic_meta(one_step_best, 8)
+    assert grad8 > 0.1  # the 8-step objective pushes sigma down from there
+    grid = [one_step_best + d / 10 for d in range(-30, 11)]
+    best8 = min(grid, key=lambda s: _quadratic_meta(s, 8)[0])
+    assert best8 < one_step_best - 0.3 and _quadratic_meta(best8, 8)[0] < loss8
