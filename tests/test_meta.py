@@ -1,5 +1,6 @@
 """Meta-training the variance networks on the tiny model (method.md §2.4)."""
 
+import json
 import math
 
 import lightning as L
@@ -252,3 +253,37 @@ def test_a_longer_horizon_prefers_the_smaller_safe_step():
     grid = [one_step_best + d / 10 for d in range(-30, 11)]
     best8 = min(grid, key=lambda s: _quadratic_meta(s, 8)[0])
     assert best8 < one_step_best - 0.3 and _quadratic_meta(best8, 8)[0] < loss8
+
+
+def test_downstream_runs_pick_the_file_and_leave_the_meta_training_alone(tmp_path, tiny_data, data_dir):
+    from zolightning.variance.downstream import DownstreamValidation
+    from zolightning.variance.file_format import LearnedOptimizerFile
+
+    downstream = DownstreamValidation(["cb"], steps=3, lr=1e-3, batch_size=4, num_train=16, num_held_out=8,
+                                      max_length=256, data_dir=str(data_dir))  # fmt: skip
+    module = MetaVarianceModule(model="tiny-llama", output=str(tmp_path / "meta.safetensors"), save_every_n_steps=0,
+                                downstream=downstream)  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=8,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        val_check_interval=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=tiny_data(task="copa", num_train=8, num_dev=8, max_length=256))
+    runs = [json.loads(line) for line in (tmp_path / "meta.downstream.jsonl").read_text().splitlines()]
+    assert [r["meta_step"] for r in runs] == [2, 4] and all(len(r["curve"]) == 3 for r in runs)
+    assert math.isclose(module.best_downstream_loss, min(r["held_out_loss"] for r in runs))
+    best = LearnedOptimizerFile.load(str(tmp_path / "meta.best.safetensors"))
+    assert best.provenance["best_downstream_loss"] == module.best_downstream_loss
+    assert best.provenance["downstream"]["tasks"] == ["cb"]
+    # the runs start from the pretrained weights and change neither the networks nor the trajectory
+    nets = [p.detach().clone() for p in module.nets.parameters()]
+    weights = [p.detach().clone() for p in module.params]
+    again = downstream.run(module.model, module.pretrained, module.nets, normalize=True)
+    assert all(torch.equal(a, p) for a, p in zip(nets, module.nets.parameters()))
+    assert all(torch.equal(a, p) for a, p in zip(weights, module.params))
+    assert again[0].held_out_loss == downstream.run(module.model, module.pretrained, module.nets, True)[0].held_out_loss

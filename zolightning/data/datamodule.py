@@ -192,6 +192,14 @@ class TaskDataModule(L.LightningDataModule):
         )
         return training_loader(stream)
 
+    def loss_loader(self, split: str) -> DataLoader:
+        """`split`'s examples in order, batched as a training step scores them (generation tasks by their answer's
+        loss): the loss on held-out rows after a short fine-tune (meta-validation by downstream runs)."""
+        kind = self.task.train_mode
+        examples = [as_lm_example(e) for e in self.splits[split]] if kind == "lm" else self.splits[split]
+        return DataLoader(examples, batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=partial(collate, pad_id=self.pad_id, kind=kind))  # fmt: skip
+
     def _scoring_loader(self, split: str, answers_as_text: bool = False) -> DataLoader:
         collate_fn = self._generation_collate() if self.task.generation else partial(collate, pad_id=self.pad_id)
         if answers_as_text:

@@ -11,6 +11,7 @@ number of meta steps.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -25,6 +26,7 @@ from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
 from zolightning.optim.engine.noise import NoiseSource, step_seed
 from zolightning.variance.blocks import describe_blocks, trainable_named_parameters
+from zolightning.variance.downstream import DownstreamRun, DownstreamValidation
 from zolightning.variance.file_format import LearnedOptimizerFile
 from zolightning.variance.learned import sigma_by_kind
 from zolightning.variance.meta import MetaStepResult, unrolled_meta_step
@@ -65,6 +67,9 @@ class MetaVarianceModule(L.LightningModule):
         output: learned-optimizer file written at the end and every `save_every_n_steps` meta steps.
         save_every_n_steps: how often to write `output` (0: only at the end).
         init_seed: weight seed of tiny random-init models.
+        downstream: meta-validation by short ZO fine-tunes on held-out tasks (`variance/downstream.py`) at every
+            validation: the file whose runs end at the lowest held-out loss is kept as `*.best`, and every run's
+            curve is appended to `<output stem>.downstream.jsonl`. None: the look-ahead gap on dev batches picks.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class MetaVarianceModule(L.LightningModule):
         output: str = "optimizers/meta-trained.safetensors",
         save_every_n_steps: int = 500,
         init_seed: int = 0,
+        downstream: DownstreamValidation | None = None,
     ):
         super().__init__()
         if lr_update_range is not None and not 0 < lr_update_range[0] <= lr_update_range[1]:
@@ -102,6 +108,7 @@ class MetaVarianceModule(L.LightningModule):
         self.recent: dict[str, deque[dict]] = {}  # per task: its last `horizon` training batches
         self.meta_steps = 0
         self.best_val_gap = -math.inf
+        self.best_downstream_loss = math.inf
         self._noise = NoiseSource()
 
     @property
@@ -120,6 +127,8 @@ class MetaVarianceModule(L.LightningModule):
         batch = datamodule.batch_size * self.trainer.world_size
         self.window = self.hparams.restart_epochs * math.ceil(examples / batch)
         self.blocks = describe_blocks(self.model, datamodule.batch_size, self.trainer.world_size)
+        if self.hparams.downstream is not None:
+            self.hparams.downstream.setup(self.hparams.model, getattr(datamodule, "data_dir", None))
         self.effective_sizes = torch.tensor(
             [b.effective_size for b in self.blocks], dtype=torch.float64, device=self.device
         )
@@ -246,15 +255,42 @@ class MetaVarianceModule(L.LightningModule):
         self._val_gaps.setdefault(task, []).append(gap)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_gaps or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
             return
-        by_task = {task: sum(gaps) / len(gaps) for task, gaps in self._val_gaps.items()}
-        gap = sum(by_task.values()) / len(by_task)  # tasks weigh the same, whatever their batch counts
-        self.log_dict({"meta_val/gap": gap, **{f"meta_val/{t}/gap": v for t, v in by_task.items()}})
-        if gap > self.best_val_gap:
-            self.best_val_gap = gap
-            path = self.save_optimizer(self.best_output())
-            log.info("meta_val/gap %.3g is the best so far (meta step %d): %s", gap, self.meta_steps, path)
+        if self._val_gaps:
+            by_task = {task: sum(gaps) / len(gaps) for task, gaps in self._val_gaps.items()}
+            gap = sum(by_task.values()) / len(by_task)  # tasks weigh the same, whatever their batch counts
+            self.log_dict({"meta_val/gap": gap, **{f"meta_val/{t}/gap": v for t, v in by_task.items()}})
+            if self.hparams.downstream is None and gap > self.best_val_gap:
+                self.best_val_gap = gap
+                self._keep_best(f"meta_val/gap {gap:.3g}")
+        if self.hparams.downstream is not None:
+            self._validate_downstream()
+
+    def _validate_downstream(self) -> None:
+        runs = self.hparams.downstream.run(self.model, self.pretrained, self.nets, self.hparams.normalize)
+        loss = sum(r.held_out_loss for r in runs) / len(runs)
+        self.log_dict({"meta_val/downstream_loss": loss, **{f"meta_val/{r.task}/downstream_loss": r.held_out_loss
+                                                             for r in runs}})  # fmt: skip
+        self._record_runs(runs)
+        if loss < self.best_downstream_loss:
+            self.best_downstream_loss = loss
+            self._keep_best(f"meta_val/downstream_loss {loss:.4g}")
+
+    def _keep_best(self, why: str) -> None:
+        path = self.save_optimizer(self.best_output())
+        log.info("%s is the best so far (meta step %d): %s", why, self.meta_steps, path)
+
+    def _record_runs(self, runs: list[DownstreamRun]) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        output = Path(self.hparams.output)
+        path = output.with_name(output.stem + ".downstream.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            for r in runs:
+                f.write(json.dumps({"meta_step": self.meta_steps, "task": r.task, "held_out_loss": r.held_out_loss,
+                                    "curve": [round(v, 5) for v in r.curve]}) + "\n")  # fmt: skip
 
     def best_output(self) -> str:
         output = Path(self.hparams.output)
@@ -272,7 +308,8 @@ class MetaVarianceModule(L.LightningModule):
                 "meta_trained": True,
                 "meta_steps": self.meta_steps,
                 "tasks": sorted(self.history),
-                **{k: v for k, v in self.hparams.items() if k not in ("output", "_instantiator")},
+                **{k: v for k, v in self.hparams.items() if k not in ("output", "_instantiator", "downstream")},
+                **self._selection(),
             }
             LearnedOptimizerFile(
                 self.nets,
@@ -283,6 +320,13 @@ class MetaVarianceModule(L.LightningModule):
                 provenance,
             ).save(path)
         return path
+
+    def _selection(self) -> dict:
+        """How this file was chosen, for its provenance."""
+        downstream = self.hparams.downstream
+        if downstream is None:
+            return {"meta_val_gap": self.best_val_gap} if math.isfinite(self.best_val_gap) else {}
+        return {"downstream": downstream.describe(), "best_downstream_loss": self.best_downstream_loss}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["meta_state"] = {
