@@ -287,3 +287,19 @@ def test_downstream_runs_pick_the_file_and_leave_the_meta_training_alone(tmp_pat
     assert all(torch.equal(a, p) for a, p in zip(nets, module.nets.parameters()))
     assert all(torch.equal(a, p) for a, p in zip(weights, module.params))
     assert again[0].held_out_loss == downstream.run(module.model, module.pretrained, module.nets, True)[0].held_out_loss
+
+
+def test_meta_training_resumes_from_its_file(tmp_path, tiny_data):
+    from zolightning.variance.file_format import LearnedOptimizerFile
+
+    first = _fit_meta(tmp_path, tiny_data, max_steps=6, lr_update_range=(1e-4, 1e-2))
+    assert (tmp_path / "meta.start.safetensors").is_file()  # the networks before any meta step
+    start = LearnedOptimizerFile.load(tmp_path / "meta.start.safetensors")
+    assert start.provenance["meta_steps"] == 0
+    resumed = MetaVarianceModule(model="tiny-llama", lr_update_range=(1e-4, 1e-2),
+                                 resume_from=str(tmp_path / "meta.safetensors"))  # fmt: skip
+    assert resumed.meta_steps == 3
+    assert all(torch.equal(a, b) for a, b in zip(first.nets.parameters(), resumed.nets.parameters()))
+    assert resumed.lookahead_lr() == first.lookahead_lr()  # the draws continue where the first run stopped
+    with pytest.raises(Exception, match="does not exist"):
+        MetaVarianceModule(model="tiny-llama", resume_from=str(tmp_path / "missing.safetensors"))

@@ -70,6 +70,10 @@ class MetaVarianceModule(L.LightningModule):
         downstream: meta-validation by short ZO fine-tunes on held-out tasks (`variance/downstream.py`) at every
             validation: the file whose runs end at the lowest held-out loss is kept as `*.best`, and every run's
             curve is appended to `<output stem>.downstream.jsonl`. None: the look-ahead gap on dev batches picks.
+        resume_from: a file this meta-training wrote (`output`): its networks, meta-step count (seeds, lr draws
+            and windows continue) and best downstream loss carry on, so that a run too long for one session
+            continues in the next with the file alone. The LM starts again from the pretrained weights, as at
+            every window's start (the networks' SGD has no momentum to lose).
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class MetaVarianceModule(L.LightningModule):
         save_every_n_steps: int = 500,
         init_seed: int = 0,
         downstream: DownstreamValidation | None = None,
+        resume_from: str | None = None,
     ):
         super().__init__()
         if lr_update_range is not None and not 0 < lr_update_range[0] <= lr_update_range[1]:
@@ -110,6 +115,16 @@ class MetaVarianceModule(L.LightningModule):
         self.best_val_gap = -math.inf
         self.best_downstream_loss = math.inf
         self._noise = NoiseSource()
+        if resume_from is not None:
+            self._resume(resume_from)
+
+    def _resume(self, path: str) -> None:
+        earlier = LearnedOptimizerFile.load(path)
+        earlier.check_matches([(n, tuple(p.shape)) for n, p in trainable_named_parameters(self.model)])
+        self.nets = earlier.nets_for(self.names)
+        self.meta_steps = int(earlier.provenance.get("meta_steps", 0))
+        self.best_downstream_loss = float(earlier.provenance.get("best_downstream_loss", math.inf))
+        log.info("meta-training resumes at meta step %d from %s", self.meta_steps, path)
 
     @property
     def params(self) -> list[Tensor]:
@@ -127,6 +142,8 @@ class MetaVarianceModule(L.LightningModule):
         batch = datamodule.batch_size * self.trainer.world_size
         self.window = self.hparams.restart_epochs * math.ceil(examples / batch)
         self.blocks = describe_blocks(self.model, datamodule.batch_size, self.trainer.world_size)
+        if self.meta_steps == 0:  # the networks before any meta step, for what-they-learned plots
+            self.save_optimizer(self._sibling("start"))
         if self.hparams.downstream is not None:
             self.hparams.downstream.setup(self.hparams.model, getattr(datamodule, "data_dir", None))
         self.effective_sizes = torch.tensor(
@@ -293,8 +310,11 @@ class MetaVarianceModule(L.LightningModule):
                                     "curve": [round(v, 5) for v in r.curve]}) + "\n")  # fmt: skip
 
     def best_output(self) -> str:
+        return self._sibling("best")
+
+    def _sibling(self, label: str) -> str:
         output = Path(self.hparams.output)
-        return str(output.with_name(output.stem + ".best" + output.suffix))
+        return str(output.with_name(f"{output.stem}.{label}{output.suffix}"))
 
     def on_train_end(self) -> None:
         self.save_optimizer()
@@ -308,7 +328,11 @@ class MetaVarianceModule(L.LightningModule):
                 "meta_trained": True,
                 "meta_steps": self.meta_steps,
                 "tasks": sorted(self.history),
-                **{k: v for k, v in self.hparams.items() if k not in ("output", "_instantiator", "downstream")},
+                **{
+                    k: v
+                    for k, v in self.hparams.items()
+                    if k not in ("output", "_instantiator", "downstream", "resume_from")
+                },
                 **self._selection(),
             }
             LearnedOptimizerFile(
