@@ -33,6 +33,7 @@ from zolightning.variance.meta import MetaStepResult, unrolled_meta_step
 from zolightning.variance.networks import BlockVarianceNets
 
 log = logging.getLogger(__name__)
+NOT_PROVENANCE = ("output", "_instantiator", "downstream", "resume_from")  # paths and objects: said otherwise
 
 
 def _model_label(model: str) -> str:
