@@ -46,7 +46,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         super().__init__()
         if len(set(tasks)) != len(tasks) or not tasks:
             raise ValueError(f"tasks must be a non-empty list of distinct names, got {tasks}")
-        self.order, self.seed, self.batch_size = order, seed, batch_size
+        self.order, self.seed, self.batch_size, self.data_dir = order, seed, batch_size, data_dir
         self.members = {
             name: TaskDataModule(
                 task=name,

@@ -104,6 +104,7 @@ class MetaVarianceModule(L.LightningModule):
             raise ValueError(f"horizon must be a number of ZO steps >= 1, got {horizon}")
         self.save_hyperparameters()
         self.automatic_optimization = False
+        self.downstream = downstream  # the object (hparams holds its config under the CLI)
         self.model = load_causal_lm(model, seed=init_seed)
         named = trainable_named_parameters(self.model)
         self.names = [n for n, _ in named]
@@ -145,8 +146,8 @@ class MetaVarianceModule(L.LightningModule):
         self.blocks = describe_blocks(self.model, datamodule.batch_size, self.trainer.world_size)
         if self.meta_steps == 0:  # the networks before any meta step, for what-they-learned plots
             self.save_optimizer(self._sibling("start"))
-        if self.hparams.downstream is not None:
-            self.hparams.downstream.setup(self.hparams.model, getattr(datamodule, "data_dir", None))
+        if self.downstream is not None:
+            self.downstream.setup(self.hparams.model, getattr(datamodule, "data_dir", None))
         self.effective_sizes = torch.tensor(
             [b.effective_size for b in self.blocks], dtype=torch.float64, device=self.device
         )
@@ -279,14 +280,14 @@ class MetaVarianceModule(L.LightningModule):
             by_task = {task: sum(gaps) / len(gaps) for task, gaps in self._val_gaps.items()}
             gap = sum(by_task.values()) / len(by_task)  # tasks weigh the same, whatever their batch counts
             self.log_dict({"meta_val/gap": gap, **{f"meta_val/{t}/gap": v for t, v in by_task.items()}})
-            if self.hparams.downstream is None and gap > self.best_val_gap:
+            if self.downstream is None and gap > self.best_val_gap:
                 self.best_val_gap = gap
                 self._keep_best(f"meta_val/gap {gap:.3g}")
-        if self.hparams.downstream is not None:
+        if self.downstream is not None:
             self._validate_downstream()
 
     def _validate_downstream(self) -> None:
-        runs = self.hparams.downstream.run(self.model, self.pretrained, self.nets, self.hparams.normalize)
+        runs = self.downstream.run(self.model, self.pretrained, self.nets, self.hparams.normalize)
         loss = sum(r.held_out_loss for r in runs) / len(runs)
         self.log_dict({"meta_val/downstream_loss": loss, **{f"meta_val/{r.task}/downstream_loss": r.held_out_loss
                                                              for r in runs}})  # fmt: skip
@@ -348,7 +349,7 @@ class MetaVarianceModule(L.LightningModule):
 
     def _selection(self) -> dict:
         """How this file was chosen, for its provenance."""
-        downstream = self.hparams.downstream
+        downstream = self.downstream
         if downstream is None:
             return {"meta_val_gap": self.best_val_gap} if math.isfinite(self.best_val_gap) else {}
         return {"downstream": downstream.describe(), "best_downstream_loss": self.best_downstream_loss}
