@@ -26,8 +26,9 @@ from benchmarks.timing import to_device
 from zolightning.data import TaskDataModule
 from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
-from zolightning.variance.blocks import block_kind, trainable_named_parameters
-from zolightning.variance.learned import learned_variance_for, sigma_by_kind
+from zolightning.variance.blocks import block_kind, describe_blocks, trainable_named_parameters
+from zolightning.variance.learned import LearnedVariance, learned_variance_for, sigma_by_kind
+from zolightning.variance.networks import BlockVarianceNets
 
 
 def rows(sums: GeometrySums, numels: list[int], labels: list[str]) -> list[dict]:
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--task", default="sst2")
-    parser.add_argument("--files", nargs="+", required=True)
+    parser.add_argument("--files", nargs="*", default=[])
+    parser.add_argument("--start-seed", type=int, help="also the networks at initialisation (meta-training's zo_seed), "
+                        "for files written before meta-training kept its *.start file")  # fmt: skip
     parser.add_argument("--labels", nargs="+")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=8)
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--png", type=Path, default=Path("docs/sigma_geometry.png"))
     args = parser.parse_args(argv)
     labels = args.labels or [Path(f).stem for f in args.files]
+    if not args.files and args.start_seed is None:
+        parser.error("name --files, --start-seed or both")
     torch.manual_seed(args.seed)
     data = TaskDataModule(args.task, tokenizer=args.model, data_dir=args.data_dir, batch_size=args.batch_size,
                           seed=args.seed)  # fmt: skip
@@ -101,8 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     batches = [to_device(b, device) for b, _ in zip(data.train_dataloader(), range(args.batches))]
     with torch.no_grad():
         first_loss = float(batch_loss(model, batches[0])[0])
-    scales = {label: steady_scales(learned_variance_for(f, model, walk, args.batch_size), walk, first_loss,
-                                   args.history_steps) for label, f in zip(labels, args.files)}  # fmt: skip
+    variances = {label: learned_variance_for(f, model, walk, args.batch_size) for label, f in zip(labels, args.files)}
+    if args.start_seed is not None:
+        nets = BlockVarianceNets(len(walk), generator=torch.Generator().manual_seed(args.start_seed))
+        variances = {"initialisation": LearnedVariance(nets, describe_blocks(model, args.batch_size))} | variances
+        labels = list(variances)
+    scales = {label: steady_scales(v, walk, first_loss, args.history_steps) for label, v in variances.items()}
     sums = GeometrySums([block_kind(n) for n, _ in named], scales)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     for batch in batches:
