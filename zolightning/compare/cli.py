@@ -53,6 +53,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
+    from zolightning.compare.lr_sweep import plot_lr_sweep, robustness_lines, sweeps_lrs
     from zolightning.compare.plots import plot_task
     from zolightning.compare.results import best_lrs, summarize, table
 
@@ -72,6 +73,10 @@ def _table(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if sweeps_lrs(grid):
+        text += "\n" + "\n".join(robustness_lines(grid, results)) + "\n"
+        if not args.no_plots:
+            plots += [p for t in grid.tasks if (p := plot_lr_sweep(grid, t, results, grid.out_dir))]
     text += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
     out = grid.out_dir / "results.md"
     out.write_text(text)
