@@ -37,6 +37,21 @@ def steady_scales(variance: LearnedVariance, walk, loss: float, steps: int) -> t
     return scales.detach().cpu()
 
 
+def model_and_batches(args) -> tuple[torch.nn.Module, list, list[dict], float]:
+    """The fp32 model on `args.device`, its trainable (name, tensor) pairs, `args.batches` training batches of
+    `args.task` and the first batch's loss: what a geometry measurement runs on."""
+    torch.manual_seed(args.seed)
+    data = TaskDataModule(args.task, tokenizer=args.model, data_dir=args.data_dir, batch_size=args.batch_size,
+                          seed=args.seed)  # fmt: skip
+    data.setup()
+    device = torch.device(args.device)
+    model = load_causal_lm(args.model, dtype="float32", seed=args.seed).to(device)
+    batches = [to_device(batch, device) for batch, _ in zip(data.train_dataloader(), range(args.batches))]
+    with torch.no_grad():
+        first_loss = float(batch_loss(model, batches[0])[0])
+    return model, trainable_named_parameters(model), batches, first_loss
+
+
 def allocations(model, walk, loss: float, args) -> dict[str, torch.Tensor]:
     """MeZO's ones, then every file's normalised c * sigma in a run, and the best file under the ceiling."""
     out, fit_batch = {"MeZO": torch.ones(len(walk))}, args.fit_batch_size or args.batch_size
@@ -111,18 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for more batches and probes in the time")
     args = parser.parse_args(argv)
-    torch.manual_seed(args.seed)
-    data = TaskDataModule(
-        args.task, tokenizer=args.model, data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed
-    )
-    data.setup()
-    device = torch.device(args.device)
-    model = load_causal_lm(args.model, dtype="float32", seed=args.seed).to(device)
-    named = trainable_named_parameters(model)
-    walk = [p for _, p in named]
-    batches = [to_device(batch, device) for batch, _ in zip(data.train_dataloader(), range(args.batches))]
-    with torch.no_grad():
-        first_loss = float(batch_loss(model, batches[0])[0])
+    model, named, batches, first_loss = model_and_batches(args)
+    walk, device = [p for _, p in named], batches[0]["input_ids"].device
     sums = GeometrySums([block_kind(n) for n, _ in named], allocations(model, walk, first_loss, args))
     generator, start = torch.Generator(device=device).manual_seed(args.seed), time.perf_counter()
     for i, batch in enumerate(batches):

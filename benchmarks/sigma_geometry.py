@@ -20,13 +20,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.block_geometry import steady_scales
+from benchmarks.block_geometry import model_and_batches, steady_scales
 from benchmarks.geometry import GeometrySums, kind_table, observe_batch
-from benchmarks.timing import to_device
-from zolightning.data import TaskDataModule
 from zolightning.forward.scoring import batch_loss
-from zolightning.models import load_causal_lm
-from zolightning.variance.blocks import block_kind, describe_blocks, trainable_named_parameters
+from zolightning.variance.blocks import block_kind, describe_blocks
 from zolightning.variance.learned import LearnedVariance, learned_variance_for, sigma_by_kind
 from zolightning.variance.networks import BlockVarianceNets
 
@@ -95,17 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     labels = args.labels or [Path(f).stem for f in args.files]
     if not args.files and args.start_seed is None:
         parser.error("name --files, --start-seed or both")
-    torch.manual_seed(args.seed)
-    data = TaskDataModule(args.task, tokenizer=args.model, data_dir=args.data_dir, batch_size=args.batch_size,
-                          seed=args.seed)  # fmt: skip
-    data.setup()
-    device = torch.device(args.device)
-    model = load_causal_lm(args.model, dtype="float32", seed=args.seed).to(device)
-    named = trainable_named_parameters(model)
-    walk = [p for _, p in named]
-    batches = [to_device(b, device) for b, _ in zip(data.train_dataloader(), range(args.batches))]
-    with torch.no_grad():
-        first_loss = float(batch_loss(model, batches[0])[0])
+    model, named, batches, first_loss = model_and_batches(args)
+    walk, device = [p for _, p in named], batches[0]["input_ids"].device
     variances = {label: learned_variance_for(f, model, walk, args.batch_size) for label, f in zip(labels, args.files)}
     if args.start_seed is not None:
         nets = BlockVarianceNets(len(walk), generator=torch.Generator().manual_seed(args.start_seed))

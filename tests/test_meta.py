@@ -118,6 +118,13 @@ def _cpu_trainer(max_steps):
     )
 
 
+def _validating_trainer(limit_val_batches: int) -> L.Trainer:
+    """8 optimizer steps (4 meta steps), validating every 2 meta steps."""
+    return L.Trainer(max_steps=8, accelerator="cpu", logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, val_check_interval=2, limit_val_batches=limit_val_batches,
+                     num_sanity_val_steps=0)  # fmt: skip
+
+
 def _fit_meta(tmp_path, tiny_data, max_steps, **kwargs):
     module = MetaVarianceModule(
         model="tiny-llama", output=str(tmp_path / "meta.safetensors"), save_every_n_steps=0, **kwargs
@@ -189,16 +196,7 @@ def test_a_horizon_unrolls_over_the_latest_batches(tmp_path, tiny_data):
 
 def test_meta_validation_keeps_the_best_file_and_records_no_history(tmp_path, tiny_data):
     module = MetaVarianceModule(model="tiny-llama", output=str(tmp_path / "meta.safetensors"), save_every_n_steps=0)
-    trainer = L.Trainer(
-        max_steps=8,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        val_check_interval=2,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-    )
+    trainer = _validating_trainer(limit_val_batches=2)
     trainer.fit(module, datamodule=tiny_data(task="copa", num_train=8, num_dev=8, max_length=256))
     assert "meta_val/gap" in trainer.callback_metrics and math.isfinite(module.best_val_gap)
     assert (tmp_path / "meta.best.safetensors").is_file() and (tmp_path / "meta.safetensors").is_file()
@@ -263,16 +261,7 @@ def test_downstream_runs_pick_the_file_and_leave_the_meta_training_alone(tmp_pat
                                       max_length=256, data_dir=str(data_dir))  # fmt: skip
     module = MetaVarianceModule(model="tiny-llama", output=str(tmp_path / "meta.safetensors"), save_every_n_steps=0,
                                 downstream=downstream)  # fmt: skip
-    trainer = L.Trainer(
-        max_steps=8,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        val_check_interval=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-    )
+    trainer = _validating_trainer(limit_val_batches=1)
     trainer.fit(module, datamodule=tiny_data(task="copa", num_train=8, num_dev=8, max_length=256))
     runs = [json.loads(line) for line in (tmp_path / "meta.downstream.jsonl").read_text().splitlines()]
     assert [r["meta_step"] for r in runs] == [2, 4] and all(len(r["curve"]) == 3 for r in runs)
