@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Issue #34 on one GPU: the K-step meta-training's cost, the meta-training itself in chunks, the lr-robustness grid.
 #   on the GPU (the GGUF joined: setup.sh's third call):  bash benchmarks/gpu/learned_horizon.sh PART [SECONDS]
-# PART cost: one meta step's time and peak memory at K = 1, 4, 8 beside a first-order step (benchmarks/meta_memory).
+# PART cost: one meta step's time and peak memory at K = 1, 4, 8 beside a first-order step (benchmarks/meta_memory);
+#   without the joined GGUF, on SmolLM2's shape with random weights (time and memory do not depend on the values).
 # PART meta: configs/meta/horizon.yaml for SECONDS (default 420) of training, resumed from the shipped file when
 #   there is one; the files written (last, best, start), the downstream curves and the event file come back.
 # PART grid: configs/compare/lr_robustness.yaml for SECONDS; the finished runs' event files come back in a tarball.
 set -u
-source benchmarks/gpu/setup.sh join >/dev/null 2>&1 || { echo "setup failed"; exit 1; }
-nvidia-smi -L
 part=${1:-cost} seconds=${2:-420}
+mode=join; [ "$part" = cost ] && mode=stash  # the cost needs no GGUF (it runs on random weights without one)
+source benchmarks/gpu/setup.sh $mode >/dev/null 2>&1 || { echo "setup failed"; exit 1; }
+nvidia-smi -L
 shipped=zolightning/optimizers/smollm2-135m-instruct.meta-horizon.safetensors
 case "$part" in
 cost)
-  timeout -k 10 "$seconds" python -m benchmarks.meta_memory --model "$GGUF" --data-dir "$DATA" --task copa \
+  model=$GGUF; [ -s "$GGUF" ] || { python -m benchmarks.random_model_dir --shape smollm2 /tmp/smol >/dev/null; model=/tmp/smol; }
+  timeout -k 10 "$seconds" python -m benchmarks.meta_memory --model "$model" --data-dir "$DATA" --task copa \
     --horizons 1,4,8 --repeats 5 | tee "$OUT/meta_cost.jsonl"
   ;;
 meta)
