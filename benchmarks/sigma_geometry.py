@@ -1,7 +1,7 @@
 """What the learned sigma learn, made visible (issue #34): per block type, sigma^2 against curvature and signal.
 
     python -m benchmarks.sigma_geometry --data-dir ../shared/data --files START.safetensors END.safetensors \
-        [--labels start end] [--task sst2] [--batches 8] [--probes 2] [--png docs/sigma_geometry.png]
+        [--labels start end] [--task sst2] [--batches 8] [--probes 2] [--png docs/sigma_geometry.png] [--scales-only]
 
 For each file (the networks at the start and at the end of a meta-training: `*.start.safetensors` and the file
 kept), c * sigma on this model once the loss history holds the first batch's loss, as in a run
@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--png", type=Path, default=Path("docs/sigma_geometry.png"))
+    parser.add_argument(
+        "--scales-only",
+        action="store_true",
+        help="print each file's mean (c sigma)^2 per block type and stop (seconds, no geometry)",
+    )
     args = parser.parse_args(argv)
     labels = args.labels or [Path(f).stem for f in args.files]
     if not args.files and args.start_seed is None:
@@ -100,6 +105,12 @@ def main(argv: list[str] | None = None) -> None:
         variances = {"initialisation": LearnedVariance(nets, describe_blocks(model, args.batch_size))} | variances
         labels = list(variances)
     scales = {label: steady_scales(v, walk, first_loss, args.history_steps) for label, v in variances.items()}
+    if args.scales_only:
+        kinds = [block_kind(n) for n, _ in named]
+        for label, s in scales.items():
+            by_kind = sigma_by_kind(s.double() ** 2, kinds)
+            print(json.dumps({"file": label, **{kind: round(v, 4) for kind, v in by_kind.items()}}))
+        return
     sums = GeometrySums([block_kind(n) for n, _ in named], scales)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     for batch in batches:
