@@ -56,7 +56,8 @@ class MetaVarianceModule(L.LightningModule):
         lr_update_range: `[low, high]`: sample the look-ahead step log-uniformly in this range at every meta
             step instead (robustness across the downstream lrs of a sweep); `lr_update` is then unused.
         horizon: K, the ZO steps unrolled per meta step (variance/meta.py): the meta-loss is the mean loss
-            after K steps over the task's K most recent batches (fewer until K have been seen). 1 is the
+            after K steps over the task's K most recent batches (fewer until K have been seen, also after a
+            resume: the batches are not checkpointed). 1 is the
             published one-step look-ahead, bit for bit; larger K penalises steps that only suit one batch.
         lr_llm: first-order learning rate of the LM at the start of each restart window.
         momentum: first-order SGD momentum.
