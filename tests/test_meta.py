@@ -7,6 +7,7 @@ import lightning as L
 import pytest
 import torch
 
+from benchmarks.horizon_quadratic import one_step_optimum, quadratic_meta
 from zolightning.data.encoding import collate
 from zolightning.forward.scoring import batch_loss
 from zolightning.models import load_causal_lm
@@ -203,54 +204,19 @@ def test_meta_validation_keeps_the_best_file_and_records_no_history(tmp_path, ti
     assert set(module.history) == {"default"}  # validation batches did not add a task's history
 
 
-class _Quadratic(torch.nn.Module):
-    """L(theta; b) = (theta - m_b)^2 / 2 in one dimension: the minimum moves from batch to batch."""
-
-    config = None
-
-    def __init__(self):
-        super().__init__()
-        self.theta = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
-
-    def forward(self, target):
-        return 0.5 * (self.theta - target).square().sum()
-
-
-class _ConstantScale(torch.nn.Module):
-    """Networks that answer one sigma, exp(log_sigma), for every block."""
-
-    def __init__(self, log_sigma: float):
-        super().__init__()
-        self.log_sigma = torch.nn.Parameter(torch.tensor(log_sigma, dtype=torch.float64))
-
-    def forward(self, features):
-        return self.log_sigma.exp().expand(features.shape[0])
-
-
-def _quadratic_meta(log_sigma: float, horizon: int) -> tuple[float, float]:
-    """(meta-loss, its derivative in log sigma) of `horizon` ZO steps at lr 0.5 over minima 1.5, 0.5, 1.5, ..."""
-    model, nets = _Quadratic(), _ConstantScale(log_sigma)
-    batches = [{"target": torch.tensor(1 + 0.5 * (-1) ** j, dtype=torch.float64)} for j in range(horizon)]
-    result = unrolled_meta_step(model, ["theta"], [model.theta], nets, (torch.zeros(2), torch.ones(1)),
-                                torch.ones(1, dtype=torch.float64), lambda m, b: m(b["target"]), batches, eps=1e-3,
-                                lr_update=0.5, seeds=range(horizon), noise=NoiseSource(), normalize=False)  # fmt: skip
-    return result.meta_loss, nets.log_sigma.grad.item()
-
-
 @pytest.mark.filterwarnings("ignore:var_mean")  # a one-element tensor: its variance feature is 0 by design
 def test_a_longer_horizon_prefers_the_smaller_safe_step():
     """One step of size a = lr sigma^2 z^2 on (theta - m)^2 / 2 lands on m at a = 1: the one-step loss is 0 there,
     its minimum. After K steps over minima that differ, theta_K weighs the m_j by a (1 - a)^(K-1-j), whose spread
     shrinks as a does, so the K-step loss is lowest at a < 1: a smaller sigma."""
-    z0 = next(iter(NoiseSource().directions([torch.zeros(1, dtype=torch.float64)], 0))).item()
-    one_step_best = math.log(1 / (0.5 * z0 * z0)) / 2  # a = 1
-    loss, grad = _quadratic_meta(one_step_best, 1)
+    one_step_best = one_step_optimum()  # a = 1
+    loss, grad = quadratic_meta(one_step_best, 1)
     assert loss < 1e-20 and abs(grad) < 1e-9  # the one-step objective sits at its minimum
-    loss8, grad8 = _quadratic_meta(one_step_best, 8)
+    loss8, grad8 = quadratic_meta(one_step_best, 8)
     assert grad8 > 0.1  # the 8-step objective pushes sigma down from there
     grid = [one_step_best + d / 10 for d in range(-30, 11)]
-    best8 = min(grid, key=lambda s: _quadratic_meta(s, 8)[0])
-    assert best8 < one_step_best - 0.3 and _quadratic_meta(best8, 8)[0] < loss8
+    best8 = min(grid, key=lambda s: quadratic_meta(s, 8)[0])
+    assert best8 < one_step_best - 0.3 and quadratic_meta(best8, 8)[0] < loss8
 
 
 def test_downstream_runs_pick_the_file_and_leave_the_meta_training_alone(tmp_path, tiny_data, data_dir):

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
 
 from zolightning.data import TaskDataModule
@@ -33,10 +34,6 @@ class DownstreamRun:
     task: str
     curve: list[float]  # (L+ + L-) / 2 of every step
     held_out_loss: float  # mean loss on the task's held-out rows after the run (inf if it diverged)
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
 class DownstreamValidation:
@@ -114,7 +111,7 @@ class DownstreamValidation:
         curve = []
         with torch.no_grad():
             for _, batch in zip(range(self.steps), self.data[task].train_dataloader()):
-                batch = _to(batch, device)
+                batch = move_data_to_device(batch, device)
                 out = optimizer.step(lambda b=batch: batch_loss(trial, b)[0])
                 curve.append((float(out.loss_plus) + float(out.loss_minus)) / 2)
                 if not math.isfinite(curve[-1]):
@@ -129,6 +126,6 @@ class DownstreamValidation:
         total, rows = 0.0, 0
         for batch in self.data[task].loss_loader("dev"):
             n = int(batch["input_ids"].shape[0])
-            total += float(batch_loss(model, _to(batch, device))[0]) * n
+            total += float(batch_loss(model, move_data_to_device(batch, device))[0]) * n
             rows += n
         return total / rows

@@ -56,6 +56,13 @@ def block_statistics(params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return mean, torch.nan_to_num(variance, nan=0.0)
 
 
+def network_inputs(mean: Tensor, variance: Tensor, losses_prev: Tensor, sigma_prev: Tensor) -> Tensor:
+    """[n, 5] inputs of the block networks in the published order (method.md §2.3): mean, unbiased var,
+    L+_{t-1}, L-_{t-1}, sigma_{t-1}; the one place that order is written (use and meta-training)."""
+    losses = losses_prev.expand(len(mean), 2)
+    return torch.cat([mean[:, None], variance[:, None], losses, sigma_prev[:, None]], dim=1)
+
+
 class LearnedVariance:
     """Block scales from learned networks, with the carried state of the published method.
 
@@ -125,8 +132,7 @@ class LearnedVariance:
     def features(self, params: Sequence[Tensor], from_sums: bool = False) -> Tensor:
         """[n, 5] inputs in the published order: mean, unbiased var, L+_{t-1}, L-_{t-1}, sigma_{t-1}."""
         mean, variance = self._statistics_from_sums(params) if from_sums else block_statistics(params)
-        losses = self.losses_prev.expand(len(params), 2)
-        return torch.cat([mean[:, None], variance[:, None], losses, self.sigma_prev[:, None]], dim=1)
+        return network_inputs(mean, variance, self.losses_prev, self.sigma_prev)
 
     def _compute(self, params: Sequence[Tensor], from_sums: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         sigma = self.nets(self.features(params, from_sums))

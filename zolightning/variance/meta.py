@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from zolightning.optim.engine.noise import NoiseSource
-from zolightning.variance.learned import block_statistics
+from zolightning.variance.learned import block_statistics, network_inputs
 from zolightning.variance.networks import normalisation_factor
 
 BatchLoss = Callable[[nn.Module, dict], Tensor]
@@ -56,9 +56,7 @@ class MetaStepResult:
 
 def meta_features(params: Sequence[Tensor], losses_prev: Tensor, sigma_prev: Tensor) -> Tensor:
     """The networks' input per tensor: [mean, variance, L+_prev, L-_prev, sigma_prev] (method.md §2.3)."""
-    mean, variance = block_statistics(params)
-    losses = losses_prev.expand(len(params), 2)
-    return torch.cat([mean[:, None], variance[:, None], losses, sigma_prev[:, None]], dim=1)
+    return network_inputs(*block_statistics(params), losses_prev, sigma_prev)
 
 
 def two_point_losses(
