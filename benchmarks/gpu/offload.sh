@@ -51,6 +51,17 @@ f)  # one full lease: the gloo equality, accumulation's peak, the fake group (8B
   for n in 2 4 8; do step "fake_70b_$n" 50 python -m benchmarks.sharded_scale --shape 70b --fake-world $n --steps 3; done
   step offload_32b 230 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 2 --resident
   ;;
+g)  # a lease split in three calls (the GGUF travels meanwhile), first call: all but 32B and the fit
+  step sharded_gloo 90 python -m torch.distributed.run --nproc_per_node 2 -m benchmarks.sharded_on_one_gpu \
+    --shape smollm2 --steps 200 --dtypes float32,bfloat16
+  step accumulation 40 python -m benchmarks.accumulation_memory --shape smollm2 --batch 16 --micro 4 --seq 512
+  for n in 2 4 8; do step "fake_8b_$n" 40 python -m benchmarks.sharded_scale --shape 8b --fake-world $n --steps 3; done
+  for n in 2 4 8; do step "fake_70b_$n" 50 python -m benchmarks.sharded_scale --shape 70b --fake-world $n --steps 3; done
+  ;;
+h)  # second call: 32B offloaded (the GPU tests of offload first, as a check of the machine)
+  step gpu_tests 60 python -m pytest -q tests/test_gpu.py -k "streamed or fused_step"
+  step offload_32b 280 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 2 --resident
+  ;;
 fit)  # the real fit, resident against zo_offload
   bash benchmarks/gpu/offload_fit.sh > /tmp/fit.log 2>&1; echo "fit rc $?"; grep -h "^{" /tmp/fit.log >> "$OUT/fit.jsonl"
   { echo "=== fit"; tail -n 30 /tmp/fit.log; tail -n 15 /tmp/fit_*.log 2>/dev/null; } >> "$OUT/fit_logs.txt"

@@ -14,6 +14,11 @@ from zolightning.offload.streamer import BlockStreamer
 from zolightning.offload.units import find_units
 
 
+def _default_device() -> torch.device:
+    # indexed: CUDA streams and Lightning's device checks refuse a bare "cuda"
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 class ZOOffloadStrategy(SingleDeviceStrategy):
     """ZO fine-tuning of a model larger than the GPU: weights in host memory, each unit on the GPU only while a
     forward is inside it (`offload/`).
@@ -26,7 +31,7 @@ class ZOOffloadStrategy(SingleDeviceStrategy):
     strategy_name = "zo_offload"
 
     def __init__(self, device: str | torch.device | None = None, prefetch: int = 1, **kwargs):
-        super().__init__(device=device or ("cuda" if torch.cuda.is_available() else "cpu"), **kwargs)
+        super().__init__(device=device or _default_device(), **kwargs)
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         self.prefetch = prefetch
