@@ -29,17 +29,17 @@ from zolightning.optim import ZOSGD, ZOOptimizer
 
 
 def build_on_host(shape: str, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
-    """A meta-device model whose weights are drawn on `device` tensor by tensor into pinned host memory (host peak:
-    the weights), N(0, 0.02), unit norms; its rotary tables on `device`."""
+    """A meta-device model whose weights are drawn on `device` tensor by tensor into ordinary host memory (host peak:
+    the weights; `BlockStreamer.to_host` then moves them unit by unit into exact-sized page-locked buffers, as it
+    does a user's model), N(0, 0.02), unit norms; its rotary tables on `device`."""
     config = config_for(shape)
     with torch.device("meta"):
         model = LlamaForCausalLM(config).to(dtype)
     generator = torch.Generator(device=device).manual_seed(0)
-    pin = device.type == "cuda"
     with torch.no_grad():
         for module in model.modules():
             for name, p in list(module.named_parameters(recurse=False)):
-                host = torch.empty(p.shape, dtype=dtype, pin_memory=pin)
+                host = torch.empty(p.shape, dtype=dtype)
                 if "norm" in type(module).__name__.lower():
                     host.fill_(1.0)
                 else:
@@ -117,6 +117,8 @@ def offloaded(model, batch, device, steps: int, prefetch: int) -> tuple[dict, St
     report = {"offload_step_seconds": round(median(times[1:]), 4), "offload_first_step_seconds": round(times[0], 3),
               "offload_gpu_peak_gib": round(peak, 3), "host_rss_gib": round(host_rss_gib(), 2),
               "offload_losses": [round(x, 5) for x in losses]}  # fmt: skip
+    if streamer.streams:  # the page-locked bytes the streamer holds (weights, alignment, rule state)
+        report["host_arena_gib"] = round(streamer.arena.nbytes / 2**30, 3)
     uninstall(streamer.units)
     return report, optimizer
 

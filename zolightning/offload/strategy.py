@@ -15,7 +15,7 @@ from zolightning.offload.units import find_units
 
 
 def _default_device() -> torch.device:
-    # indexed: CUDA streams and Lightning's device checks refuse a bare "cuda"
+    # indexed: Lightning sets the device up with torch.cuda.set_device, which refuses a bare "cuda"
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 

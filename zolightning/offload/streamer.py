@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from zolightning.offload.host_memory import HostArena
 from zolightning.offload.units import Runner, Unit, install
 
 States = Callable[[nn.Parameter], dict]  # a parameter's rule state (tensors travel with it)
@@ -46,16 +47,17 @@ class BlockStreamer:
         self._ready: dict[int, object] = {}  # id(host tensor) -> event after its last download
         if self.streams:
             self.up, self.down = torch.cuda.Stream(self.device), torch.cuda.Stream(self.device)
+            self.arena = HostArena()  # the units' host memory (and their rule state's), page-locked
 
     # ---- host memory ------------------------------------------------------------------------------------
     def to_host(self) -> None:
-        """Put every unit's parameters in pinned host memory (one tensor at a time: host peak ≈ the weights)."""
+        """Put every unit's parameters in pinned host memory (one unit at a time: host peak ≈ the weights + a unit)."""
         if not self.streams:
             return
-        for unit in self.units:
-            for p in unit.tensors:
-                if not (p.data.device.type == "cpu" and p.data.is_pinned()):
-                    p.data = p.data.to("cpu").pin_memory()
+        for unit in self.units:  # one buffer a unit, of exactly its bytes (`HostArena`: no power-of-two rounding)
+            moving = [p for p in unit.tensors if not (p.data.device.type == "cpu" and p.data.is_pinned())]
+            for p, host in zip(moving, self.arena.copy_in([p.data for p in moving]), strict=True):
+                p.data = host
 
     def place(self, module: nn.Module) -> None:
         """Move `module` to the device, all but the units' weights, which go to (or stay in) pinned host memory:
@@ -168,7 +170,7 @@ class BlockStreamer:
                 gpu = self._get(holder, key)
                 host = hosts.get((id(holder), key))
                 if host is None:  # a state created while resident: its pinned host home is made now
-                    host = torch.empty(gpu.shape, dtype=gpu.dtype, pin_memory=True)
+                    host = self.arena.empty_like(gpu)
                 if changed or (id(holder), key) not in hosts:
                     host.copy_(gpu, non_blocking=True)
                     gpu.record_stream(self.down)
