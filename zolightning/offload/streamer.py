@@ -34,7 +34,7 @@ class BlockStreamer:
 
     def __init__(self, units: list[Unit], device: torch.device, prefetch: int = 1):
         device = torch.device(device)
-        if device.type == "cuda" and device.index is None:  # CUDA streams need an index
+        if device.type == "cuda" and device.index is None:  # the current device, named as Lightning names it
             device = torch.device("cuda", torch.cuda.current_device())
         self.units, self.device, self.prefetch = units, device, prefetch
         self.streams = self.device.type == "cuda"
