@@ -62,13 +62,15 @@ h)  # second call: 32B offloaded (the GPU tests of offload first, as a check of 
   step gpu_tests 60 python -m pytest -q tests/test_gpu.py -k "streamed or fused_step"
   step offload_32b 280 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 2 --resident
   ;;
-i)  # the third lease: host memory with the HostArena (8B, then 32B), the gloo equality over 200 steps per dtype
+i)  # the third lease, first call: host memory with the HostArena at 8B, the gloo equality over 200 fp32 steps
   step offload_8b 150 python -m benchmarks.offload_scale --shape 8b --batch 16 --seq 512 --steps 4
-  for dtype in float32 bfloat16; do step "sharded_gloo_$dtype" 330 python -m torch.distributed.run --nproc_per_node 2 \
-    -m benchmarks.sharded_on_one_gpu --shape smollm2 --steps 200 --dtypes $dtype; done
+  step sharded_gloo_fp32 330 python -m torch.distributed.run --nproc_per_node 2 -m benchmarks.sharded_on_one_gpu \
+    --shape smollm2 --steps 200 --dtypes float32
   ;;
-j)  # 32B offloaded with the HostArena (its build alone is 3 minutes)
-  step offload_32b 400 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 2
+j)  # second call: the gloo equality over 200 bf16 steps, 32B offloaded with the HostArena (its build is 3 minutes)
+  step sharded_gloo_bf16 300 python -m torch.distributed.run --nproc_per_node 2 -m benchmarks.sharded_on_one_gpu \
+    --shape smollm2 --steps 200 --dtypes bfloat16
+  step offload_32b 280 python -m benchmarks.offload_scale --shape 32b --batch 16 --seq 512 --steps 2
   ;;
 fit)  # the real fit, resident against zo_offload
   bash benchmarks/gpu/offload_fit.sh > /tmp/fit.log 2>&1; echo "fit rc $?"; grep -h "^{" /tmp/fit.log >> "$OUT/fit.jsonl"
