@@ -255,6 +255,7 @@ def test_streamed_steps_on_the_gpu_equal_resident_steps(rule):
     # the fused kernels with whole-model noise keys: the resident fused step's weights, bit for bit
     from tests.golden_rules import golden_batch
     from zolightning.forward.scoring import branch_objectives
+    from zolightning.offload.host_memory import PAGE
     from zolightning.offload.optimizer import StreamedZOOptimizer
     from zolightning.offload.streamer import BlockStreamer
     from zolightning.offload.units import find_units
@@ -270,7 +271,8 @@ def test_streamed_steps_on_the_gpu_equal_resident_steps(rule):
     streamer.install()
     assert all(p.device.type == "cpu" and p.is_pinned() for p in streamed.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in streamed.parameters())
-    assert weight_bytes <= streamer.arena.nbytes < weight_bytes + 64 * len(list(streamed.parameters()))
+    slack = 64 * len(list(streamed.parameters())) + PAGE * len(streamer.units)  # alignment, page rounding
+    assert weight_bytes <= streamer.arena.nbytes < weight_bytes + slack
     optimizer = StreamedZOOptimizer(list(streamed.parameters()), resolve_rule(rule), streamer=streamer, **options)
     # the scoring forward's index_add sums with atomics (an order that varies from run to run): pinned down here
     deterministic = torch.are_deterministic_algorithms_enabled()

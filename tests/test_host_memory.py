@@ -8,7 +8,7 @@ import gc
 import pytest
 import torch
 
-from zolightning.offload.host_memory import ALIGN, HostArena, layout
+from zolightning.offload.host_memory import ALIGN, PAGE, HostArena, layout
 
 
 def _tensors():
@@ -39,7 +39,7 @@ def test_copies_hold_the_values_in_one_buffer_of_their_bytes():
     copies = arena.copy_in(tensors)
     for t, c in zip(tensors, copies):
         assert c.dtype == t.dtype and c.shape == t.shape and torch.equal(c, t)
-    assert arena.nbytes == layout(tensors)[1] and len(registered) == 1
+    assert arena.nbytes == -(-layout(tensors)[1] // PAGE) * PAGE and len(registered) == 1
     copies[0].add_(1.0)  # views of one buffer, yet independent tensors
     assert torch.equal(copies[1], tensors[1]) and torch.equal(copies[3], tensors[3])
 
@@ -47,8 +47,17 @@ def test_copies_hold_the_values_in_one_buffer_of_their_bytes():
 def test_empty_like_is_a_registered_buffer_of_the_tensors_bytes():
     arena, registered, _ = _recording_arena()
     out = arena.empty_like(torch.zeros(6, 2, dtype=torch.float16))
-    assert out.shape == (6, 2) and out.dtype == torch.float16 and arena.nbytes == 24
+    assert out.shape == (6, 2) and out.dtype == torch.float16 and arena.nbytes == PAGE
     assert registered == [out.data_ptr()]
+
+
+def test_buffers_own_whole_pages():
+    # CUDA registers by page: a page shared by two registered buffers would be refused the second time
+    arena, registered, _ = _recording_arena()
+    for n in (1, 100, PAGE, PAGE + 1):
+        arena.copy_in([torch.zeros(n, dtype=torch.uint8)])
+    assert all(ptr % PAGE == 0 for ptr in registered)
+    assert arena.nbytes == PAGE * (1 + 1 + 1 + 2)
 
 
 def test_buffers_are_unregistered_when_the_arena_goes_and_views_stay_valid():

@@ -5,11 +5,12 @@ and caches it: a 32B model's MLP weights (283 MB each) take 512 MB, and its host
 benchmarks.md, "Models larger than the GPU"). A `HostArena` instead allocates ordinary host memory and registers it
 with CUDA (`cudaHostRegister`, as torch.distributed.checkpoint's staging does): the copies stay asynchronous (the
 memory is page-locked; `Tensor.is_pinned()` says so) and the host holds the weights' bytes, plus 64 bytes of
-alignment a tensor.
+alignment a tensor and two pages a buffer.
 """
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 ALIGN = 64  # bytes: every tensor starts on a cache line (and on its element size)
+PAGE = os.sysconf("SC_PAGE_SIZE")
 Register = Callable[[Tensor], None]
 
 
@@ -62,7 +64,12 @@ class HostArena:
         return sum(b.numel() for b in self._buffers)
 
     def _buffer(self, nbytes: int) -> Tensor:
-        buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+        # whole pages of its own: CUDA registers by page and refuses a page registered twice, so a buffer never
+        # shares one with another allocation (at most two pages more per buffer; buffers are per unit)
+        size = -(-max(nbytes, 1) // PAGE) * PAGE
+        raw = torch.empty(size + PAGE, dtype=torch.uint8)
+        start = -raw.data_ptr() % PAGE
+        buffer = raw[start : start + size]
         self._register(buffer)
         self._buffers.append(buffer)
         return buffer
