@@ -88,6 +88,17 @@ def pcie_probe(device: torch.device, gib: float = 1.0) -> dict:
             "duplex_gbps_each_way": round(size / duplex, 2)}  # fmt: skip
 
 
+def pinned_rounding(shape: str, dtype: torch.dtype) -> dict:
+    """The shape's weight bytes beside what they take when each tensor is pinned by torch's allocator, which rounds
+    every block up to a power of two (why the streamer has its own `HostArena`). Built on the meta device."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config_for(shape)).to(dtype)
+    sizes = [p.numel() * p.element_size() for p in model.parameters()]  # a tied tensor is listed once
+    exact, rounded = sum(sizes), sum(1 << (n - 1).bit_length() for n in sizes)
+    return {"shape": shape, "weight_gib": round(exact / 2**30, 3), "power_of_two_pinned_gib": round(rounded / 2**30, 3),
+            "ratio": round(rounded / exact, 3)}  # fmt: skip
+
+
 def host_rss_gib() -> float:
     with open("/proc/self/status") as status:
         kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
@@ -146,7 +157,15 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--resident", action="store_true", help="also time the model with every weight on the GPU")
+    parser.add_argument(
+        "--pinned-rounding",
+        action="store_true",
+        help="only print the weights' bytes and what torch's pinned allocator would take (no GPU)",
+    )
     args = parser.parse_args()
+    if args.pinned_rounding:
+        print(json.dumps(pinned_rounding(args.shape, getattr(torch, args.dtype))))
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     report = {"shape": args.shape, "dtype": args.dtype, "batch": [args.batch, args.seq], "prefetch": args.prefetch,

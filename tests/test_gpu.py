@@ -293,4 +293,5 @@ def test_the_offload_strategy_computes_on_an_indexed_device():
     # a bare "cuda" failed the real fit: Lightning sets the device up with torch.cuda.set_device, which needs an index
     from zolightning.offload import ZOOffloadStrategy
 
-    assert ZOOffloadStrategy().root_device == torch.device("cuda", torch.cuda.current_device())
+    current = torch.device("cuda", torch.cuda.current_device())
+    assert ZOOffloadStrategy().root_device == current and ZOOffloadStrategy(device="cuda").root_device == current

@@ -97,3 +97,14 @@ def test_an_offloaded_checkpoint_exports_the_trained_weights(tmp_path, tiny_data
     for (name, a), b in zip(module.model.named_parameters(), exported.parameters()):
         assert torch.equal(a, b), name
     assert not all(torch.equal(a, b) for a, b in zip(_weights(module), _weights(_module())))  # it trained
+
+
+@pytest.mark.parametrize("asked", [None, "cuda", torch.device("cuda")])
+def test_the_offload_strategy_names_the_cuda_device_with_its_index(monkeypatch, asked):
+    # Lightning sets a CUDA device up with torch.cuda.set_device, which refuses a bare "cuda": a real fit failed so
+    from zolightning.offload.strategy import _indexed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert _indexed(asked) == torch.device("cuda", 3)
+    assert _indexed("cpu") == torch.device("cpu")

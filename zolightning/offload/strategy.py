@@ -14,9 +14,13 @@ from zolightning.offload.streamer import BlockStreamer
 from zolightning.offload.units import find_units
 
 
-def _default_device() -> torch.device:
-    # indexed: Lightning sets the device up with torch.cuda.set_device, which refuses a bare "cuda"
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+def _indexed(device: str | torch.device | None) -> torch.device:
+    """The compute device with its index: Lightning sets the device up with torch.cuda.set_device, which refuses a
+    bare "cuda" (the default, and what a user may write)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 class ZOOffloadStrategy(SingleDeviceStrategy):
@@ -31,7 +35,7 @@ class ZOOffloadStrategy(SingleDeviceStrategy):
     strategy_name = "zo_offload"
 
     def __init__(self, device: str | torch.device | None = None, prefetch: int = 1, **kwargs):
-        super().__init__(device=device or _default_device(), **kwargs)
+        super().__init__(device=_indexed(device), **kwargs)
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         self.prefetch = prefetch

@@ -33,10 +33,7 @@ class BlockStreamer:
     """
 
     def __init__(self, units: list[Unit], device: torch.device, prefetch: int = 1):
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:  # the current device, named as Lightning names it
-            device = torch.device("cuda", torch.cuda.current_device())
-        self.units, self.device, self.prefetch = units, device, prefetch
+        self.units, self.device, self.prefetch = units, torch.device(device), prefetch
         self.streams = self.device.type == "cuda"
         self.states: States = lambda p: {}
         self.runner: Runner | None = None  # who runs a unit's call (a streamed optimizer); None: stream it as is
